@@ -1,0 +1,44 @@
+//! Domain types and rules of the Platone Blockchain Access Layer.
+//!
+//! Nothing here performs I/O or knows about HTTP, SQL or MQTT: these are the values every other
+//! crate passes around, each parsed once at the edge so that holding one means it is valid.
+//!
+//! - [`user`]: usernames and roles.
+//! - [`topic`]: producer topics `platone/<producer>[/<device>...]`.
+//! - [`wallet`]: wallet addresses.
+//! - [`subscription`]: grant ids, statuses and the grant state machine.
+//! - [`audit`]: the actors and actions written to the append-only audit log.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod subscription;
+pub mod topic;
+pub mod user;
+pub mod wallet;
+
+pub use audit::{Actor, AuditAction};
+pub use subscription::{
+    GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus,
+};
+pub use topic::{Topic, TopicError};
+pub use user::{Role, RoleError, Username, UsernameError};
+pub use wallet::{WalletAddress, WalletError};
+
+/// Implements `Deserialize` through `FromStr` and `Serialize` through `Display`, so that a
+/// newtype read from JSON, TOML or a database column is validated exactly like one parsed by hand.
+macro_rules! serde_via_str {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                raw.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_via_str;

@@ -1,0 +1,128 @@
+//! Producer topics: `platone/<producer>` and its sub-topics `platone/<producer>/<device>...`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::serde_via_str;
+use crate::user::Username;
+
+/// A concrete (wildcard-free) MQTT topic owned by exactly one producer.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic must start with 'platone/<producer>'")]
+    Prefix,
+    #[error("topic's producer segment is not a valid username: {0}")]
+    Producer(#[from] crate::user::UsernameError),
+    #[error("topic levels must be non-empty and contain no '+', '#' or control characters")]
+    Level,
+    #[error("topic must be at most {max} bytes long", max = Topic::MAX_LEN)]
+    Length,
+}
+
+impl Topic {
+    pub const PREFIX: &'static str = "platone";
+    /// Well below MQTT's 65 535-byte limit: deep device paths are fine, abuse is not.
+    pub const MAX_LEN: usize = 256;
+
+    /// The root topic a producer owns, `platone/<producer>`.
+    pub fn for_producer(producer: &Username) -> Self {
+        Self(format!("{}/{}", Self::PREFIX, producer))
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, TopicError> {
+        if raw.len() > Self::MAX_LEN {
+            return Err(TopicError::Length);
+        }
+        let mut levels = raw.split('/');
+        if levels.next() != Some(Self::PREFIX) {
+            return Err(TopicError::Prefix);
+        }
+        let producer = levels.next().ok_or(TopicError::Prefix)?;
+        Username::parse(producer)?;
+        for level in levels {
+            let bad = |c: char| c == '+' || c == '#' || c.is_control();
+            if level.is_empty() || level.contains(bad) {
+                return Err(TopicError::Level);
+            }
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The producer that owns this topic.
+    pub fn producer(&self) -> Username {
+        let segment = self.0.split('/').nth(1).expect("validated in parse");
+        Username::parse(segment).expect("validated in parse")
+    }
+
+    /// The producer's root topic, `platone/<producer>`, that grants are made on.
+    pub fn root(&self) -> Topic {
+        Topic::for_producer(&self.producer())
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.matches('/').count() == 1
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Topic {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({})", self.0)
+    }
+}
+
+serde_via_str!(Topic);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producer_owns_its_root_topic_and_sub_topics() {
+        let p = Username::parse("producer1").unwrap();
+        let root = Topic::for_producer(&p);
+        assert_eq!(root.as_str(), "platone/producer1");
+        assert!(root.is_root());
+        assert_eq!(root.producer(), p);
+
+        let sub = Topic::parse("platone/producer1/pmu-7/phase").unwrap();
+        assert!(!sub.is_root());
+        assert_eq!(sub.producer(), p);
+        assert_eq!(sub.root(), root);
+    }
+
+    #[test]
+    fn foreign_prefixes_wildcards_and_empty_levels_are_rejected() {
+        assert_eq!(Topic::parse("other/producer1"), Err(TopicError::Prefix));
+        assert_eq!(Topic::parse("platone"), Err(TopicError::Prefix));
+        assert!(matches!(Topic::parse("platone/"), Err(TopicError::Producer(_))));
+        assert!(matches!(Topic::parse("platone/+"), Err(TopicError::Producer(_))));
+        assert!(matches!(Topic::parse("platone/#"), Err(TopicError::Producer(_))));
+        assert_eq!(Topic::parse("platone/p1x/#"), Err(TopicError::Level));
+        assert_eq!(Topic::parse("platone/p1x/a+b"), Err(TopicError::Level));
+        assert_eq!(Topic::parse("platone/p1x//a"), Err(TopicError::Level));
+        assert_eq!(Topic::parse("platone/p1x/"), Err(TopicError::Level));
+        assert_eq!(Topic::parse("platone/p1x/a\u{0}"), Err(TopicError::Level));
+        let long = format!("platone/p1x/{}", "a".repeat(300));
+        assert_eq!(Topic::parse(&long), Err(TopicError::Length));
+    }
+}
