@@ -1,1 +1,149 @@
-//! placeholder
+//! The communication layer: the BAL's HTTPS REST API.
+//!
+//! - [`router`]: every route, its OpenAPI description at `/api/openapi.json` and Swagger UI at
+//!   `/api/docs`, the body cap and request tracing.
+//! - [`auth`]: bearer sessions and the extractors that yield the caller, typed by role.
+//! - [`accounts`]: creating users (password hash + wallet) and changing passwords, shared by the
+//!   API and the `bal user` commands.
+//! - [`error`]: the JSON error type every handler returns.
+//! - `routes`: one module per resource.
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod auth;
+pub mod error;
+pub mod limiter;
+pub mod password;
+mod routes;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use bal_scd::SharedStore;
+use bal_wallet::MasterKey;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::ApiError;
+pub use limiter::{LimiterConfig, LoginLimiter};
+
+/// What the API needs from the settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How long a login token stays valid.
+    pub session_ttl: Duration,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+    pub login_limits: LimiterConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            body_limit: 1024 * 1024,
+            login_limits: LimiterConfig::default(),
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub master_key: Arc<MasterKey>,
+    pub limiter: Arc<LoginLimiter>,
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn new(store: SharedStore, master_key: MasterKey, config: ApiConfig) -> Self {
+        Self {
+            store,
+            master_key: Arc::new(master_key),
+            limiter: Arc::new(LoginLimiter::new(config.login_limits.clone())),
+            config: Arc::new(config),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Platone Blockchain Access Layer",
+        description = "Users, grants and certified measurements of the Platone BAL."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Log in and out"),
+        (name = "users", description = "User administration (admin)"),
+        (name = "subscriptions", description = "Producers and consumers' grants"),
+        (name = "audit", description = "The append-only audit log (admin)"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every documented route; the OpenAPI document is generated from the handlers' annotations.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::auth::router())
+        .merge(routes::users::router())
+        .merge(routes::subscriptions::router())
+        .merge(routes::audit::router())
+        .merge(routes::health::router())
+}
+
+/// The whole API: the documented routes, their OpenAPI document and Swagger UI.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    let (api, openapi) = documented_routes().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The matched route, not the raw path: low cardinality, and no ids or names.
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str());
+                tracing::info_span!("http", method = %req.method(), route, request_id = id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// The OpenAPI document alone, for `bal` to print or tests to inspect.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().split_for_parts().1
+}

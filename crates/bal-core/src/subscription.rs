@@ -278,6 +278,33 @@ impl Subscription {
         next.decided_by = Some(actor.clone());
         Ok(next)
     }
+
+    /// Ends a live subscription because `deleted` (its producer or consumer) is being removed
+    /// by `actor`: revoked when the producer goes, cancelled when the consumer goes. `None`
+    /// when there is nothing to end.
+    pub fn end_for_deleted_user(
+        &self,
+        deleted: &Username,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Option<Subscription> {
+        if !self.status_at(now).is_live() {
+            return None;
+        }
+        let status = if *deleted == self.producer {
+            SubscriptionStatus::Revoked
+        } else if *deleted == self.consumer {
+            SubscriptionStatus::Cancelled
+        } else {
+            return None;
+        };
+        Some(Subscription {
+            status,
+            modification_date: now,
+            decided_by: Some(actor.clone()),
+            ..self.clone()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -461,6 +488,22 @@ mod tests {
             }
         }
         assert_eq!(checked, 30);
+    }
+
+    #[test]
+    fn deleting_a_party_ends_its_live_subscriptions() {
+        let admin = Actor::User(user("admin"));
+        for from in [SubscriptionStatus::Requested, SubscriptionStatus::Accepted] {
+            let s = with_status(from);
+            let by_producer = s.end_for_deleted_user(&user("prod"), &admin, t0()).unwrap();
+            assert_eq!(by_producer.status, SubscriptionStatus::Revoked);
+            assert_eq!(by_producer.decided_by, Some(admin.clone()));
+            let by_consumer = s.end_for_deleted_user(&user("cons"), &admin, t0()).unwrap();
+            assert_eq!(by_consumer.status, SubscriptionStatus::Cancelled);
+            assert_eq!(s.end_for_deleted_user(&user("other"), &admin, t0()), None);
+        }
+        let refused = with_status(SubscriptionStatus::Refused);
+        assert_eq!(refused.end_for_deleted_user(&user("prod"), &admin, t0()), None);
     }
 
     #[test]

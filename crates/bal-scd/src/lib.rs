@@ -1,1 +1,208 @@
-//! placeholder
+//! The Shared Customer Database (SCD): users, sessions, subscriptions, measurements and the
+//! audit log.
+//!
+//! [`Store`] is the only thing the rest of the BAL sees. It speaks in `bal-core` types and knows
+//! nothing of SQL; each backend lives in its own module with its own `migrations/` folder.
+//! Every method that changes users or grants also appends to the audit log in the same
+//! transaction, so the log can never disagree with the data.
+//!
+//! - [`sqlite`]: the embedded default (one file, WAL).
+#![forbid(unsafe_code)]
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bal_core::{
+    Actor, AuditAction, GrantAction, GrantError, Role, Subscription, SubscriptionId,
+    SubscriptionStatus, Topic, Username, WalletAddress,
+};
+use chrono::{DateTime, Utc};
+
+pub use sqlite::SqliteStore;
+
+/// A user as everyone but the login check sees it: no password hash, no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: Username,
+    pub role: Role,
+    /// A producer's root topic; `None` for other roles.
+    pub topic: Option<Topic>,
+    pub wallet: WalletAddress,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What creating a user stores. Hashing and key generation happen before, outside the store.
+#[derive(Clone)]
+pub struct NewUser {
+    pub username: Username,
+    pub role: Role,
+    pub password_hash: String,
+    pub wallet: WalletAddress,
+    /// The encrypted keystore document.
+    pub account: String,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .field("wallet", &self.wallet)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user together with its password hash, for the login check only.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: Actor,
+    pub action: AuditAction,
+    /// What was changed: `user:<name>` or `subscription:<id>`.
+    pub object: String,
+    pub detail: serde_json::Value,
+}
+
+/// Filters for reading the audit log, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub actor: Option<Actor>,
+    pub action: Option<AuditAction>,
+    pub object: Option<String>,
+    /// Only entries with an id below this one: the cursor for the next page.
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// Filters for listing subscriptions, newest first. `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionQuery {
+    pub consumer: Option<Username>,
+    pub producer: Option<Username>,
+    pub status: Option<SubscriptionStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    #[error("{0}")]
+    Config(String),
+    /// The database failed. The cause is for the log, never for a client.
+    #[error("database error")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The SCD as the BAL uses it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Fails when the database cannot answer: the readiness probe.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a new user. `Conflict` when the name was ever used, even by a deleted user.
+    async fn create_user(&self, new: NewUser, actor: &Actor, now: DateTime<Utc>)
+    -> StoreResult<User>;
+    /// An active (not deleted) user.
+    async fn user(&self, username: &Username) -> StoreResult<Option<User>>;
+    /// All active users, by name.
+    async fn users(&self) -> StoreResult<Vec<User>>;
+    /// An active user with its password hash.
+    async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>>;
+    /// Replaces a password hash and ends all of the user's sessions.
+    async fn set_password(
+        &self,
+        username: &Username,
+        password_hash: String,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Deletes a user: wipes its password and key, ends its sessions and its live
+    /// subscriptions (returned). `Conflict` for the last admin.
+    async fn delete_user(
+        &self,
+        username: &Username,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Subscription>>;
+
+    /// Records a session token digest for `username` until `expires_at`.
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &Username,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// The active user holding an unexpired session with this digest.
+    async fn session_user(
+        &self,
+        token_hash: [u8; 32],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<User>>;
+    /// Ends one session.
+    async fn delete_session(&self, token_hash: [u8; 32]) -> StoreResult<()>;
+    /// Removes sessions that expired before `now`; returns how many.
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Stores a new request. `Conflict` while the consumer has a live one on that topic.
+    async fn request_subscription(&self, request: Subscription) -> StoreResult<Subscription>;
+    async fn subscription(&self, id: SubscriptionId) -> StoreResult<Option<Subscription>>;
+    async fn subscriptions(&self, query: &SubscriptionQuery) -> StoreResult<Vec<Subscription>>;
+    /// Applies a decision through the state machine of `bal-core`, atomically.
+    async fn decide(
+        &self,
+        id: SubscriptionId,
+        action: &GrantAction,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Subscription>;
+    /// Writes down every accepted grant whose expiry has passed; returns them.
+    async fn expire_due(&self, now: DateTime<Utc>) -> StoreResult<Vec<Subscription>>;
+
+    async fn audit_log(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// The store as the rest of the BAL holds it.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store named by `url`. Only `sqlite:` URLs exist so far.
+pub async fn connect(url: &str) -> StoreResult<SharedStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL scheme in {:?}: use sqlite://PATH",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}

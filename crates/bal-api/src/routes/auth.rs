@@ -1,0 +1,115 @@
+//! Logging in and out, and who the caller is.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use bal_core::Username;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::auth::{AuthUser, new_token};
+use crate::error::{ApiError, ErrorBody, Json};
+use crate::views::UserView;
+use crate::{AppState, password};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    /// Send as `Authorization: Bearer <token>`.
+    token: String,
+    expires_at: DateTime<Utc>,
+    user: UserView,
+}
+
+/// The one answer for every wrong name or password, so that it reveals nothing.
+const BAD_LOGIN: &str = "invalid username or password";
+
+/// Exchanges a username and password for a bearer token.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 401, body = ErrorBody, description = "wrong username or password"),
+        (status = 429, body = ErrorBody, description = "too many failed attempts"),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let address = peer.ip();
+    if let Err(wait) = state.limiter.check(&req.username, address) {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: wait.as_secs().max(1),
+        });
+    }
+    let credentials = match Username::parse(&req.username) {
+        Ok(name) => state.store.credentials(&name).await?,
+        Err(_) => None,
+    };
+    let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+    // Unknown users are checked against a dummy hash: same time, same answer.
+    if !password::verify(req.password, phc).await? {
+        let delay = state.limiter.record_failure(&req.username, address);
+        tracing::warn!(%address, "failed login");
+        tokio::time::sleep(delay).await;
+        return Err(ApiError::Unauthorized(BAD_LOGIN));
+    }
+    let user = credentials.expect("verify is false without credentials").user;
+    state.limiter.record_success(&req.username);
+    let (token, digest) = new_token();
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(state.config.session_ttl).map_err(ApiError::internal)?;
+    let expires_at = now + ttl;
+    state
+        .store
+        .create_session(digest, &user.username, now, expires_at)
+        .await?;
+    tracing::info!(username = %user.username, "login");
+    Ok(Json(LoginResponse {
+        token,
+        expires_at,
+        user: UserView::from(&user),
+    }))
+}
+
+/// Ends the caller's session; its token stops working at once.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode, ApiError> {
+    state.store.delete_session(caller.session).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller: username, role, topic and wallet.
+#[utoipa::path(get, path = "/api/me", tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = ErrorBody)))]
+async fn me(caller: AuthUser) -> Json<UserView> {
+    Json(UserView::from(&caller.user))
+}
