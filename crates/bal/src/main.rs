@@ -1,1 +1,149 @@
-fn main() {}
+//! `bal`: the Platone Blockchain Access Layer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bal::app::{Application, shutdown_signal};
+use bal::settings::{DEFAULT_TOML, LogFormat, Overrides, Settings};
+use bal_api::accounts::FirstAdmin;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "bal", version, about = "The Platone Blockchain Access Layer")]
+struct Cli {
+    /// Settings file (default: ./bal.toml when it exists).
+    #[arg(short, long, global = true)]
+    config: Option<PathBuf>,
+    /// Overrides data_dir.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the BAL: the HTTPS API.
+    Serve {
+        /// Overrides http.listen.
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+    },
+    /// Settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Users, on the same database `bal serve` uses.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the default bal.toml, every setting with its environment variable.
+    Default,
+    /// Prints the OpenAPI document of the REST API.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Creates a user; prints a generated password unless --password-stdin.
+    Add {
+        username: String,
+        /// admin, producer or consumer.
+        #[arg(long)]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Lists active users.
+    List,
+    /// Sets a user's password; prints a generated one unless --password-stdin.
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::build(settings).await?;
+    match app.first_admin() {
+        FirstAdmin::Generated(password) => {
+            // Printed, not logged: it must not end up in a log store.
+            println!("first start: created user 'admin' with password {password}");
+            println!("  (shown once; change it with PUT /api/users/admin/password)");
+        }
+        FirstAdmin::Created => println!("first start: created user 'admin' (BAL_ADMIN_PASSWORD)"),
+        FirstAdmin::Exists => {}
+    }
+    println!("BAL API:      {}/api", app.base_url());
+    println!("API docs:     {}/api/docs", app.base_url());
+    if let Some(ca) = app.ca_path() {
+        println!("CA to trust:  {}", ca.display());
+    }
+    tracing::info!(address = %app.local_addr(), "listening");
+    app.run_until(shutdown_signal()).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        http_listen: match &cli.command {
+            Command::Serve { http_listen } => *http_listen,
+            _ => None,
+        },
+    };
+    match cli.command {
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Openapi) => {
+            println!("{}", bal_api::openapi().to_pretty_json()?);
+            Ok(())
+        }
+        command => {
+            let settings = Settings::load(cli.config.as_deref(), &overrides)?;
+            init_logging(settings.log.format);
+            match command {
+                Command::Serve { .. } => serve(settings).await,
+                Command::User(UserCommand::Add {
+                    username,
+                    role,
+                    password_stdin,
+                }) => bal::cli::add(&settings, &username, &role, password_stdin).await,
+                Command::User(UserCommand::List) => bal::cli::list(&settings).await,
+                Command::User(UserCommand::Passwd {
+                    username,
+                    password_stdin,
+                }) => bal::cli::passwd(&settings, &username, password_stdin).await,
+                Command::Config(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Wiring: from settings to a running server.
+//!
+//! [`Application::build`] does everything that can fail at start (data folder, database,
+//! master key, first admin, certificate, binding the port) and reports it clearly; then
+//! [`Application::run_until`] serves until the shutdown future resolves, drains connections and
+//! stops the background tasks. Tests bind port 0 and read the real port back.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use bal_api::AppState;
+use bal_api::accounts::{self, FirstAdmin};
+use bal_scd::SharedStore;
+use bal_wallet::MasterKey;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::settings::Settings;
+use crate::tls;
+
+/// How long open requests may take to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    tls: Option<(RustlsConfig, tls::TlsFiles)>,
+    state: AppState,
+    first_admin: FirstAdmin,
+}
+
+/// Creates the data folder readable by its owner only: it holds the keys.
+fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data folder {}", dir.display()))
+}
+
+pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    Ok(match &settings.keys.master_key {
+        Some(secret) => MasterKey::from_passphrase(secret.expose())
+            .context("keys.master_key (BAL_KEYS__MASTER_KEY)")?,
+        None => MasterKey::load_or_create(&settings.data_dir.join("master.key"))?,
+    })
+}
+
+/// Opens the data folder, the database and the master key: what `serve` and `bal user` share.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<(SharedStore, MasterKey)> {
+    ensure_data_dir(&settings.data_dir)?;
+    let key = master_key(settings)?;
+    let store = bal_scd::connect(&settings.database_url())
+        .await
+        .context("cannot open the database (database.url)")?;
+    Ok((store, key))
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listen = settings.http.listen;
+        if !settings.http.tls && !listen.ip().is_loopback() {
+            anyhow::bail!(
+                "http.tls = false is allowed only on a loopback address, not {listen}: \
+                 set http.listen to 127.0.0.1:<port> or turn TLS on"
+            );
+        }
+        let (store, master_key) = open_store(&settings).await?;
+        let admin_password = settings.admin_password.as_ref().map(|s| s.expose().to_owned());
+        let first_admin = accounts::ensure_first_admin(store.as_ref(), &master_key, admin_password)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+
+        let tls = if settings.http.tls {
+            let files = match (&settings.http.cert_file, &settings.http.key_file) {
+                (Some(cert), Some(key)) => tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: None,
+                },
+                (None, None) => {
+                    tls::ensure_self_signed(&settings.data_dir.join("tls"), &settings.http.tls_names)?
+                }
+                _ => anyhow::bail!("set both http.cert_file and http.key_file, or neither"),
+            };
+            let config = RustlsConfig::from_config(tls::server_config(&files)?);
+            Some((config, files))
+        } else {
+            None
+        };
+
+        let listener = TcpListener::bind(listen)
+            .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let state = AppState::new(store, master_key, settings.api_config());
+        Ok(Self {
+            listener,
+            local_addr,
+            tls,
+            state,
+            first_admin,
+        })
+    }
+
+    /// The bound address, with the real port when the settings asked for port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The base URL clients use; `localhost` when bound to every address or loopback.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let ip = self.local_addr.ip();
+        let host = if ip.is_unspecified() || ip.is_loopback() {
+            "localhost".to_owned()
+        } else {
+            ip.to_string()
+        };
+        format!("{scheme}://{host}:{}", self.local_addr.port())
+    }
+
+    /// The generated CA certificate clients should trust, if one is in use.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.tls.as_ref().and_then(|(_, f)| f.ca.clone())
+    }
+
+    /// What start-up did about the first admin (so `serve` can print a generated password).
+    pub fn first_admin(&self) -> &FirstAdmin {
+        &self.first_admin
+    }
+
+    pub fn store(&self) -> SharedStore {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and stops background work.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(expire_grants(self.state.store.clone(), stop_rx.clone()));
+        tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx));
+
+        let handle = Handle::new();
+        let app = bal_api::router(self.state)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let server = {
+            let handle = handle.clone();
+            async move {
+                match self.tls {
+                    Some((config, _)) => {
+                        axum_server::from_tcp_rustls(self.listener, config)
+                            .handle(handle)
+                            .serve(app)
+                            .await
+                    }
+                    None => {
+                        axum_server::from_tcp(self.listener)
+                            .handle(handle)
+                            .serve(app)
+                            .await
+                    }
+                }
+            }
+        };
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("HTTP server failed")?,
+            () = shutdown => {
+                tracing::info!("shutting down: draining requests");
+                handle.graceful_shutdown(Some(DRAIN));
+                server.await.context("HTTP server failed while draining")?;
+            }
+        }
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs `work` every `period` until told to stop; failures are logged and retried next time.
+async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => work().await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Writes down lapsed grants, with their audit entries. Readers already treat a lapsed grant as
+/// expired; this makes the stored status and the audit log say so within a second.
+async fn expire_grants(store: SharedStore, stop: watch::Receiver<bool>) {
+    every(Duration::from_secs(1), stop, || async {
+        match store.expire_due(chrono::Utc::now()).await {
+            Ok(expired) => {
+                for s in expired {
+                    tracing::info!(subscription = %s.id, consumer = %s.consumer, "grant expired");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "expiring grants failed"),
+        }
+    })
+    .await
+}
+
+async fn purge_sessions(store: SharedStore, stop: watch::Receiver<bool>) {
+    every(Duration::from_secs(3600), stop, || async {
+        if let Err(e) = store.purge_sessions(chrono::Utc::now()).await {
+            tracing::error!(error = %format!("{e:#}"), "purging sessions failed");
+        }
+    })
+    .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

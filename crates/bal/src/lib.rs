@@ -1,0 +1,13 @@
+//! The `bal` binary's library: settings, TLS, and [`app::Application`], the one entry point
+//! that `bal serve` and the integration tests both start.
+//!
+//! - [`settings`]: layered settings and the default `bal.toml`.
+//! - [`tls`]: the operator's certificate or a generated CA and certificate.
+//! - [`app`]: opens the database and keys, binds the listener, serves until shutdown.
+//! - [`cli`]: the `bal user ...` commands.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod settings;
+pub mod tls;

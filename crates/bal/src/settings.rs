@@ -1,0 +1,324 @@
+//! Layered settings: built-in defaults, then `bal.toml`, then `BAL_*` environment variables
+//! (`__` separates levels: `BAL_HTTP__LISTEN`), then command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A secret from the settings. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Holds the SQLite database, the master key and the generated certificates.
+    pub data_dir: PathBuf,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub keys: KeySettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    /// The first admin's password, used only when no admin exists yet (`BAL_ADMIN_PASSWORD`).
+    pub admin_password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    /// Plain HTTP (`false`) is accepted only on a loopback address.
+    pub tls: bool,
+    /// PEM certificate chain; with `key_file`. Unset: a generated CA and certificate.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the generated certificate.
+    pub tls_names: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Unset: `sqlite://<data_dir>/bal.db`.
+    pub url: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Encrypts every wallet key at rest. Unset: `<data_dir>/master.key`, created with mode 0600.
+    pub master_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub session_ttl_secs: u64,
+    pub max_failed_logins_per_user: u32,
+    pub max_failed_logins_per_address: u32,
+    pub failed_login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./bal-data"),
+            http: HttpSettings::default(),
+            database: DatabaseSettings::default(),
+            keys: KeySettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+            admin_password: None,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8443".parse().expect("valid address"),
+            tls: true,
+            cert_file: None,
+            key_file: None,
+            tls_names: Vec::new(),
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 12 * 3600,
+            max_failed_logins_per_user: 5,
+            max_failed_logins_per_address: 20,
+            failed_login_window_secs: 15 * 60,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// What `bal config default` prints: every setting at its default, with its environment name.
+pub const DEFAULT_TOML: &str = r#"# bal.toml: settings of the Platone Blockchain Access Layer.
+# Every key can also be set in the environment as BAL_<SECTION>__<KEY> (e.g. BAL_HTTP__LISTEN);
+# the environment wins over this file, and command-line flags win over both.
+
+# SQLite database, master key and generated certificates live here.   BAL_DATA_DIR
+data_dir = "./bal-data"
+
+# The first admin's password, used only while no admin exists.          BAL_ADMIN_PASSWORD
+# Unset: a password is generated and printed once.
+# admin_password = "..."
+
+[http]
+# HTTPS listener.                                                       BAL_HTTP__LISTEN
+listen = "0.0.0.0:8443"
+# false serves plain HTTP, and is refused unless `listen` is loopback.  BAL_HTTP__TLS
+tls = true
+# PEM certificate chain and key. Unset: a CA and server certificate are generated in
+# <data_dir>/tls and reused on restart.                                 BAL_HTTP__CERT_FILE, BAL_HTTP__KEY_FILE
+# cert_file = "/etc/bal/tls/server.pem"
+# key_file = "/etc/bal/tls/server.key"
+# Extra DNS names or IP addresses for the generated certificate.        BAL_HTTP__TLS_NAMES
+tls_names = []
+# Largest request body accepted, in bytes.                              BAL_HTTP__BODY_LIMIT_BYTES
+body_limit_bytes = 1048576
+
+[database]
+# sqlite://PATH. Unset: sqlite://<data_dir>/bal.db                      BAL_DATABASE__URL
+# url = "sqlite:///var/lib/bal/bal.db"
+
+[keys]
+# Encrypts every user's wallet key at rest (16+ characters).            BAL_KEYS__MASTER_KEY
+# Unset: <data_dir>/master.key, created once with mode 0600.
+# master_key = "..."
+
+[auth]
+# Lifetime of a login token.                                            BAL_AUTH__SESSION_TTL_SECS
+session_ttl_secs = 43200
+# Failed logins allowed per username, and per client address, within the window;
+# further attempts get 429 until the window has passed.
+max_failed_logins_per_user = 5
+max_failed_logins_per_address = 20
+failed_login_window_secs = 900
+
+[log]
+# "text" or "json". Levels come from RUST_LOG (default: info).          BAL_LOG__FORMAT
+format = "text"
+"#;
+
+/// The top-level keys an environment variable may set; other `BAL_*` variables (such as a
+/// shell's `BAL_HOME`) are not settings and are ignored rather than refused.
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "data_dir",
+    "http",
+    "database",
+    "keys",
+    "auth",
+    "log",
+    "admin_password",
+];
+
+/// Command-line values that override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_listen: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// Defaults, then the file (`bal.toml` when none is named and it exists), then the
+    /// environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(path.exists(), "config file {} not found", path.display());
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("bal.toml")),
+        }
+        let env = Env::prefixed("BAL_").split("__").filter(|key| {
+            // Keys keep the variable's case here (`HTTP.LISTEN`); figment lowercases later.
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+        });
+        let mut settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+        if let Some(d) = &overrides.data_dir {
+            settings.data_dir = d.clone();
+        }
+        if let Some(l) = overrides.http_listen {
+            settings.http.listen = l;
+        }
+        Ok(settings)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("bal.db").display()),
+        }
+    }
+
+    pub fn api_config(&self) -> bal_api::ApiConfig {
+        bal_api::ApiConfig {
+            session_ttl: Duration::from_secs(self.auth.session_ttl_secs),
+            body_limit: self.http.body_limit_bytes,
+            login_limits: bal_api::LimiterConfig {
+                per_username: self.auth.max_failed_logins_per_user,
+                per_address: self.auth.max_failed_logins_per_address,
+                window: Duration::from_secs(self.auth.failed_login_window_secs),
+                ..bal_api::LimiterConfig::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_file_is_exactly_the_defaults() {
+        let parsed: Settings = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        assert_eq!(parsed, Settings::default());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "bal.toml",
+                "data_dir = \"/from/file\"\n[http]\nlisten = \"127.0.0.1:1\"\ntls = false\n",
+            )?;
+            jail.set_env("BAL_HTTP__LISTEN", "127.0.0.1:2");
+            jail.set_env("BAL_ADMIN_PASSWORD", "from-the-environment");
+            jail.set_env("BAL_UNRELATED", "ignored");
+            let s = Settings::load(None, &Overrides::default()).unwrap();
+            assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+            assert_eq!(s.http.listen, "127.0.0.1:2".parse().unwrap());
+            assert!(!s.http.tls);
+            assert_eq!(s.admin_password.as_ref().unwrap().expose(), "from-the-environment");
+
+            let flags = Overrides {
+                data_dir: Some("/from/flag".into()),
+                http_listen: Some("127.0.0.1:3".parse().unwrap()),
+            };
+            let s = Settings::load(None, &flags).unwrap();
+            assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
+            assert_eq!(s.http.listen, "127.0.0.1:3".parse().unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_are_refused_with_the_key_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BAL_HTTP__LISTN", "127.0.0.1:2");
+            let err = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let s = Settings {
+            admin_password: Some(Secret("hunter2-hunter2".into())),
+            keys: KeySettings {
+                master_key: Some(Secret("0123456789abcdef-master".into())),
+            },
+            database: DatabaseSettings {
+                url: Some(Secret("postgres://bal:dbpass@db/bal".into())),
+            },
+            ..Settings::default()
+        };
+        let debug = format!("{s:?}");
+        for secret in ["hunter2", "0123456789abcdef", "dbpass"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+    }
+}
