@@ -1,0 +1,201 @@
+//! `spawn_app()` and the typed request helpers every test uses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bal::app::Application;
+use bal::settings::{Secret, Settings};
+use reqwest::{Method, Response, StatusCode};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+pub const PASSWORD: &str = "a-good-long-password";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Settings for a test: its own data folder, port 0, a known admin password.
+pub fn test_settings(data_dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.data_dir = data_dir.to_owned();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.admin_password = Some(serde_json::from_value::<Secret>(json!(ADMIN_PASSWORD)).unwrap());
+    s
+}
+
+/// A client that trusts exactly the CA at `ca` (and no public roots).
+pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    configure(&mut settings);
+    let mut app = start(settings).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// reqwest's own TLS set-up (plain clients) needs a process-wide rustls provider; the BAL
+/// itself never relies on one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts the application with exactly these settings (the data folder is the caller's).
+pub async fn start(settings: Settings) -> TestApp {
+    install_crypto_provider();
+    let app = Application::build(settings.clone()).await.expect("app builds");
+    let base = app.base_url();
+    let client = match app.ca_path() {
+        Some(ca) => client_trusting(&ca),
+        None => reqwest::Client::new(),
+    };
+    let (stop, stopped) = oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let mut test = TestApp {
+        base,
+        client,
+        admin: String::new(),
+        data_dir: settings.data_dir.clone(),
+        settings,
+        stop: Some(stop),
+        server: Some(server),
+        _dir: None,
+    };
+    test.admin = test.token("admin", ADMIN_PASSWORD).await;
+    test
+}
+
+impl TestApp {
+    /// Shuts the server down gracefully and waits for it; the data folder stays.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.stop.take().unwrap().send(());
+        self.server.take().unwrap().await.unwrap().unwrap();
+        self._dir.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// A POST without a body, as the decision routes take.
+    pub async fn post_empty(&self, path: &str, token: &str) -> Response {
+        self.request(Method::POST, path, Some(token), None).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {
+        self.request(Method::PUT, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        let body = json!({ "username": username, "password": password });
+        self.request(Method::POST, "/api/auth/login", None, Some(body))
+            .await
+    }
+
+    pub async fn token(&self, username: &str, password: &str) -> String {
+        let r = self.login(username, password).await;
+        assert_eq!(r.status(), StatusCode::OK, "login as {username}");
+        let body: Value = r.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user as admin and returns its JSON view.
+    pub async fn create_user(&self, username: &str, role: &str) -> Value {
+        let body = json!({ "username": username, "password": PASSWORD, "role": role });
+        let r = self.post("/api/users", &self.admin, body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "create {username}");
+        r.json().await.unwrap()
+    }
+
+    /// Creates a user and logs it in.
+    pub async fn user(&self, username: &str, role: &str) -> String {
+        self.create_user(username, role).await;
+        self.token(username, PASSWORD).await
+    }
+
+    /// The consumer requests the producer's topic; returns the subscription id.
+    pub async fn request_subscription(&self, consumer: &str, producer: &str) -> String {
+        let body = json!({ "topic": format!("platone/{producer}") });
+        let r = self.post("/api/subscriptions", consumer, body).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Asserts the status and the error code of an error response; returns its message.
+pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> String {
+    assert_eq!(r.status(), status, "status");
+    let body: Value = r.json().await.expect("a JSON error body");
+    assert_eq!(body["error"], code, "error code in {body}");
+    body["message"].as_str().expect("a message").to_owned()
+}
+
+/// The JSON body of a response with the expected status.
+pub async fn json_ok(r: Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    r.json().await.unwrap()
+}

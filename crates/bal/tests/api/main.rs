@@ -1,0 +1,10 @@
+//! The API behaviour suite: each test starts the real application on port 0 with its own
+//! database and drives it over HTTPS, as a client would.
+
+mod audit;
+mod auth;
+mod cli;
+mod helpers;
+mod server;
+mod subscriptions;
+mod users;
