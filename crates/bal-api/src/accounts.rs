@@ -49,7 +49,9 @@ pub async fn change_password(
 ) -> Result<(), ApiError> {
     password::check_policy(&password)?;
     let hash = password::hash(password).await?;
-    Ok(store.set_password(username, hash, actor, Utc::now()).await?)
+    Ok(store
+        .set_password(username, hash, actor, Utc::now())
+        .await?)
 }
 
 /// A random password of 24 letters and digits (about 142 bits).
@@ -89,6 +91,14 @@ pub async fn ensure_first_admin(
             (p.clone(), FirstAdmin::Generated(p))
         }
     };
-    create_user(store, master_key, name, Role::Admin, password, &Actor::System).await?;
+    create_user(
+        store,
+        master_key,
+        name,
+        Role::Admin,
+        password,
+        &Actor::System,
+    )
+    .await?;
     Ok(outcome)
 }

@@ -65,7 +65,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -77,7 +79,11 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         if let ApiError::Internal(e) | ApiError::Unavailable(e) = &self {
             // `{:#}` prints the whole cause chain on one line.
-            tracing::error!(error = format!("{e:#}"), status = status.as_u16(), "request failed");
+            tracing::error!(
+                error = format!("{e:#}"),
+                status = status.as_u16(),
+                "request failed"
+            );
         }
         let body = ErrorBody {
             error: code,
@@ -188,7 +194,9 @@ mod tests {
         let e = ApiError::internal(anyhow::anyhow!("no such table: users at /var/lib/bal.db"));
         let response = e.into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert_eq!(text, r#"{"error":"internal","message":"internal error"}"#);
     }
@@ -197,7 +205,10 @@ mod tests {
     fn grant_errors_map_to_the_right_status() {
         let status = |e: GrantError| ApiError::from(e).status_and_code().0;
         assert_eq!(status(GrantError::NotConsumer), StatusCode::FORBIDDEN);
-        assert_eq!(status(GrantError::ExpiryInPast), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            status(GrantError::ExpiryInPast),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         assert_eq!(
             status(GrantError::IllegalTransition {
                 from: bal_core::SubscriptionStatus::Refused,

@@ -144,7 +144,10 @@ mod tests {
             l.record_failure("alice", A);
         }
         assert!(l.check("alice", A).is_err());
-        assert!(l.check("alice", B).is_err(), "a new address does not reset the count");
+        assert!(
+            l.check("alice", B).is_err(),
+            "a new address does not reset the count"
+        );
         assert!(l.check("bob", B).is_ok());
     }
 

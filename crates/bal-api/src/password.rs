@@ -1,7 +1,7 @@
 //! Password hashing with Argon2id (PHC strings), off the async threads.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::sync::OnceLock;
 
 use crate::error::ApiError;
@@ -67,9 +67,17 @@ mod tests {
     async fn hashes_verify_only_the_right_password() {
         let phc = hash("s3cret-enough".into()).await.unwrap();
         assert!(phc.starts_with("$argon2id$"));
-        assert!(verify("s3cret-enough".into(), Some(phc.clone())).await.unwrap());
+        assert!(
+            verify("s3cret-enough".into(), Some(phc.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!verify("s3cret-enougH".into(), Some(phc)).await.unwrap());
-        assert!(!verify("no user has this password".into(), None).await.unwrap());
+        assert!(
+            !verify("no user has this password".into(), None)
+                .await
+                .unwrap()
+        );
     }
 
     #[test]

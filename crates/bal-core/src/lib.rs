@@ -17,12 +17,16 @@ pub mod user;
 pub mod wallet;
 
 pub use audit::{Actor, AuditAction};
-pub use subscription::{
-    GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus,
-};
+pub use subscription::{GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus};
 pub use topic::{Topic, TopicError};
 pub use user::{Role, RoleError, Username, UsernameError};
 pub use wallet::{WalletAddress, WalletError};
+
+/// Truncates a time to whole milliseconds: the precision the SCD stores (and the certified
+/// `receivedAtMs` uses), so a value reads back exactly as it was returned when written.
+pub fn millis(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
 
 /// Implements `Deserialize` through `FromStr` and `Serialize` through `Display`, so that a
 /// newtype read from JSON, TOML or a database column is validated exactly like one parsed by hand.

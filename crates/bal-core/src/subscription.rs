@@ -194,6 +194,7 @@ pub struct Subscription {
 impl Subscription {
     /// A new request by `consumer` for the producer root topic of `topic`.
     pub fn request(consumer: Username, topic: &Topic, now: DateTime<Utc>) -> Self {
+        let now = crate::millis(now);
         let topic = topic.root();
         Self {
             id: SubscriptionId::new(),
@@ -230,6 +231,7 @@ impl Subscription {
         now: DateTime<Utc>,
     ) -> Result<Subscription, GrantError> {
         use SubscriptionStatus as S;
+        let now = crate::millis(now);
         let verb = action.verb();
         let is_producer = actor.username() == Some(&self.producer);
         let is_consumer = actor.username() == Some(&self.consumer);
@@ -260,7 +262,7 @@ impl Subscription {
                 if matches!(expires_at, Some(t) if *t <= now) {
                     return Err(GrantError::ExpiryInPast);
                 }
-                next.expires_at = *expires_at;
+                next.expires_at = expires_at.map(crate::millis);
                 S::Accepted
             }
             (S::Requested, GrantAction::Refuse) => S::Refused,
@@ -300,7 +302,7 @@ impl Subscription {
         };
         Some(Subscription {
             status,
-            modification_date: now,
+            modification_date: crate::millis(now),
             decided_by: Some(actor.clone()),
             ..self.clone()
         })
@@ -325,7 +327,11 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
     }
     fn requested() -> Subscription {
-        Subscription::request(user("cons"), &Topic::parse("platone/prod/dev1").unwrap(), t0())
+        Subscription::request(
+            user("cons"),
+            &Topic::parse("platone/prod/dev1").unwrap(),
+            t0(),
+        )
     }
     fn with_status(status: SubscriptionStatus) -> Subscription {
         Subscription {
@@ -349,17 +355,23 @@ mod tests {
     #[test]
     fn the_producer_accepts_refuses_and_revokes() {
         let later = t0() + Duration::seconds(5);
-        let accepted = requested().apply(&accept(None), &producer(), later).unwrap();
+        let accepted = requested()
+            .apply(&accept(None), &producer(), later)
+            .unwrap();
         assert_eq!(accepted.status, SubscriptionStatus::Accepted);
         assert_eq!(accepted.modification_date, later);
         assert_eq!(accepted.creation_date, t0());
         assert_eq!(accepted.decided_by, Some(producer()));
         assert!(accepted.grants_access_at(later));
 
-        let refused = requested().apply(&GrantAction::Refuse, &producer(), later).unwrap();
+        let refused = requested()
+            .apply(&GrantAction::Refuse, &producer(), later)
+            .unwrap();
         assert_eq!(refused.status, SubscriptionStatus::Refused);
 
-        let revoked = accepted.apply(&GrantAction::Revoke, &producer(), later).unwrap();
+        let revoked = accepted
+            .apply(&GrantAction::Revoke, &producer(), later)
+            .unwrap();
         assert_eq!(revoked.status, SubscriptionStatus::Revoked);
         assert!(!revoked.grants_access_at(later));
     }
@@ -367,7 +379,9 @@ mod tests {
     #[test]
     fn the_consumer_cancels_a_request_or_a_grant() {
         for from in [SubscriptionStatus::Requested, SubscriptionStatus::Accepted] {
-            let s = with_status(from).apply(&GrantAction::Cancel, &consumer(), t0()).unwrap();
+            let s = with_status(from)
+                .apply(&GrantAction::Cancel, &consumer(), t0())
+                .unwrap();
             assert_eq!(s.status, SubscriptionStatus::Cancelled);
             assert_eq!(s.decided_by, Some(consumer()));
         }
@@ -376,23 +390,34 @@ mod tests {
     #[test]
     fn an_accepted_grant_expires_when_its_time_passes() {
         let until = t0() + Duration::seconds(60);
-        let s = requested().apply(&accept(Some(until)), &producer(), t0()).unwrap();
+        let s = requested()
+            .apply(&accept(Some(until)), &producer(), t0())
+            .unwrap();
         assert_eq!(s.expires_at, Some(until));
         assert!(s.grants_access_at(until - Duration::milliseconds(1)));
         assert_eq!(s.status_at(until), SubscriptionStatus::Expired);
         assert!(!s.grants_access_at(until));
 
         assert_eq!(
-            s.apply(&GrantAction::Expire, &Actor::System, until - Duration::seconds(1)),
+            s.apply(
+                &GrantAction::Expire,
+                &Actor::System,
+                until - Duration::seconds(1)
+            ),
             Err(GrantError::NotDue)
         );
-        let expired = s.apply(&GrantAction::Expire, &Actor::System, until).unwrap();
+        let expired = s
+            .apply(&GrantAction::Expire, &Actor::System, until)
+            .unwrap();
         assert_eq!(expired.status, SubscriptionStatus::Expired);
         assert_eq!(expired.decided_by, Some(Actor::System));
 
         // A lapsed grant can no longer be revoked or cancelled: it is already over.
         let after = until + Duration::seconds(1);
-        for (action, actor) in [(GrantAction::Revoke, producer()), (GrantAction::Cancel, consumer())] {
+        for (action, actor) in [
+            (GrantAction::Revoke, producer()),
+            (GrantAction::Cancel, consumer()),
+        ] {
             assert_eq!(
                 s.apply(&action, &actor, after),
                 Err(GrantError::IllegalTransition {
@@ -408,7 +433,24 @@ mod tests {
         let s = with_status(SubscriptionStatus::Accepted);
         let far = t0() + Duration::days(36_500);
         assert!(s.grants_access_at(far));
-        assert_eq!(s.apply(&GrantAction::Expire, &Actor::System, far), Err(GrantError::NotDue));
+        assert_eq!(
+            s.apply(&GrantAction::Expire, &Actor::System, far),
+            Err(GrantError::NotDue)
+        );
+    }
+
+    #[test]
+    fn times_are_kept_to_the_millisecond_as_stored() {
+        let now = t0() + Duration::nanoseconds(1_234_567);
+        let s = Subscription::request(user("cons"), &Topic::parse("platone/prod").unwrap(), now);
+        assert_eq!(s.creation_date, t0() + Duration::milliseconds(1));
+        let until = now + Duration::seconds(60);
+        let a = s.apply(&accept(Some(until)), &producer(), now).unwrap();
+        assert_eq!(
+            a.expires_at.unwrap().timestamp_subsec_nanos() % 1_000_000,
+            0
+        );
+        assert_eq!(a.modification_date.timestamp_subsec_nanos() % 1_000_000, 0);
     }
 
     #[test]
@@ -430,7 +472,10 @@ mod tests {
             }
         }
         for actor in [producer(), stranger.clone(), Actor::System] {
-            assert_eq!(s.apply(&GrantAction::Cancel, &actor, t0()), Err(GrantError::NotConsumer));
+            assert_eq!(
+                s.apply(&GrantAction::Cancel, &actor, t0()),
+                Err(GrantError::NotConsumer)
+            );
         }
         let accepted = with_status(SubscriptionStatus::Accepted);
         for actor in [producer(), consumer(), stranger] {
@@ -472,7 +517,11 @@ mod tests {
                 };
                 let result = s.apply(action, actor, now);
                 if legal(from, action.verb()) {
-                    assert!(result.is_ok(), "{from} --{}--> should be legal", action.verb());
+                    assert!(
+                        result.is_ok(),
+                        "{from} --{}--> should be legal",
+                        action.verb()
+                    );
                 } else {
                     assert_eq!(
                         result,
@@ -503,7 +552,10 @@ mod tests {
             assert_eq!(s.end_for_deleted_user(&user("other"), &admin, t0()), None);
         }
         let refused = with_status(SubscriptionStatus::Refused);
-        assert_eq!(refused.end_for_deleted_user(&user("prod"), &admin, t0()), None);
+        assert_eq!(
+            refused.end_for_deleted_user(&user("prod"), &admin, t0()),
+            None
+        );
     }
 
     #[test]

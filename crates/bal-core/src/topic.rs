@@ -114,9 +114,18 @@ mod tests {
     fn foreign_prefixes_wildcards_and_empty_levels_are_rejected() {
         assert_eq!(Topic::parse("other/producer1"), Err(TopicError::Prefix));
         assert_eq!(Topic::parse("platone"), Err(TopicError::Prefix));
-        assert!(matches!(Topic::parse("platone/"), Err(TopicError::Producer(_))));
-        assert!(matches!(Topic::parse("platone/+"), Err(TopicError::Producer(_))));
-        assert!(matches!(Topic::parse("platone/#"), Err(TopicError::Producer(_))));
+        assert!(matches!(
+            Topic::parse("platone/"),
+            Err(TopicError::Producer(_))
+        ));
+        assert!(matches!(
+            Topic::parse("platone/+"),
+            Err(TopicError::Producer(_))
+        ));
+        assert!(matches!(
+            Topic::parse("platone/#"),
+            Err(TopicError::Producer(_))
+        ));
         assert_eq!(Topic::parse("platone/p1x/#"), Err(TopicError::Level));
         assert_eq!(Topic::parse("platone/p1x/a+b"), Err(TopicError::Level));
         assert_eq!(Topic::parse("platone/p1x//a"), Err(TopicError::Level));

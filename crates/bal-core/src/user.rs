@@ -120,7 +120,12 @@ mod tests {
 
     #[test]
     fn valid_usernames_are_accepted() {
-        for name in ["abc", "producer1", "a-b_c", "z0123456789012345678901234567890"] {
+        for name in [
+            "abc",
+            "producer1",
+            "a-b_c",
+            "z0123456789012345678901234567890",
+        ] {
             assert_eq!(Username::parse(name).unwrap().as_str(), name);
         }
     }

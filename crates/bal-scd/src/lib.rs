@@ -130,8 +130,12 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 
     /// Stores a new user. `Conflict` when the name was ever used, even by a deleted user.
-    async fn create_user(&self, new: NewUser, actor: &Actor, now: DateTime<Utc>)
-    -> StoreResult<User>;
+    async fn create_user(
+        &self,
+        new: NewUser,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> StoreResult<User>;
     /// An active (not deleted) user.
     async fn user(&self, username: &Username) -> StoreResult<Option<User>>;
     /// All active users, by name.

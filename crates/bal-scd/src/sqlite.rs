@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use crate::{
-    AuditEntry, AuditQuery, Credentials, NewUser, Store, StoreError, StoreResult, SubscriptionQuery,
-    User,
+    AuditEntry, AuditQuery, Credentials, NewUser, Store, StoreError, StoreResult,
+    SubscriptionQuery, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -97,7 +97,18 @@ where
 // at run time unless it is asserted safe, and none of ours needs to be.
 macro_rules! user_columns {
     ($p:literal) => {
-        concat!($p, "username, ", $p, "role, ", $p, "topic, ", $p, "wallet, ", $p, "created_at")
+        concat!(
+            $p,
+            "username, ",
+            $p,
+            "role, ",
+            $p,
+            "topic, ",
+            $p,
+            "wallet, ",
+            $p,
+            "created_at"
+        )
     };
 }
 
@@ -264,14 +275,22 @@ impl Store for SqliteStore {
         };
         let detail = serde_json::json!({ "role": new.role, "topic": topic, "wallet": new.wallet });
         let object = format!("user:{}", new.username);
-        append_audit(&mut tx, now, actor, AuditAction::UserCreated, &object, detail).await?;
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::UserCreated,
+            &object,
+            detail,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::backend)?;
         Ok(User {
             username: new.username,
             role: new.role,
             topic,
             wallet: new.wallet,
-            created_at: DateTime::from_timestamp_millis(ms(now)).unwrap_or(now),
+            created_at: bal_core::millis(now),
         })
     }
 
@@ -352,7 +371,15 @@ impl Store for SqliteStore {
             .map_err(StoreError::backend)?;
         let object = format!("user:{username}");
         let detail = serde_json::json!({});
-        append_audit(&mut tx, now, actor, AuditAction::PasswordChanged, &object, detail).await?;
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::PasswordChanged,
+            &object,
+            detail,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::backend)
     }
 
@@ -409,7 +436,15 @@ impl Store for SqliteStore {
         .map_err(StoreError::backend)?;
         let object = format!("user:{username}");
         let detail = serde_json::json!({ "role": role, "ended_subscriptions": ended.len() });
-        append_audit(&mut tx, now, actor, AuditAction::UserDeleted, &object, detail).await?;
+        append_audit(
+            &mut tx,
+            now,
+            actor,
+            AuditAction::UserDeleted,
+            &object,
+            detail,
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::backend)?;
         Ok(ended)
     }
@@ -524,7 +559,11 @@ impl Store for SqliteStore {
     }
 
     async fn subscription(&self, id: SubscriptionId) -> StoreResult<Option<Subscription>> {
-        let sql = concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE id = ?");
+        let sql = concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions WHERE id = ?"
+        );
         sqlx::query(sql)
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -568,7 +607,11 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Subscription> {
         let mut tx = self.begin_write().await?;
-        let sql = concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE id = ?");
+        let sql = concat!(
+            "SELECT ",
+            subscription_columns!(),
+            " FROM subscriptions WHERE id = ?"
+        );
         let before = sqlx::query(sql)
             .bind(id.to_string())
             .fetch_optional(&mut *tx)

@@ -65,7 +65,13 @@ struct KdfParams {
     salt: String,
 }
 
-fn derive(passphrase: &[u8], salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<Zeroizing<[u8; DKLEN]>, KeystoreError> {
+fn derive(
+    passphrase: &[u8],
+    salt: &[u8],
+    log_n: u8,
+    r: u32,
+    p: u32,
+) -> Result<Zeroizing<[u8; DKLEN]>, KeystoreError> {
     let params = scrypt::Params::new(log_n, r, p, DKLEN)
         .map_err(|_| KeystoreError::Unsupported("scrypt parameter set".into()))?;
     let mut dk = Zeroizing::new([0u8; DKLEN]);
@@ -101,7 +107,9 @@ pub fn encrypt(signer: &PrivateKeySigner, passphrase: &[u8]) -> Result<String, K
         address: hex::encode(signer.address()),
         crypto: Crypto {
             cipher: "aes-128-ctr".into(),
-            cipherparams: CipherParams { iv: hex::encode(iv) },
+            cipherparams: CipherParams {
+                iv: hex::encode(iv),
+            },
             ciphertext: hex::encode(ciphertext),
             kdf: "scrypt".into(),
             kdfparams: KdfParams {
@@ -127,7 +135,10 @@ pub fn decrypt(document: &str, passphrase: &[u8]) -> Result<PrivateKeySigner, Ke
     let doc: Document =
         serde_json::from_str(document).map_err(|e| KeystoreError::Format(e.to_string()))?;
     if doc.version != 3 {
-        return Err(KeystoreError::Unsupported(format!("version {}", doc.version)));
+        return Err(KeystoreError::Unsupported(format!(
+            "version {}",
+            doc.version
+        )));
     }
     let c = &doc.crypto;
     if c.cipher != "aes-128-ctr" {
@@ -176,7 +187,10 @@ mod tests {
         let doc = encrypt(&s, b"testpassword").unwrap();
         let back = decrypt(&doc, b"testpassword").unwrap();
         assert_eq!(back.to_bytes(), s.to_bytes());
-        assert!(!doc.contains("7a28b5ba"), "the plaintext key must not appear");
+        assert!(
+            !doc.contains("7a28b5ba"),
+            "the plaintext key must not appear"
+        );
     }
 
     #[test]
@@ -196,13 +210,24 @@ mod tests {
         let ct = v["crypto"]["ciphertext"].as_str().unwrap().to_owned();
         let flipped = if ct.starts_with('0') { "1" } else { "0" };
         v["crypto"]["ciphertext"] = format!("{flipped}{}", &ct[1..]).into();
-        assert!(matches!(decrypt(&v.to_string(), b"pw"), Err(KeystoreError::Mac)));
+        assert!(matches!(
+            decrypt(&v.to_string(), b"pw"),
+            Err(KeystoreError::Mac)
+        ));
     }
 
     #[test]
     fn malformed_documents_are_clear_errors() {
-        assert!(matches!(decrypt("{}", b"pw"), Err(KeystoreError::Format(_))));
-        let doc = encrypt(&signer(), b"pw").unwrap().replace("aes-128-ctr", "aes-256-gcm");
-        assert!(matches!(decrypt(&doc, b"pw"), Err(KeystoreError::Unsupported(_))));
+        assert!(matches!(
+            decrypt("{}", b"pw"),
+            Err(KeystoreError::Format(_))
+        ));
+        let doc = encrypt(&signer(), b"pw")
+            .unwrap()
+            .replace("aes-128-ctr", "aes-256-gcm");
+        assert!(matches!(
+            decrypt(&doc, b"pw"),
+            Err(KeystoreError::Unsupported(_))
+        ));
     }
 }

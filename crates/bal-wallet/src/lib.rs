@@ -79,7 +79,10 @@ mod tests {
         let master = MasterKey::from_passphrase("correct horse battery staple").unwrap();
         let other = MasterKey::from_passphrase("incorrect horse battery staple").unwrap();
         let w = Wallet::generate(&master).unwrap();
-        assert!(matches!(Wallet::unlock(&w.keystore, &other), Err(KeystoreError::Mac)));
+        assert!(matches!(
+            Wallet::unlock(&w.keystore, &other),
+            Err(KeystoreError::Mac)
+        ));
     }
 
     #[test]

@@ -111,6 +111,9 @@ mod tests {
 
     #[test]
     fn short_passphrases_are_refused() {
-        assert!(matches!(MasterKey::from_passphrase("short"), Err(MasterKeyError::TooShort)));
+        assert!(matches!(
+            MasterKey::from_passphrase("short"),
+            Err(MasterKeyError::TooShort)
+        ));
     }
 }

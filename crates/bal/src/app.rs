@@ -72,7 +72,10 @@ impl Application {
             );
         }
         let (store, master_key) = open_store(&settings).await?;
-        let admin_password = settings.admin_password.as_ref().map(|s| s.expose().to_owned());
+        let admin_password = settings
+            .admin_password
+            .as_ref()
+            .map(|s| s.expose().to_owned());
         let first_admin = accounts::ensure_first_admin(store.as_ref(), &master_key, admin_password)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
@@ -84,9 +87,10 @@ impl Application {
                     key: key.clone(),
                     ca: None,
                 },
-                (None, None) => {
-                    tls::ensure_self_signed(&settings.data_dir.join("tls"), &settings.http.tls_names)?
-                }
+                (None, None) => tls::ensure_self_signed(
+                    &settings.data_dir.join("tls"),
+                    &settings.http.tls_names,
+                )?,
                 _ => anyhow::bail!("set both http.cert_file and http.key_file, or neither"),
             };
             let config = RustlsConfig::from_config(tls::server_config(&files)?);
@@ -148,8 +152,7 @@ impl Application {
         tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx));
 
         let handle = Handle::new();
-        let app = bal_api::router(self.state)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = bal_api::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let server = {
             let handle = handle.clone();
             async move {

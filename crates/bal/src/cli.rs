@@ -19,8 +19,13 @@ fn read_password_line() -> anyhow::Result<Zeroizing<String>> {
         "--password-stdin needs the password piped in, e.g. `printf %s \"$PW\" | bal user ...`"
     );
     let mut line = Zeroizing::new(String::new());
-    stdin.lock().read_line(&mut line).context("cannot read standard input")?;
-    Ok(Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned()))
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read standard input")?;
+    Ok(Zeroizing::new(
+        line.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
 }
 
 /// The password from stdin, or a generated one that is printed once.
@@ -68,19 +73,35 @@ pub async fn list(settings: &Settings) -> anyhow::Result<()> {
     let users = store.users().await?;
     println!("{:<32}  {:<8}  {:<42}  TOPIC", "USERNAME", "ROLE", "WALLET");
     for u in users {
-        let topic = u.topic.as_ref().map(ToString::to_string).unwrap_or_default();
-        println!("{:<32}  {:<8}  {:<42}  {topic}", u.username, u.role, u.wallet);
+        let topic = u
+            .topic
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        println!(
+            "{:<32}  {:<8}  {:<42}  {topic}",
+            u.username, u.role, u.wallet
+        );
     }
     Ok(())
 }
 
-pub async fn passwd(settings: &Settings, username: &str, password_stdin: bool) -> anyhow::Result<()> {
+pub async fn passwd(
+    settings: &Settings,
+    username: &str,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
     let username = Username::parse(username).with_context(|| format!("username {username:?}"))?;
     let (password, generated) = password(password_stdin)?;
     let (store, _) = open_store(settings).await?;
-    accounts::change_password(store.as_ref(), &username, password.to_string(), &Actor::System)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    accounts::change_password(
+        store.as_ref(),
+        &username,
+        password.to_string(),
+        &Actor::System,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("password of {username} changed; its sessions have ended");
     if generated {
         println!("  password: {} (shown once)", password.as_str());

@@ -258,6 +258,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures must return its large error type.
 mod tests {
     use super::*;
 
@@ -281,7 +282,10 @@ mod tests {
             assert_eq!(s.data_dir, PathBuf::from("/from/file"));
             assert_eq!(s.http.listen, "127.0.0.1:2".parse().unwrap());
             assert!(!s.http.tls);
-            assert_eq!(s.admin_password.as_ref().unwrap().expose(), "from-the-environment");
+            assert_eq!(
+                s.admin_password.as_ref().unwrap().expose(),
+                "from-the-environment"
+            );
 
             let flags = Overrides {
                 data_dir: Some("/from/flag".into()),

@@ -28,7 +28,11 @@ pub struct TlsFiles {
 
 /// The names every generated certificate carries, plus the operator's extra ones.
 fn server_names(extra: &[String]) -> Vec<String> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(host) = fs::read_to_string("/etc/hostname") {
         let host = host.trim();
         if !host.is_empty() {
@@ -110,7 +114,11 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
         .with_context(|| format!("cannot read certificate {}", files.cert.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("invalid PEM in {}", files.cert.display()))?;
-    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", files.cert.display());
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "no certificate in {}",
+        files.cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .with_context(|| format!("cannot read private key {}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

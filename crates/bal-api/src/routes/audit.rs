@@ -55,11 +55,17 @@ async fn audit_log(
 ) -> Result<Json<AuditPage>, ApiError> {
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
     }
     let bad = |what: &str| ApiError::BadRequest(format!("unknown {what}"));
     let query = AuditQuery {
-        actor: p.actor.map(|a| a.parse::<Actor>()).transpose().map_err(|_| bad("actor"))?,
+        actor: p
+            .actor
+            .map(|a| a.parse::<Actor>())
+            .transpose()
+            .map_err(|_| bad("actor"))?,
         action: p
             .action
             .map(|a| a.parse::<AuditAction>())

@@ -79,7 +79,9 @@ async fn login(
         tokio::time::sleep(delay).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
-    let user = credentials.expect("verify is false without credentials").user;
+    let user = credentials
+        .expect("verify is false without credentials")
+        .user;
     state.limiter.record_success(&req.username);
     let (token, digest) = new_token();
     let now = Utc::now();

@@ -8,9 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use bal_core::{
-    Actor, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic,
-};
+use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic};
 use bal_scd::{SubscriptionQuery, User};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -145,7 +143,9 @@ async fn list_subscriptions(
     let query = SubscriptionQuery { status, ..query };
     let now = Utc::now();
     let list = state.store.subscriptions(&query).await?;
-    Ok(Json(list.iter().map(|s| SubscriptionView::at(s, now)).collect()))
+    Ok(Json(
+        list.iter().map(|s| SubscriptionView::at(s, now)).collect(),
+    ))
 }
 
 /// Loads a subscription the caller is a party to (or any, for an admin); others get 403.

@@ -68,9 +68,15 @@ async fn logout_ends_the_session_at_once() {
     assert_eq!(app.get("/api/me", &token).await.status(), StatusCode::OK);
     let r = app.post_empty("/api/auth/logout", &token).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.get("/api/me", &token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/me", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // Other sessions of the same user are untouched.
-    assert_eq!(app.get("/api/me", &app.admin).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/me", &app.admin).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -78,7 +84,10 @@ async fn an_expired_session_is_refused() {
     let app = spawn_app_with(|s| s.auth.session_ttl_secs = 1).await;
     let token = app.token("admin", ADMIN_PASSWORD).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(app.get("/api/me", &token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/me", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -89,7 +98,11 @@ async fn too_many_failed_logins_get_429_even_with_the_right_password() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
     let r = app.login("admin", ADMIN_PASSWORD).await;
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry > 0 && retry <= 900, "{retry}");
     assert_error(r, StatusCode::TOO_MANY_REQUESTS, "too_many_requests").await;
     // Unknown names are limited the same way, so a lockout reveals nothing.
@@ -138,7 +151,17 @@ async fn the_login_body_is_checked_like_any_other() {
         .send()
         .await
         .unwrap();
-    assert_error(r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    let body: Value = app.login("admin", ADMIN_PASSWORD).await.json().await.unwrap();
+    assert_error(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let body: Value = app
+        .login("admin", ADMIN_PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(body["token"].is_string());
 }

@@ -38,7 +38,18 @@ fn text(o: &Output) -> String {
 async fn users_added_on_the_command_line_log_in_over_the_api() {
     let app = spawn_app().await;
     let dir = app.data_dir.clone();
-    let out = bal(&dir, &["user", "add", "meter1", "--role", "producer", "--password-stdin"], Some("meter-password-1\n"));
+    let out = bal(
+        &dir,
+        &[
+            "user",
+            "add",
+            "meter1",
+            "--role",
+            "producer",
+            "--password-stdin",
+        ],
+        Some("meter-password-1\n"),
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("platone/meter1"));
 
@@ -62,9 +73,16 @@ async fn users_added_on_the_command_line_log_in_over_the_api() {
     }
     assert!(!listing.contains("argon2"));
 
-    let out = bal(&dir, &["user", "passwd", "meter1", "--password-stdin"], Some("meter-password-2\n"));
+    let out = bal(
+        &dir,
+        &["user", "passwd", "meter1", "--password-stdin"],
+        Some("meter-password-2\n"),
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(app.login("meter1", "meter-password-1").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.login("meter1", "meter-password-1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     app.token("meter1", "meter-password-2").await;
 }
 
@@ -72,7 +90,10 @@ async fn users_added_on_the_command_line_log_in_over_the_api() {
 async fn bad_command_line_input_is_a_message_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&[&str], &str); 3] = [
-        (&["user", "add", "Bad Name", "--role", "consumer"], "username"),
+        (
+            &["user", "add", "Bad Name", "--role", "consumer"],
+            "username",
+        ),
         (&["user", "add", "goodname", "--role", "root"], "role"),
         (&["user", "passwd", "ghost1"], "not found"),
     ];
@@ -80,7 +101,10 @@ async fn bad_command_line_input_is_a_message_and_a_nonzero_exit() {
         let out = bal(dir.path(), args, None);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let t = text(&out);
-        assert!(t.contains("error:") && t.contains(expected), "{args:?}: {t}");
+        assert!(
+            t.contains("error:") && t.contains(expected),
+            "{args:?}: {t}"
+        );
         assert!(!t.contains("panicked"), "{t}");
     }
     let out = bal(dir.path(), &["user", "frobnicate"], None);

@@ -28,10 +28,12 @@ pub struct TestApp {
 
 /// Settings for a test: its own data folder, port 0, a known admin password.
 pub fn test_settings(data_dir: &Path) -> Settings {
-    let mut s = Settings::default();
-    s.data_dir = data_dir.to_owned();
+    let mut s = Settings {
+        data_dir: data_dir.to_owned(),
+        admin_password: Some(serde_json::from_value::<Secret>(json!(ADMIN_PASSWORD)).unwrap()),
+        ..Settings::default()
+    };
     s.http.listen = "127.0.0.1:0".parse().unwrap();
-    s.admin_password = Some(serde_json::from_value::<Secret>(json!(ADMIN_PASSWORD)).unwrap());
     s
 }
 
@@ -75,7 +77,9 @@ pub fn install_crypto_provider() {
 /// Starts the application with exactly these settings (the data folder is the caller's).
 pub async fn start(settings: Settings) -> TestApp {
     install_crypto_provider();
-    let app = Application::build(settings.clone()).await.expect("app builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
     let base = app.base_url();
     let client = match app.ca_path() {
         Some(ca) => client_trusting(&ca),
@@ -133,7 +137,8 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Response {
-        self.request(Method::POST, path, Some(token), Some(body)).await
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
     }
 
     /// A POST without a body, as the decision routes take.
@@ -142,7 +147,8 @@ impl TestApp {
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Response {
-        self.request(Method::PUT, path, Some(token), Some(body)).await
+        self.request(Method::PUT, path, Some(token), Some(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: &str) -> Response {

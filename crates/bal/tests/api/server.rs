@@ -19,7 +19,12 @@ async fn health_and_readiness_answer_without_a_token() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_route_and_swagger_ui_is_served() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/api/openapi.json")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     let doc = json_ok(r, StatusCode::OK).await;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
@@ -44,7 +49,10 @@ async fn the_openapi_document_describes_every_route_and_swagger_ui_is_served() {
         ("/healthz", "get"),
         ("/readyz", "get"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path}");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path}"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
@@ -67,7 +75,10 @@ async fn the_listener_speaks_only_tls() {
     let app = spawn_app().await;
     install_crypto_provider();
     let plain = app.base.replace("https://", "http://");
-    let r = reqwest::Client::new().get(format!("{plain}/healthz")).send().await;
+    let r = reqwest::Client::new()
+        .get(format!("{plain}/healthz"))
+        .send()
+        .await;
     assert!(r.is_err() || !r.unwrap().status().is_success());
     // A client that does not trust the generated CA refuses the server.
     let stranger = reqwest::Client::builder()
@@ -99,8 +110,11 @@ async fn a_restart_keeps_users_certificate_and_wallets() {
     let me = json_ok(app.get("/api/me", &token).await, StatusCode::OK).await;
     assert_eq!(me["wallet"], before["wallet"]);
     // The admin was created once; the restart did not create another or reset its password.
-    let audit = json_ok(app.get("/api/audit?actor=@system", &app.admin).await, StatusCode::OK)
-        .await;
+    let audit = json_ok(
+        app.get("/api/audit?actor=@system", &app.admin).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
     drop(dir);
 }
@@ -117,7 +131,10 @@ async fn plain_http_is_refused_off_loopback_and_served_on_loopback() {
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     let app = start(settings).await;
     assert!(app.base.starts_with("http://"));
-    assert_eq!(app.get("/api/me", &app.admin).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/me", &app.admin).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -136,7 +153,9 @@ async fn a_broken_database_gives_a_generic_500_and_the_server_stays_up() {
     let app = spawn_app().await;
     // Break the schema behind the server's back.
     let url = format!("sqlite://{}", app.data_dir.join("bal.db").display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
     sqlx::query("ALTER TABLE subscriptions RENAME TO subscriptions_gone")
         .execute(&mut conn)
         .await
@@ -146,5 +165,8 @@ async fn a_broken_database_gives_a_generic_500_and_the_server_stays_up() {
     let body = r.text().await.unwrap();
     assert_eq!(body, r#"{"error":"internal","message":"internal error"}"#);
     // Everything that does not need the broken table still works.
-    assert_eq!(app.get("/api/me", &app.admin).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/me", &app.admin).await.status(),
+        StatusCode::OK
+    );
 }

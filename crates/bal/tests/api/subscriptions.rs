@@ -21,7 +21,13 @@ async fn world() -> World {
     let p2 = app.user("producer2", "producer").await;
     let c1 = app.user("consumer1", "consumer").await;
     let c2 = app.user("consumer2", "consumer").await;
-    World { app, p1, p2, c1, c2 }
+    World {
+        app,
+        p1,
+        p2,
+        c1,
+        c2,
+    }
 }
 
 fn status_of(producers: &Value, producer: &str) -> Value {
@@ -43,7 +49,11 @@ async fn a_consumer_requests_and_the_producer_accepts_then_revokes() {
     assert_eq!(status_of(&producers, "producer1"), Value::Null);
 
     let r = app
-        .post("/api/subscriptions", &c1, json!({ "topic": "platone/producer1" }))
+        .post(
+            "/api/subscriptions",
+            &c1,
+            json!({ "topic": "platone/producer1" }),
+        )
         .await;
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let sub = json_ok(r, StatusCode::CREATED).await;
@@ -58,14 +68,18 @@ async fn a_consumer_requests_and_the_producer_accepts_then_revokes() {
     let theirs = json_ok(app.get("/api/subscriptions", &p1).await, StatusCode::OK).await;
     assert_eq!(theirs[0]["id"], id);
 
-    let accepted = app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1).await;
+    let accepted = app
+        .post_empty(&format!("/api/subscriptions/{id}/accept"), &p1)
+        .await;
     let accepted = json_ok(accepted, StatusCode::OK).await;
     assert_eq!(accepted["status"], "accepted");
     assert_eq!(accepted["decided_by"], "producer1");
     assert_eq!(accepted["expires_at"], Value::Null);
     assert!(accepted["modification_date"].as_str() >= sub["creation_date"].as_str());
 
-    let revoked = app.post_empty(&format!("/api/subscriptions/{id}/revoke"), &p1).await;
+    let revoked = app
+        .post_empty(&format!("/api/subscriptions/{id}/revoke"), &p1)
+        .await;
     assert_eq!(json_ok(revoked, StatusCode::OK).await["status"], "revoked");
     let producers = json_ok(app.get("/api/producers", &c1).await, StatusCode::OK).await;
     assert_eq!(status_of(&producers, "producer1"), "revoked");
@@ -73,7 +87,13 @@ async fn a_consumer_requests_and_the_producer_accepts_then_revokes() {
 
 #[tokio::test]
 async fn a_producer_decides_only_requests_on_its_own_topic() {
-    let World { app, p1, p2, c1, c2 } = world().await;
+    let World {
+        app,
+        p1,
+        p2,
+        c1,
+        c2,
+    } = world().await;
     let id = app.request_subscription(&c1, "producer1").await;
     for action in ["accept", "refuse", "revoke"] {
         let path = format!("/api/subscriptions/{id}/{action}");
@@ -87,8 +107,11 @@ async fn a_producer_decides_only_requests_on_its_own_topic() {
     }
     let r = app.get(&format!("/api/subscriptions/{id}"), &p2).await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let still = json_ok(app.get(&format!("/api/subscriptions/{id}"), &p1).await, StatusCode::OK)
-        .await;
+    let still = json_ok(
+        app.get(&format!("/api/subscriptions/{id}"), &p1).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(still["status"], "requested");
     let p2_sees = json_ok(app.get("/api/subscriptions", &p2).await, StatusCode::OK).await;
     assert_eq!(p2_sees, json!([]));
@@ -96,22 +119,34 @@ async fn a_producer_decides_only_requests_on_its_own_topic() {
 
 #[tokio::test]
 async fn a_consumer_sees_and_cancels_only_its_own() {
-    let World { app, p1, c1, c2, .. } = world().await;
+    let World {
+        app, p1, c1, c2, ..
+    } = world().await;
     let id = app.request_subscription(&c1, "producer1").await;
     let r = app.get(&format!("/api/subscriptions/{id}"), &c2).await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.post_empty(&format!("/api/subscriptions/{id}/cancel"), &c2).await;
+    let r = app
+        .post_empty(&format!("/api/subscriptions/{id}/cancel"), &c2)
+        .await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.post_empty(&format!("/api/subscriptions/{id}/cancel"), &p1).await;
+    let r = app
+        .post_empty(&format!("/api/subscriptions/{id}/cancel"), &p1)
+        .await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(
         json_ok(app.get("/api/subscriptions", &c2).await, StatusCode::OK).await,
         json!([])
     );
-    let all = json_ok(app.get("/api/subscriptions", &app.admin).await, StatusCode::OK).await;
+    let all = json_ok(
+        app.get("/api/subscriptions", &app.admin).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(all.as_array().unwrap().len(), 1);
 
-    let r = app.post_empty(&format!("/api/subscriptions/{id}/cancel"), &c1).await;
+    let r = app
+        .post_empty(&format!("/api/subscriptions/{id}/cancel"), &c1)
+        .await;
     let cancelled = json_ok(r, StatusCode::OK).await;
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["decided_by"], "consumer1");
@@ -119,24 +154,37 @@ async fn a_consumer_sees_and_cancels_only_its_own() {
 
 #[tokio::test]
 async fn one_live_request_per_consumer_and_topic_and_a_new_one_after_the_end() {
-    let World { app, p1, c1, c2, .. } = world().await;
+    let World {
+        app, p1, c1, c2, ..
+    } = world().await;
     let id = app.request_subscription(&c1, "producer1").await;
     // A sub-topic means the producer's topic, so it is the same request.
     for topic in ["platone/producer1", "platone/producer1/pmu-7"] {
-        let r = app.post("/api/subscriptions", &c1, json!({ "topic": topic })).await;
+        let r = app
+            .post("/api/subscriptions", &c1, json!({ "topic": topic }))
+            .await;
         assert_error(r, StatusCode::CONFLICT, "conflict").await;
     }
     // Another consumer is independent.
     app.request_subscription(&c2, "producer1").await;
 
-    app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1).await;
-    let r = app.post("/api/subscriptions", &c1, json!({ "topic": "platone/producer1" })).await;
+    app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1)
+        .await;
+    let r = app
+        .post(
+            "/api/subscriptions",
+            &c1,
+            json!({ "topic": "platone/producer1" }),
+        )
+        .await;
     assert_error(r, StatusCode::CONFLICT, "conflict").await;
 
-    app.post_empty(&format!("/api/subscriptions/{id}/revoke"), &p1).await;
+    app.post_empty(&format!("/api/subscriptions/{id}/revoke"), &p1)
+        .await;
     let again = app.request_subscription(&c1, "producer1").await;
     assert_ne!(again, id);
-    app.post_empty(&format!("/api/subscriptions/{again}/refuse"), &p1).await;
+    app.post_empty(&format!("/api/subscriptions/{again}/refuse"), &p1)
+        .await;
     app.request_subscription(&c1, "producer1").await;
 
     let mine = json_ok(app.get("/api/subscriptions", &c1).await, StatusCode::OK).await;
@@ -146,9 +194,20 @@ async fn one_live_request_per_consumer_and_topic_and_a_new_one_after_the_end() {
         .iter()
         .map(|s| s["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["requested", "refused", "revoked"], "newest first");
+    assert_eq!(
+        statuses,
+        ["requested", "refused", "revoked"],
+        "newest first"
+    );
     let filtered = app.get("/api/subscriptions?status=refused", &c1).await;
-    assert_eq!(json_ok(filtered, StatusCode::OK).await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        json_ok(filtered, StatusCode::OK)
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let r = app.get("/api/subscriptions?status=bogus", &c1).await;
     assert_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
 }
@@ -178,11 +237,26 @@ async fn bad_subscription_requests_get_clear_errors() {
     let World { app, p1, c1, .. } = world().await;
     let cases = [
         (json!({ "topic": "platone/nobody" }), StatusCode::NOT_FOUND),
-        (json!({ "topic": "platone/consumer2" }), StatusCode::NOT_FOUND),
-        (json!({ "topic": "platone/#" }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "topic": "platone/producer1/+" }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "topic": "other/producer1" }), StatusCode::UNPROCESSABLE_ENTITY),
-        (json!({ "topic": "platone/producer1", "x": 1 }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "topic": "platone/consumer2" }),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({ "topic": "platone/#" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "topic": "platone/producer1/+" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "topic": "other/producer1" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({ "topic": "platone/producer1", "x": 1 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (json!({}), StatusCode::UNPROCESSABLE_ENTITY),
     ];
     for (body, status) in cases {
@@ -192,12 +266,18 @@ async fn bad_subscription_requests_get_clear_errors() {
     // Only consumers request.
     for token in [&p1, &app.admin] {
         let r = app
-            .post("/api/subscriptions", token, json!({ "topic": "platone/producer1" }))
+            .post(
+                "/api/subscriptions",
+                token,
+                json!({ "topic": "platone/producer1" }),
+            )
             .await;
         assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     }
     for id in ["not-a-uuid", "0190f4a4-8f49-7c3e-9c5b-3f1f3b2a9d11"] {
-        let r = app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1).await;
+        let r = app
+            .post_empty(&format!("/api/subscriptions/{id}/accept"), &p1)
+            .await;
         assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
     }
     let id = app.request_subscription(&c1, "producer1").await;
@@ -211,7 +291,11 @@ async fn bad_subscription_requests_get_clear_errors() {
         .unwrap();
     assert_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
     let r = app
-        .post(&format!("/api/subscriptions/{id}/accept"), &p1, json!({ "expires_at": "soon" }))
+        .post(
+            &format!("/api/subscriptions/{id}/accept"),
+            &p1,
+            json!({ "expires_at": "soon" }),
+        )
         .await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
 }
@@ -222,7 +306,11 @@ async fn an_expiry_in_the_past_is_refused() {
     let id = app.request_subscription(&c1, "producer1").await;
     let past = Utc::now() - chrono::Duration::minutes(1);
     let r = app
-        .post(&format!("/api/subscriptions/{id}/accept"), &p1, json!({ "expires_at": past }))
+        .post(
+            &format!("/api/subscriptions/{id}/accept"),
+            &p1,
+            json!({ "expires_at": past }),
+        )
         .await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
 }
@@ -233,7 +321,11 @@ async fn an_accepted_grant_expires_on_time_and_the_bal_writes_it_down() {
     let id = app.request_subscription(&c1, "producer1").await;
     let until = Utc::now() + chrono::Duration::milliseconds(1500);
     let r = app
-        .post(&format!("/api/subscriptions/{id}/accept"), &p1, json!({ "expires_at": until }))
+        .post(
+            &format!("/api/subscriptions/{id}/accept"),
+            &p1,
+            json!({ "expires_at": until }),
+        )
         .await;
     let accepted = json_ok(r, StatusCode::OK).await;
     assert_eq!(accepted["status"], "accepted");
@@ -241,17 +333,29 @@ async fn an_accepted_grant_expires_on_time_and_the_bal_writes_it_down() {
 
     // The sweeper runs every second: within expiry + 2 s the stored status and the audit agree.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let s = json_ok(app.get(&format!("/api/subscriptions/{id}"), &c1).await, StatusCode::OK).await;
-    assert_eq!(s["status"], "expired");
-    assert_eq!(s["decided_by"], "@system");
-    let stored = json_ok(
-        app.get("/api/subscriptions?status=expired", &app.admin).await,
+    let s = json_ok(
+        app.get(&format!("/api/subscriptions/{id}"), &c1).await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(stored.as_array().unwrap().len(), 1, "the stored status is expired");
+    assert_eq!(s["status"], "expired");
+    assert_eq!(s["decided_by"], "@system");
+    let stored = json_ok(
+        app.get("/api/subscriptions?status=expired", &app.admin)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        stored.as_array().unwrap().len(),
+        1,
+        "the stored status is expired"
+    );
     let audit = app
-        .get(&format!("/api/audit?object=subscription:{id}&action=subscription.expire"), &app.admin)
+        .get(
+            &format!("/api/audit?object=subscription:{id}&action=subscription.expire"),
+            &app.admin,
+        )
         .await;
     let audit = json_ok(audit, StatusCode::OK).await;
     assert_eq!(audit["entries"][0]["actor"], "@system");
@@ -261,9 +365,12 @@ async fn an_accepted_grant_expires_on_time_and_the_bal_writes_it_down() {
 
 #[tokio::test]
 async fn deleting_a_producer_revokes_its_grants_and_hides_it() {
-    let World { app, p1, c1, c2, .. } = world().await;
+    let World {
+        app, p1, c1, c2, ..
+    } = world().await;
     let granted = app.request_subscription(&c1, "producer1").await;
-    app.post_empty(&format!("/api/subscriptions/{granted}/accept"), &p1).await;
+    app.post_empty(&format!("/api/subscriptions/{granted}/accept"), &p1)
+        .await;
     let pending = app.request_subscription(&c2, "producer1").await;
     app.delete("/api/users/producer1", &app.admin).await;
 
@@ -274,7 +381,19 @@ async fn deleting_a_producer_revokes_its_grants_and_hides_it() {
         assert_eq!(s["decided_by"], "admin");
     }
     let producers = json_ok(app.get("/api/producers", &c1).await, StatusCode::OK).await;
-    assert!(producers.as_array().unwrap().iter().all(|p| p["username"] != "producer1"));
-    let r = app.post("/api/subscriptions", &c1, json!({ "topic": "platone/producer1" })).await;
+    assert!(
+        producers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["username"] != "producer1")
+    );
+    let r = app
+        .post(
+            "/api/subscriptions",
+            &c1,
+            json!({ "topic": "platone/producer1" }),
+        )
+        .await;
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
 }

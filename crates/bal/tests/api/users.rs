@@ -29,7 +29,11 @@ async fn admin_creates_lists_reads_and_deletes_users() {
         .collect();
     assert_eq!(names, ["admin", "consumer1", "producer1"]);
 
-    let one = json_ok(app.get("/api/users/producer1", &app.admin).await, StatusCode::OK).await;
+    let one = json_ok(
+        app.get("/api/users/producer1", &app.admin).await,
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(one, p);
 
     let r = app.delete("/api/users/producer1", &app.admin).await;
@@ -58,7 +62,14 @@ async fn no_response_ever_carries_a_password_hash_or_a_key() {
     }
     bodies.push(app.login("producer1", PASSWORD).await.text().await.unwrap());
     for body in bodies {
-        for secret in ["argon2", "ciphertext", "crypto", "password_hash", "account", PASSWORD] {
+        for secret in [
+            "argon2",
+            "ciphertext",
+            "crypto",
+            "password_hash",
+            "account",
+            PASSWORD,
+        ] {
             assert!(!body.contains(secret), "{secret} in {body}");
         }
     }
@@ -77,8 +88,12 @@ async fn non_admins_get_403_on_admin_routes() {
             app.get("/api/users/admin", &token).await,
             app.delete("/api/users/admin", &token).await,
             app.get("/api/audit", &token).await,
-            app.put("/api/users/admin/password", &token, json!({ "password": PASSWORD }))
-                .await,
+            app.put(
+                "/api/users/admin/password",
+                &token,
+                json!({ "password": PASSWORD }),
+            )
+            .await,
         ];
         for r in attempts {
             assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
@@ -130,7 +145,13 @@ async fn invalid_names_roles_and_passwords_are_422() {
 #[tokio::test]
 async fn malformed_json_is_400() {
     let app = spawn_app().await;
-    for body in ["{", "{\"username\": \"alice\",,}", "{\"username\": ", "not json", ""] {
+    for body in [
+        "{",
+        "{\"username\": \"alice\",,}",
+        "{\"username\": ",
+        "not json",
+        "",
+    ] {
         let r = app
             .client
             .post(app.url("/api/users"))
@@ -148,11 +169,15 @@ async fn malformed_json_is_400() {
 #[tokio::test]
 async fn bodies_over_the_cap_get_413_and_the_server_keeps_serving() {
     let app = spawn_app().await;
-    let huge = json!({ "username": "big", "password": "x".repeat(2 * 1024 * 1024), "role": "consumer" });
+    let huge =
+        json!({ "username": "big", "password": "x".repeat(2 * 1024 * 1024), "role": "consumer" });
     let r = app.post("/api/users", &app.admin, huge).await;
     let message = assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     assert!(message.contains("larger"), "{message}");
-    assert_eq!(app.get("/api/me", &app.admin).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/me", &app.admin).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -160,17 +185,28 @@ async fn users_change_their_own_password_with_the_current_one() {
     let app = spawn_app().await;
     let token = app.user("consumer1", "consumer").await;
     let path = "/api/users/consumer1/password";
-    let r = app.put(path, &token, json!({ "password": "brand-new-password" })).await;
+    let r = app
+        .put(path, &token, json!({ "password": "brand-new-password" }))
+        .await;
     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
     let wrong = json!({ "password": "brand-new-password", "current_password": "nope-nope" });
     let r = app.put(path, &token, wrong).await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     let right = json!({ "password": "brand-new-password", "current_password": PASSWORD });
-    assert_eq!(app.put(path, &token, right).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.put(path, &token, right).await.status(),
+        StatusCode::NO_CONTENT
+    );
 
     // Every session ended; only the new password works.
-    assert_eq!(app.get("/api/me", &token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.login("consumer1", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/me", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("consumer1", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     app.token("consumer1", "brand-new-password").await;
 }
 
@@ -180,12 +216,18 @@ async fn an_admin_resets_any_password_and_others_cannot() {
     app.create_user("consumer1", "consumer").await;
     let other = app.user("consumer2", "consumer").await;
     let body = json!({ "password": "reset-by-someone" });
-    let r = app.put("/api/users/consumer1/password", &other, body.clone()).await;
+    let r = app
+        .put("/api/users/consumer1/password", &other, body.clone())
+        .await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
-    let r = app.put("/api/users/consumer1/password", &app.admin, body.clone()).await;
+    let r = app
+        .put("/api/users/consumer1/password", &app.admin, body.clone())
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     app.token("consumer1", "reset-by-someone").await;
-    let r = app.put("/api/users/ghost1/password", &app.admin, body).await;
+    let r = app
+        .put("/api/users/ghost1/password", &app.admin, body)
+        .await;
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
 }
 
@@ -206,6 +248,12 @@ async fn a_deleted_users_token_stops_working_and_it_cannot_log_in() {
     let app = spawn_app().await;
     let token = app.user("consumer1", "consumer").await;
     app.delete("/api/users/consumer1", &app.admin).await;
-    assert_eq!(app.get("/api/me", &token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.login("consumer1", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/me", &token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login("consumer1", PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,0 +1,194 @@
+//! The SQLite store's own guarantees, below the API: constraints, atomicity, append-only audit.
+
+use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionStatus, Topic, Username};
+use bal_scd::{AuditQuery, NewUser, SqliteStore, Store, StoreError, SubscriptionQuery};
+use chrono::{Duration, Utc};
+
+struct Db {
+    store: SqliteStore,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bal.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    Db {
+        store,
+        url,
+        _dir: dir,
+    }
+}
+
+fn name(n: &str) -> Username {
+    Username::parse(n).unwrap()
+}
+
+/// A distinct, valid wallet per user, derived from its name.
+fn new_user(n: &str, role: Role) -> NewUser {
+    let mut bytes = [0u8; 20];
+    for (i, b) in n.bytes().enumerate() {
+        bytes[i % 20] ^= b;
+    }
+    NewUser {
+        username: name(n),
+        role,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        wallet: bal_core::WalletAddress::parse(&format!("0x{}", hex(&bytes))).unwrap(),
+        account: "{}".into(),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn seed(store: &SqliteStore) {
+    for (n, r) in [
+        ("admin", Role::Admin),
+        ("prod", Role::Producer),
+        ("cons", Role::Consumer),
+    ] {
+        store
+            .create_user(new_user(n, r), &Actor::System, Utc::now())
+            .await
+            .unwrap();
+    }
+}
+
+fn request(now: chrono::DateTime<Utc>) -> Subscription {
+    Subscription::request(name("cons"), &Topic::parse("platone/prod").unwrap(), now)
+}
+
+#[tokio::test]
+async fn the_audit_log_refuses_edits_and_deletions() {
+    let db = db().await;
+    seed(&db.store).await;
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit_log SET actor = 'mallory'",
+        "DELETE FROM audit_log",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+    let entries = db
+        .store
+        .audit_log(&AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(entries.iter().all(|e| e.actor == Actor::System));
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_the_same_topic_leave_exactly_one_live() {
+    let db = db().await;
+    seed(&db.store).await;
+    let store = std::sync::Arc::new(db.store);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.request_subscription(request(Utc::now())).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let all = store
+        .subscriptions(&SubscriptionQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_decision_writes_neither_the_change_nor_an_audit_entry() {
+    let db = db().await;
+    seed(&db.store).await;
+    let sub = db
+        .store
+        .request_subscription(request(Utc::now()))
+        .await
+        .unwrap();
+    let before = db
+        .store
+        .audit_log(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = db
+        .store
+        .decide(
+            sub.id,
+            &GrantAction::Revoke,
+            &Actor::User(name("prod")),
+            Utc::now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Grant(_)));
+    let after = db
+        .store
+        .audit_log(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(before.len(), after.len());
+    let stored = db.store.subscription(sub.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, SubscriptionStatus::Requested);
+}
+
+#[tokio::test]
+async fn a_lapsed_grant_does_not_block_a_new_request() {
+    let db = db().await;
+    seed(&db.store).await;
+    let t0 = Utc::now();
+    let sub = db.store.request_subscription(request(t0)).await.unwrap();
+    let until = t0 + Duration::seconds(10);
+    let accept = GrantAction::Accept {
+        expires_at: Some(until),
+    };
+    db.store
+        .decide(sub.id, &accept, &Actor::User(name("prod")), t0)
+        .await
+        .unwrap();
+    // Before the sweeper has run, a request after the expiry writes the expiry first.
+    let later = until + Duration::seconds(1);
+    db.store.request_subscription(request(later)).await.unwrap();
+    let old = db.store.subscription(sub.id).await.unwrap().unwrap();
+    assert_eq!(old.status, SubscriptionStatus::Expired);
+    assert_eq!(old.decided_by, Some(Actor::System));
+}
+
+#[tokio::test]
+async fn reopening_the_database_keeps_everything() {
+    let db = db().await;
+    seed(&db.store).await;
+    let sub = db
+        .store
+        .request_subscription(request(Utc::now()))
+        .await
+        .unwrap();
+    drop(db.store);
+    let again = SqliteStore::connect(&db.url).await.unwrap();
+    assert_eq!(again.users().await.unwrap().len(), 3);
+    assert_eq!(again.subscription(sub.id).await.unwrap().unwrap(), sub);
+}
