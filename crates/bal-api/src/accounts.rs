@@ -8,7 +8,7 @@ use rand::Rng;
 use rand::distributions::Alphanumeric;
 
 use crate::error::ApiError;
-use crate::password;
+use bal_auth::password;
 
 /// The name of the admin created on first start.
 pub const FIRST_ADMIN: &str = "admin";

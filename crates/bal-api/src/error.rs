@@ -25,8 +25,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than the limit")]
-    PayloadTooLarge,
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -60,7 +60,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -118,6 +118,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<bal_auth::password::PasswordError> for ApiError {
+    fn from(e: bal_auth::password::PasswordError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<bal_auth::password::PolicyError> for ApiError {
+    fn from(e: bal_auth::password::PolicyError) -> Self {
+        ApiError::Unprocessable(e.to_string())
+    }
+}
+
 impl From<GrantError> for ApiError {
     fn from(e: GrantError) -> Self {
         match e {
@@ -137,7 +149,9 @@ impl From<GrantError> for ApiError {
 /// type, 422 for JSON of the wrong shape (unknown fields, invalid names).
 fn from_rejection(status: StatusCode, text: String) -> ApiError {
     match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge("request body is larger than the limit".into())
+        }
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(text),
         s if s.is_server_error() => ApiError::internal(anyhow::anyhow!(text)),

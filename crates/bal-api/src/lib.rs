@@ -12,8 +12,6 @@
 pub mod accounts;
 pub mod auth;
 pub mod error;
-pub mod limiter;
-pub mod password;
 mod routes;
 pub mod views;
 
@@ -31,8 +29,8 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use bal_auth::{LimiterConfig, LoginLimiter};
 pub use error::ApiError;
-pub use limiter::{LimiterConfig, LoginLimiter};
 
 /// What the API needs from the settings.
 #[derive(Debug, Clone)]
@@ -41,6 +39,10 @@ pub struct ApiConfig {
     pub session_ttl: Duration,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// The largest measurement upload accepted, in bytes.
+    pub ingest_body_limit: usize,
+    /// The largest single measurement payload, in bytes.
+    pub max_payload_bytes: usize,
     pub login_limits: LimiterConfig,
 }
 
@@ -49,6 +51,8 @@ impl Default for ApiConfig {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
             body_limit: 1024 * 1024,
+            ingest_body_limit: 32 * 1024 * 1024,
+            max_payload_bytes: 256 * 1024,
             login_limits: LimiterConfig::default(),
         }
     }
@@ -85,6 +89,7 @@ impl AppState {
         (name = "auth", description = "Log in and out"),
         (name = "users", description = "User administration (admin)"),
         (name = "subscriptions", description = "Producers and consumers' grants"),
+        (name = "measurements", description = "Uploads, history and live streams"),
         (name = "audit", description = "The append-only audit log (admin)"),
         (name = "health", description = "Liveness and readiness"),
     )
@@ -105,11 +110,15 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Every documented route; the OpenAPI document is generated from the handlers' annotations.
-fn documented_routes() -> OpenApiRouter<AppState> {
+fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::auth::router())
         .merge(routes::users::router())
         .merge(routes::subscriptions::router())
+        // Uploads carry up to 10 000 readings: their own, larger cap.
+        .merge(
+            routes::measurements::router().layer(DefaultBodyLimit::max(config.ingest_body_limit)),
+        )
         .merge(routes::audit::router())
         .merge(routes::health::router())
 }
@@ -117,7 +126,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 /// The whole API: the documented routes, their OpenAPI document and Swagger UI.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    let (api, openapi) = documented_routes().split_for_parts();
+    // The outer cap applies where a route sets none of its own.
+    let (api, openapi) = documented_routes(&state.config).split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(routes::not_found)
@@ -145,5 +155,5 @@ pub fn router(state: AppState) -> Router {
 
 /// The OpenAPI document alone, for `bal` to print or tests to inspect.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    documented_routes(&ApiConfig::default()).split_for_parts().1
 }

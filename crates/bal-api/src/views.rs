@@ -1,8 +1,10 @@
 //! The JSON shapes the API returns. Field names are snake_case, as in D2.12's data models;
 //! none of them can carry a password hash or a key.
 
-use bal_core::Subscription;
+use bal_core::{Fields, Measurement, Subscription};
 use bal_scd::{AuditEntry, User};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -106,6 +108,49 @@ impl From<&AuditEntry> for AuditView {
             action: e.action.to_string(),
             object: e.object.clone(),
             detail: e.detail.clone(),
+        }
+    }
+}
+
+/// One reading. The payload is given exactly (`payload_base64`), and also as JSON when it is
+/// JSON, or as text when it is UTF-8 text.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeasurementView {
+    pub id: i64,
+    pub producer: String,
+    #[schema(example = "platone/producer1/pmu-1")]
+    pub topic: String,
+    pub received_at: DateTime<Utc>,
+    /// `keccak256(payload)`, 0x-prefixed: the value that is certified.
+    pub payload_hash: String,
+    pub payload_base64: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload_json: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_text: Option<String>,
+    /// Numeric fields read from the payload, for charts and queries.
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<Fields>,
+}
+
+impl From<&Measurement> for MeasurementView {
+    fn from(m: &Measurement) -> Self {
+        let json = serde_json::from_slice::<serde_json::Value>(&m.payload).ok();
+        let text = match json {
+            Some(_) => None,
+            None => std::str::from_utf8(&m.payload).ok().map(str::to_owned),
+        };
+        Self {
+            id: m.id,
+            producer: m.producer.to_string(),
+            topic: m.topic.to_string(),
+            received_at: m.received_at,
+            payload_hash: m.payload_hash.to_string(),
+            payload_base64: BASE64.encode(&m.payload),
+            payload_json: json,
+            payload_text: text,
+            fields: m.fields.clone(),
         }
     }
 }

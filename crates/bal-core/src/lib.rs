@@ -8,17 +8,20 @@
 //! - [`wallet`]: wallet addresses.
 //! - [`subscription`]: grant ids, statuses and the grant state machine.
 //! - [`audit`]: the actors and actions written to the append-only audit log.
+//! - [`measurement`]: measurements, their payload hash and the fields read from payloads.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod measurement;
 pub mod subscription;
 pub mod topic;
 pub mod user;
 pub mod wallet;
 
 pub use audit::{Actor, AuditAction};
+pub use measurement::{Fields, Measurement, NewMeasurement};
 pub use subscription::{GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus};
-pub use topic::{Topic, TopicError};
+pub use topic::{FilterScope, Topic, TopicError};
 pub use user::{Role, RoleError, Username, UsernameError};
 pub use wallet::{WalletAddress, WalletError};
 

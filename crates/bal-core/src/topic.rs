@@ -92,6 +92,51 @@ impl fmt::Debug for Topic {
 
 serde_via_str!(Topic);
 
+/// How far an MQTT subscription filter reaches, which decides who may subscribe with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterScope {
+    /// Only topics of this producer: `platone/<p>`, `platone/<p>/#`, `platone/<p>/+/x`, ...
+    Producer(Username),
+    /// Across producers (`#`, `platone/#`, `platone/+`, `+/...`), outside `platone/`, or a
+    /// shared subscription (`$share/...`): only the BAL's own ingest identity may use these.
+    Wide,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid MQTT topic filter")]
+pub struct FilterError;
+
+impl FilterScope {
+    /// Classifies a subscription filter, refusing malformed ones (`a/#/b`, `a+`, empty levels
+    /// are allowed by MQTT but not in `platone/` topics).
+    pub fn of(filter: &str) -> Result<Self, FilterError> {
+        if filter.is_empty() || filter.len() > Topic::MAX_LEN * 2 || filter.contains('\0') {
+            return Err(FilterError);
+        }
+        let levels: Vec<&str> = filter.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            let wildcard_misused = (level.contains('#')
+                && (*level != "#" || i + 1 != levels.len()))
+                || (level.contains('+') && *level != "+");
+            if wildcard_misused {
+                return Err(FilterError);
+            }
+        }
+        if levels[0] != Topic::PREFIX || levels.len() < 2 {
+            return Ok(FilterScope::Wide);
+        }
+        match Username::parse(levels[1]) {
+            Ok(producer) => {
+                if levels[2..].iter().any(|l| l.is_empty()) {
+                    return Err(FilterError);
+                }
+                Ok(FilterScope::Producer(producer))
+            }
+            Err(_) => Ok(FilterScope::Wide),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +153,57 @@ mod tests {
         assert!(!sub.is_root());
         assert_eq!(sub.producer(), p);
         assert_eq!(sub.root(), root);
+    }
+
+    #[test]
+    fn filters_within_one_producer_are_scoped_to_it() {
+        let p = Username::parse("producer1").unwrap();
+        for f in [
+            "platone/producer1",
+            "platone/producer1/#",
+            "platone/producer1/+",
+            "platone/producer1/+/phase",
+            "platone/producer1/pmu-7",
+        ] {
+            assert_eq!(
+                FilterScope::of(f),
+                Ok(FilterScope::Producer(p.clone())),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn filters_reaching_beyond_one_producer_are_wide() {
+        for f in [
+            "#",
+            "+",
+            "+/producer1",
+            "platone/#",
+            "platone/+",
+            "platone/+/x",
+            "platone",
+            "other/producer1",
+            "$share/bal/platone/#",
+            "$share/bal/platone/producer1",
+            "$SYS/#",
+            "platone/Producer1",
+        ] {
+            assert_eq!(FilterScope::of(f), Ok(FilterScope::Wide), "{f}");
+        }
+    }
+
+    #[test]
+    fn malformed_filters_are_errors() {
+        for f in [
+            "",
+            "a/#/b",
+            "a+",
+            "platone/producer1/x#",
+            "platone/producer1//x",
+        ] {
+            assert_eq!(FilterScope::of(f), Err(FilterError), "{f:?}");
+        }
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bal_core::{
-    Actor, AuditAction, GrantAction, GrantError, Role, Subscription, SubscriptionId,
-    SubscriptionStatus, Topic, Username, WalletAddress,
+    Actor, AuditAction, GrantAction, GrantError, Measurement, NewMeasurement, Role, Subscription,
+    SubscriptionId, SubscriptionStatus, Topic, Username, WalletAddress,
 };
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 pub use sqlite::SqliteStore;
 
@@ -98,6 +99,47 @@ pub struct SubscriptionQuery {
     pub consumer: Option<Username>,
     pub producer: Option<Username>,
     pub status: Option<SubscriptionStatus>,
+}
+
+/// Filters for reading measurements, oldest first.
+#[derive(Debug, Clone)]
+pub struct MeasurementQuery {
+    pub producer: Username,
+    /// Only measurements received at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only measurements received before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only measurements after this position: the cursor of the previous page.
+    pub after: Option<MeasurementCursor>,
+    pub limit: u32,
+}
+
+/// A position in a producer's measurements, ordered by reception time and then id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasurementCursor {
+    pub received_at_ms: i64,
+    pub id: i64,
+}
+
+impl MeasurementCursor {
+    pub fn after(m: &Measurement) -> Self {
+        Self {
+            received_at_ms: m.received_at.timestamp_millis(),
+            id: m.id,
+        }
+    }
+}
+
+/// What changed, announced after the change is committed, so that live deliveries (MQTT
+/// sessions, server-sent event streams) follow the database without polling it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A subscription changed status (decision, expiry, or its user was deleted).
+    Subscription(Subscription),
+    /// A user was deleted.
+    UserDeleted(Username),
+    /// Measurements were committed (duplicates that were not stored again are left out).
+    Measurements(Arc<[Measurement]>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +236,24 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_due(&self, now: DateTime<Utc>) -> StoreResult<Vec<Subscription>>;
 
     async fn audit_log(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+
+    /// True when `consumer` holds an accepted grant on `producer`'s topic that has not expired.
+    async fn can_read(
+        &self,
+        consumer: &Username,
+        producer: &Username,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Stores a batch in one transaction, all or nothing; returns one id per item, in order.
+    /// A redelivered item that matches the producer's latest measurement with the same origin
+    /// key and payload hash is not stored again: it gets that measurement's id.
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>>;
+    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>>;
+    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<Vec<Measurement>>;
+
+    /// Changes committed from now on, by this process.
+    fn changes(&self) -> broadcast::Receiver<Change>;
 }
 
 /// The store as the rest of the BAL holds it.

@@ -6,10 +6,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use alloy_primitives::B256;
 use async_trait::async_trait;
 use bal_core::{
-    Actor, AuditAction, GrantAction, Role, Subscription, SubscriptionId, Topic, Username,
-    WalletAddress,
+    Actor, AuditAction, GrantAction, Measurement, NewMeasurement, Role, Subscription,
+    SubscriptionId, Topic, Username, WalletAddress,
 };
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
@@ -17,17 +18,23 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::broadcast;
 
 use crate::{
-    AuditEntry, AuditQuery, Credentials, NewUser, Store, StoreError, StoreResult,
-    SubscriptionQuery, User,
+    AuditEntry, AuditQuery, Change, Credentials, MeasurementQuery, NewUser, Store, StoreError,
+    StoreResult, SubscriptionQuery, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    changes: broadcast::Sender<Change>,
 }
+
+/// Room for bursts of changes before a slow listener starts missing some (it is told, and
+/// re-reads the database).
+const CHANGE_BUFFER: usize = 4096;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
@@ -47,7 +54,13 @@ impl SqliteStore {
             .await
             .map_err(StoreError::backend)?;
         MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
-        Ok(Self { pool })
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        Ok(Self { pool, changes })
+    }
+
+    fn announce(&self, change: Change) {
+        // Nobody listening is fine: the change is in the database either way.
+        let _ = self.changes.send(change);
     }
 
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Sqlite>> {
@@ -129,6 +142,11 @@ macro_rules! subscription_columns {
     };
 }
 
+macro_rules! measurement_columns {
+    () => {
+        "id, producer, topic, received_at, payload, payload_hash, fields"
+    };
+}
 fn subscription_from_row(row: &SqliteRow) -> StoreResult<Subscription> {
     Ok(Subscription {
         id: parse(row, "id")?,
@@ -523,7 +541,7 @@ impl Store for SqliteStore {
             return Err(StoreError::NotFound("producer"));
         }
         // A lapsed grant still marked accepted must not block a new request: write its expiry.
-        expire_due_in(&mut tx, now).await?;
+        let expired = expire_due_in(&mut tx, now).await?;
         let inserted = sqlx::query(concat!(
             "INSERT INTO subscriptions (",
             subscription_columns!(),
@@ -555,6 +573,10 @@ impl Store for SqliteStore {
         let action = AuditAction::SubscriptionRequested;
         append_audit(&mut tx, now, &actor, action, &object, detail).await?;
         tx.commit().await.map_err(StoreError::backend)?;
+        for s in expired {
+            self.announce(Change::Subscription(s));
+        }
+        self.announce(Change::Subscription(request.clone()));
         Ok(request)
     }
 
@@ -624,6 +646,7 @@ impl Store for SqliteStore {
         let after = before.apply(action, actor, now)?;
         record_transition(&mut tx, &before, &after, action.into(), actor, None).await?;
         tx.commit().await.map_err(StoreError::backend)?;
+        self.announce(Change::Subscription(after.clone()));
         Ok(after)
     }
 
@@ -631,6 +654,9 @@ impl Store for SqliteStore {
         let mut tx = self.begin_write().await?;
         let expired = expire_due_in(&mut tx, now).await?;
         tx.commit().await.map_err(StoreError::backend)?;
+        for s in &expired {
+            self.announce(Change::Subscription(s.clone()));
+        }
         Ok(expired)
     }
 
@@ -671,6 +697,149 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn can_read(
+        &self,
+        consumer: &Username,
+        producer: &Username,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM subscriptions WHERE consumer = ? AND producer = ? \
+             AND status = 'accepted' AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+        )
+        .bind(consumer.as_str())
+        .bind(producer.as_str())
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.begin_write().await?;
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut stored = Vec::with_capacity(batch.len());
+        for m in batch {
+            if let (Some(key), true) = (&m.dedup_key, m.redelivered) {
+                let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT id, payload_hash FROM measurements WHERE producer = ? AND dedup_key = ? \
+                     ORDER BY id DESC LIMIT 1",
+                )
+                .bind(m.producer.as_str())
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::backend)?;
+                if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
+                    ids.push(id);
+                    continue;
+                }
+            }
+            let fields = m
+                .fields
+                .as_ref()
+                .map(|f| serde_json::to_string(f).map_err(StoreError::backend))
+                .transpose()?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO measurements \
+                 (producer, topic, received_at, payload, payload_hash, fields, dedup_key) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(m.producer.as_str())
+            .bind(m.topic.as_str())
+            .bind(ms(m.received_at))
+            .bind(&m.payload[..])
+            .bind(m.payload_hash.as_slice())
+            .bind(fields)
+            .bind(m.dedup_key.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::backend)?;
+            ids.push(id);
+            stored.push(Measurement {
+                id,
+                producer: m.producer.clone(),
+                topic: m.topic.clone(),
+                received_at: bal_core::millis(m.received_at),
+                payload: m.payload.clone(),
+                payload_hash: m.payload_hash,
+                fields: m.fields.clone(),
+            });
+        }
+        tx.commit().await.map_err(StoreError::backend)?;
+        if !stored.is_empty() && self.changes.receiver_count() > 0 {
+            self.announce(Change::Measurements(stored.into()));
+        }
+        Ok(ids)
+    }
+
+    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .as_ref()
+        .map(measurement_from_row)
+        .transpose()
+    }
+
+    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<Vec<Measurement>> {
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE producer = "
+        ));
+        sql.push_bind(query.producer.as_str());
+        if let Some(from) = query.from {
+            sql.push(" AND received_at >= ").push_bind(ms(from));
+        }
+        if let Some(to) = query.to {
+            sql.push(" AND received_at < ").push_bind(ms(to));
+        }
+        if let Some(c) = query.after {
+            sql.push(" AND (received_at, id) > (")
+                .push_bind(c.received_at_ms)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        sql.push(" ORDER BY received_at, id LIMIT ")
+            .push_bind(i64::from(query.limit));
+        sql.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?
+            .iter()
+            .map(measurement_from_row)
+            .collect()
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+fn measurement_from_row(row: &SqliteRow) -> StoreResult<Measurement> {
+    let hash: Vec<u8> = get(row, "payload_hash")?;
+    let fields: Option<String> = get(row, "fields")?;
+    Ok(Measurement {
+        id: get(row, "id")?,
+        producer: parse(row, "producer")?,
+        topic: parse(row, "topic")?,
+        received_at: time(get(row, "received_at")?)?,
+        payload: get(row, "payload")?,
+        payload_hash: B256::try_from(hash.as_slice()).map_err(|_| corrupt("payload_hash"))?,
+        fields: fields
+            .map(|f| serde_json::from_str(&f).map_err(|_| corrupt("fields")))
+            .transpose()?,
+    })
 }
 
 async fn expire_due_in(

@@ -16,23 +16,45 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use bal_api::AppState;
 use bal_api::accounts::{self, FirstAdmin};
+use bal_mqtt::{BrokerConfig, EmbeddedBroker, Ingest};
 use bal_scd::SharedStore;
 use bal_wallet::MasterKey;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::settings::Settings;
+use crate::settings::{BrokerKind, Settings};
 use crate::tls;
 
 /// How long open requests may take to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// The most MQTT messages committed in one transaction.
+const INGEST_BATCH: usize = 4096;
+
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: Option<(RustlsConfig, tls::TlsFiles)>,
+    ca: Option<PathBuf>,
     state: AppState,
     first_admin: FirstAdmin,
+    broker: EmbeddedBroker,
+    ingest_writer: tokio::task::JoinHandle<()>,
+}
+
+/// The operator's certificate, or the generated one.
+fn tls_files(settings: &Settings) -> anyhow::Result<tls::TlsFiles> {
+    match (&settings.http.cert_file, &settings.http.key_file) {
+        (Some(cert), Some(key)) => Ok(tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        }),
+        (None, None) => {
+            tls::ensure_self_signed(&settings.data_dir.join("tls"), &settings.http.tls_names)
+        }
+        _ => anyhow::bail!("set both http.cert_file and http.key_file, or neither"),
+    }
 }
 
 /// Creates the data folder readable by its owner only: it holds the keys.
@@ -71,6 +93,18 @@ impl Application {
                  set http.listen to 127.0.0.1:<port> or turn TLS on"
             );
         }
+        if let Some(addr) = settings.mqtt.listen
+            && !addr.ip().is_loopback()
+            && !settings.mqtt.allow_plain_remote
+        {
+            anyhow::bail!(
+                "plain MQTT on {addr} would expose passwords and data: use mqtt.listen_tls, \
+                 a loopback mqtt.listen, or set mqtt.allow_plain_remote = true"
+            );
+        }
+        if settings.broker.kind == BrokerKind::Mosquitto {
+            anyhow::bail!("broker.kind = \"mosquitto\" is not available yet: use \"embedded\"");
+        }
         let (store, master_key) = open_store(&settings).await?;
         let admin_password = settings
             .admin_password
@@ -80,36 +114,50 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
 
-        let tls = if settings.http.tls {
-            let files = match (&settings.http.cert_file, &settings.http.key_file) {
-                (Some(cert), Some(key)) => tls::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    ca: None,
-                },
-                (None, None) => tls::ensure_self_signed(
-                    &settings.data_dir.join("tls"),
-                    &settings.http.tls_names,
-                )?,
-                _ => anyhow::bail!("set both http.cert_file and http.key_file, or neither"),
-            };
-            let config = RustlsConfig::from_config(tls::server_config(&files)?);
-            Some((config, files))
+        let files = if settings.http.tls || settings.mqtt.listen_tls.is_some() {
+            Some(tls_files(&settings)?)
         } else {
             None
+        };
+        let tls = match (&files, settings.http.tls) {
+            (Some(files), true) => Some((
+                RustlsConfig::from_config(tls::server_config(files)?),
+                files.clone(),
+            )),
+            _ => None,
         };
 
         let listener = TcpListener::bind(listen)
             .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+
+        let (ingest, ingest_writer) = Ingest::start(store.clone(), INGEST_BATCH);
+        let broker_config = BrokerConfig {
+            listen: settings.mqtt.listen,
+            listen_tls: settings.mqtt.listen_tls,
+            tls_cert: files.as_ref().map(|f| f.cert.clone()).unwrap_or_default(),
+            tls_key: files.as_ref().map(|f| f.key.clone()).unwrap_or_default(),
+            max_payload_bytes: settings.ingest.max_payload_bytes,
+            login_limits: settings.api_config().login_limits,
+        };
+        let broker = match EmbeddedBroker::start(broker_config, store.clone(), ingest).await {
+            Ok(b) => b,
+            Err(e) => {
+                ingest_writer.abort();
+                return Err(e);
+            }
+        };
         let state = AppState::new(store, master_key, settings.api_config());
         Ok(Self {
             listener,
             local_addr,
             tls,
+            ca: files.and_then(|f| f.ca),
             state,
             first_admin,
+            broker,
+            ingest_writer,
         })
     }
 
@@ -132,7 +180,17 @@ impl Application {
 
     /// The generated CA certificate clients should trust, if one is in use.
     pub fn ca_path(&self) -> Option<PathBuf> {
-        self.tls.as_ref().and_then(|(_, f)| f.ca.clone())
+        self.ca.clone()
+    }
+
+    /// The plain MQTT listener's address, with the real port.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.broker.tcp_addr()
+    }
+
+    /// The MQTT over TLS listener's address, with the real port.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.broker.tls_addr()
     }
 
     /// What start-up did about the first admin (so `serve` can print a generated password).
@@ -173,18 +231,22 @@ impl Application {
             }
         };
         let mut server = std::pin::pin!(server);
-        tokio::select! {
-            result = &mut server => result.context("HTTP server failed")?,
+        let broker = self.broker;
+        let served = tokio::select! {
+            result = &mut server => result.context("HTTP server failed"),
             () = shutdown => {
-                tracing::info!("shutting down: draining requests");
+                tracing::info!("shutting down: draining requests, disconnecting MQTT clients");
                 handle.graceful_shutdown(Some(DRAIN));
-                server.await.context("HTTP server failed while draining")?;
+                server.await.context("HTTP server failed while draining")
             }
-        }
+        };
+        broker.stop().await;
+        // Only now: every publish the broker acknowledged has been committed already.
+        self.ingest_writer.abort();
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 

@@ -93,6 +93,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     println!("BAL API:      {}/api", app.base_url());
     println!("API docs:     {}/api/docs", app.base_url());
+    if let Some(a) = app.mqtt_addr() {
+        println!("MQTT:         mqtt://{a}");
+    }
+    if let Some(a) = app.mqtts_addr() {
+        println!("MQTT (TLS):   mqtts://{a}");
+    }
     if let Some(ca) = app.ca_path() {
         println!("CA to trust:  {}", ca.display());
     }

@@ -33,9 +33,12 @@ pub struct Settings {
     /// Holds the SQLite database, the master key and the generated certificates.
     pub data_dir: PathBuf,
     pub http: HttpSettings,
+    pub mqtt: MqttSettings,
+    pub broker: BrokerSettings,
     pub database: DatabaseSettings,
     pub keys: KeySettings,
     pub auth: AuthSettings,
+    pub ingest: IngestSettings,
     pub log: LogSettings,
     /// The first admin's password, used only when no admin exists yet (`BAL_ADMIN_PASSWORD`).
     pub admin_password: Option<Secret>,
@@ -54,6 +57,58 @@ pub struct HttpSettings {
     pub tls_names: Vec<String>,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// Largest measurement upload (`POST /api/measurements`) accepted, in bytes.
+    pub ingest_body_limit_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// Plain MQTT; `"off"` disables it.
+    #[serde(with = "optional_address")]
+    pub listen: Option<SocketAddr>,
+    /// MQTT over TLS, with the HTTPS certificate; `"off"` disables it.
+    #[serde(with = "optional_address")]
+    pub listen_tls: Option<SocketAddr>,
+    /// Plain MQTT is refused on a non-loopback address unless this is true.
+    pub allow_plain_remote: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// The broker inside `bal` (rmqtt).
+    Embedded,
+    /// An external Mosquitto driven through its Dynamic Security plugin.
+    Mosquitto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    pub kind: BrokerKind,
+}
+
+/// `"off"` (or `""`) for no listener, otherwise a socket address.
+mod optional_address {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let raw = String::deserialize(d)?;
+        match raw.trim() {
+            "" | "off" => Ok(None),
+            a => a.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -79,6 +134,13 @@ pub struct AuthSettings {
     pub failed_login_window_secs: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Largest single measurement payload, over MQTT or HTTPS, in bytes.
+    pub max_payload_bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -97,9 +159,12 @@ impl Default for Settings {
         Self {
             data_dir: PathBuf::from("./bal-data"),
             http: HttpSettings::default(),
+            mqtt: MqttSettings::default(),
+            broker: BrokerSettings::default(),
             database: DatabaseSettings::default(),
             keys: KeySettings::default(),
             auth: AuthSettings::default(),
+            ingest: IngestSettings::default(),
             log: LogSettings::default(),
             admin_password: None,
         }
@@ -115,6 +180,25 @@ impl Default for HttpSettings {
             key_file: None,
             tls_names: Vec::new(),
             body_limit_bytes: 1024 * 1024,
+            ingest_body_limit_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            listen: Some("127.0.0.1:1883".parse().expect("valid address")),
+            listen_tls: Some("0.0.0.0:8883".parse().expect("valid address")),
+            allow_plain_remote: false,
+        }
+    }
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Embedded,
         }
     }
 }
@@ -126,6 +210,14 @@ impl Default for AuthSettings {
             max_failed_logins_per_user: 5,
             max_failed_logins_per_address: 20,
             failed_login_window_secs: 15 * 60,
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
         }
     }
 }
@@ -163,6 +255,20 @@ tls = true
 tls_names = []
 # Largest request body accepted, in bytes.                              BAL_HTTP__BODY_LIMIT_BYTES
 body_limit_bytes = 1048576
+# Largest measurement upload (up to 10 000 readings), in bytes.         BAL_HTTP__INGEST_BODY_LIMIT_BYTES
+ingest_body_limit_bytes = 33554432
+
+[mqtt]
+# Plain MQTT (3.1.1 and 5) for devices; "off" disables it.             BAL_MQTT__LISTEN
+listen = "127.0.0.1:1883"
+# MQTT over TLS, with the HTTPS certificate; "off" disables it.         BAL_MQTT__LISTEN_TLS
+listen_tls = "0.0.0.0:8883"
+# Plain MQTT on a non-loopback address is refused unless this is true.  BAL_MQTT__ALLOW_PLAIN_REMOTE
+allow_plain_remote = false
+
+[broker]
+# "embedded": the broker inside bal. ("mosquitto" is planned.)          BAL_BROKER__KIND
+kind = "embedded"
 
 [database]
 # sqlite://PATH. Unset: sqlite://<data_dir>/bal.db                      BAL_DATABASE__URL
@@ -182,6 +288,10 @@ max_failed_logins_per_user = 5
 max_failed_logins_per_address = 20
 failed_login_window_secs = 900
 
+[ingest]
+# Largest single measurement payload, over MQTT or HTTPS, in bytes.     BAL_INGEST__MAX_PAYLOAD_BYTES
+max_payload_bytes = 262144
+
 [log]
 # "text" or "json". Levels come from RUST_LOG (default: info).          BAL_LOG__FORMAT
 format = "text"
@@ -189,12 +299,15 @@ format = "text"
 
 /// The top-level keys an environment variable may set; other `BAL_*` variables (such as a
 /// shell's `BAL_HOME`) are not settings and are ignored rather than refused.
-const TOP_LEVEL_KEYS: [&str; 7] = [
+const TOP_LEVEL_KEYS: [&str; 10] = [
     "data_dir",
     "http",
+    "mqtt",
+    "broker",
     "database",
     "keys",
     "auth",
+    "ingest",
     "log",
     "admin_password",
 ];
@@ -247,6 +360,8 @@ impl Settings {
         bal_api::ApiConfig {
             session_ttl: Duration::from_secs(self.auth.session_ttl_secs),
             body_limit: self.http.body_limit_bytes,
+            ingest_body_limit: self.http.ingest_body_limit_bytes,
+            max_payload_bytes: self.ingest.max_payload_bytes,
             login_limits: bal_api::LimiterConfig {
                 per_username: self.auth.max_failed_logins_per_user,
                 per_address: self.auth.max_failed_logins_per_address,

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use crate::AppState;
 use crate::auth::{AuthUser, new_token};
 use crate::error::{ApiError, ErrorBody, Json};
 use crate::views::UserView;
-use crate::{AppState, password};
+use bal_auth::password;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod health;
+pub mod measurements;
 pub mod subscriptions;
 pub mod users;
 

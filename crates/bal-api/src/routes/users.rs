@@ -12,7 +12,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::auth::{Admin, AuthUser};
 use crate::error::{ApiError, ErrorBody, Json, Path};
 use crate::views::UserView;
-use crate::{AppState, accounts, password};
+use crate::{AppState, accounts};
+use bal_auth::password;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -34,6 +34,8 @@ pub fn test_settings(data_dir: &Path) -> Settings {
         ..Settings::default()
     };
     s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
+    s.mqtt.listen_tls = Some("127.0.0.1:0".parse().unwrap());
     s
 }
 

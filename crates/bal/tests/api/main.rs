@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod cli;
 mod helpers;
+mod measurements;
 mod server;
 mod subscriptions;
 mod users;

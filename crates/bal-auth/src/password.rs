@@ -1,22 +1,33 @@
 //! Password hashing with Argon2id (PHC strings), off the async threads.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::sync::OnceLock;
 
-use crate::error::ApiError;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+/// Hashing or checking failed for a reason that is the BAL's, not the user's.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("argon2: {0}")]
+    Argon2(argon2::password_hash::Error),
+    #[error("password task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A password that breaks the rules; the message is for the person choosing it.
+#[derive(Debug, thiserror::Error)]
+#[error("password must be {MIN_LEN} to {MAX_LEN} characters long")]
+pub struct PolicyError;
 
 pub const MIN_LEN: usize = 8;
 /// Argon2 accepts any length, but hashing megabytes per attempt is a denial of service.
 pub const MAX_LEN: usize = 256;
 
-/// Checks the length rules; the message is safe to show to the person choosing it.
-pub fn check_policy(password: &str) -> Result<(), ApiError> {
+/// Checks the length rules.
+pub fn check_policy(password: &str) -> Result<(), PolicyError> {
     let n = password.chars().count();
     if !(MIN_LEN..=MAX_LEN).contains(&n) {
-        return Err(ApiError::Unprocessable(format!(
-            "password must be {MIN_LEN} to {MAX_LEN} characters long"
-        )));
+        return Err(PolicyError);
     }
     Ok(())
 }
@@ -29,11 +40,10 @@ fn hash_blocking(password: &str) -> Result<String, argon2::password_hash::Error>
 }
 
 /// Hashes `password` with Argon2id and a fresh salt.
-pub async fn hash(password: String) -> Result<String, ApiError> {
+pub async fn hash(password: String) -> Result<String, PasswordError> {
     tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("argon2: {e}")))
+        .await?
+        .map_err(PasswordError::Argon2)
 }
 
 /// A real hash of nothing in particular: verifying against it costs what a real check costs,
@@ -44,19 +54,17 @@ fn dummy_hash() -> &'static str {
 }
 
 /// True when `password` matches `phc`; with `None`, spends the same time and says no.
-pub async fn verify(password: String, phc: Option<String>) -> Result<bool, ApiError> {
+pub async fn verify(password: String, phc: Option<String>) -> Result<bool, PasswordError> {
     tokio::task::spawn_blocking(move || {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
-        let parsed = PasswordHash::new(&phc)
-            .map_err(|e| ApiError::internal(anyhow::anyhow!("stored hash unreadable: {e}")))?;
+        let parsed = PasswordHash::new(&phc).map_err(PasswordError::Argon2)?;
         let matches = Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok();
         Ok(known && matches)
     })
-    .await
-    .map_err(ApiError::internal)?
+    .await?
 }
 
 #[cfg(test)]

@@ -1,0 +1,354 @@
+//! Measurements over HTTPS: backends upload batches (P-BAP-02, the seed's 15-minute uploads),
+//! and the owner, granted consumers and admins read history, single readings and a live
+//! stream. A consumer reads a producer's data only under an accepted, unexpired grant.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use bal_core::{NewMeasurement, Role, Topic, Username};
+use bal_scd::{Change, MeasurementCursor, MeasurementQuery, User};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+use crate::views::MeasurementView;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest, list_measurements))
+        .routes(routes!(stream))
+        .routes(routes!(get_measurement))
+}
+
+/// The most readings one upload may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// May `caller` read `producer`'s data now? Owners and admins always; consumers under an
+/// accepted, unexpired grant; nobody else.
+pub(crate) async fn authorize_read(
+    state: &AppState,
+    caller: &User,
+    producer: &Username,
+) -> Result<(), ApiError> {
+    let allowed = match caller.role {
+        Role::Admin => true,
+        Role::Producer => caller.username == *producer,
+        Role::Consumer => {
+            state
+                .store
+                .can_read(&caller.username, producer, Utc::now())
+                .await?
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "no accepted subscription to {producer}'s data"
+        )))
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct IngestParams {
+    /// Where the readings belong: the producer's topic or a sub-topic. Producers may omit it
+    /// (their own topic); admins uploading on a producer's behalf must give it.
+    topic: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IngestResponse {
+    /// The ids of the stored readings, in upload order.
+    ids: Vec<i64>,
+}
+
+/// Splits an upload into payloads: a JSON array, or NDJSON (one JSON value per line). A JSON
+/// string is a text payload (stored as its characters); any other value is stored as compact
+/// JSON.
+fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let values: Vec<serde_json::Value> = match essence {
+        "application/json" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("body is not a JSON array: {e}")))?,
+        "application/x-ndjson" | "application/ndjson" => body
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(n, line)| {
+                serde_json::from_slice(line)
+                    .map_err(|e| ApiError::BadRequest(format!("line {}: {e}", n + 1)))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "send application/json (an array) or application/x-ndjson".into(),
+            ));
+        }
+    };
+    if values.is_empty() {
+        return Err(ApiError::Unprocessable("no readings in the upload".into()));
+    }
+    if values.len() > MAX_BATCH {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} readings in one upload; at most {MAX_BATCH}",
+            values.len()
+        )));
+    }
+    Ok(values
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s.into_bytes(),
+            other => other.to_string().into_bytes(),
+        })
+        .collect())
+}
+
+/// Uploads a batch of up to 10 000 readings, all or nothing: 201 means every one is committed.
+#[utoipa::path(post, path = "/api/measurements", tag = "measurements",
+    security(("bearer" = [])),
+    params(IngestParams),
+    request_body(content = Vec<Object>, description = "A JSON array, or NDJSON with \
+        `content-type: application/x-ndjson`. A string element is a text payload.",
+        content_type = "application/json"),
+    responses(
+        (status = 201, body = IngestResponse),
+        (status = 400, body = ErrorBody, description = "not JSON / NDJSON"),
+        (status = 403, body = ErrorBody, description = "not the caller's topic"),
+        (status = 413, body = ErrorBody, description = "over 10 000 readings, or a reading \
+            over the payload limit"),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid topic, or an empty upload"),
+    ))]
+async fn ingest(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(p): Query<IngestParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
+    let caller = caller.user;
+    let topic = match (p.topic, caller.role) {
+        (Some(t), _) => Topic::parse(&t).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+        (None, Role::Producer) => Topic::for_producer(&caller.username),
+        (None, _) => {
+            return Err(ApiError::Unprocessable(
+                "topic is required when uploading for a producer".into(),
+            ));
+        }
+    };
+    match caller.role {
+        Role::Producer if topic.producer() == caller.username => {}
+        Role::Admin => {
+            let owner = state.store.user(&topic.producer()).await?;
+            if owner.is_none_or(|u| u.role != Role::Producer) {
+                return Err(ApiError::NotFound("producer"));
+            }
+        }
+        _ => {
+            return Err(ApiError::Forbidden(
+                "a producer uploads only to its own topic".into(),
+            ));
+        }
+    }
+    let payloads = payloads(&headers, &body)?;
+    let limit = state.config.max_payload_bytes;
+    if let Some(n) = payloads.iter().position(|p| p.len() > limit) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "reading {n} is larger than the payload limit of {limit} bytes"
+        )));
+    }
+    let now = Utc::now();
+    let batch: Vec<NewMeasurement> = payloads
+        .into_iter()
+        .map(|p| NewMeasurement::new(topic.clone(), p, now))
+        .collect();
+    let ids = state.store.insert_measurements(&batch).await?;
+    tracing::info!(producer = %topic.producer(), count = ids.len(), "readings uploaded");
+    Ok((StatusCode::CREATED, Json(IngestResponse { ids })))
+}
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Whose readings; producers may omit it (their own).
+    producer: Option<String>,
+    /// Received at or after (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Received before (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// Readings per page, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeasurementPage {
+    items: Vec<MeasurementView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
+    let bad = || ApiError::BadRequest("malformed cursor".into());
+    let (t, id) = raw.split_once('-').ok_or_else(bad)?;
+    Ok(MeasurementCursor {
+        received_at_ms: t.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+    })
+}
+
+fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiError> {
+    match raw {
+        Some(p) => Username::parse(&p).map_err(|_| ApiError::NotFound("producer")),
+        None if caller.role == Role::Producer => Ok(caller.username.clone()),
+        None => Err(ApiError::BadRequest("producer is required".into())),
+    }
+}
+
+/// A producer's readings, oldest first, by time range and cursor.
+#[utoipa::path(get, path = "/api/measurements", tag = "measurements",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses((status = 200, body = MeasurementPage), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "no accepted grant")))]
+async fn list_measurements(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(p): Query<ListParams>,
+) -> Result<Json<MeasurementPage>, ApiError> {
+    let caller = caller.user;
+    let producer = producer_param(&caller, p.producer)?;
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        )));
+    }
+    let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
+    authorize_read(&state, &caller, &producer).await?;
+    let query = MeasurementQuery {
+        producer,
+        from: p.from,
+        to: p.to,
+        after,
+        limit,
+    };
+    let items = state.store.measurements(&query).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last())
+        .flatten()
+        .map(|m| {
+            let c = MeasurementCursor::after(m);
+            format!("{}-{}", c.received_at_ms, c.id)
+        });
+    Ok(Json(MeasurementPage {
+        items: items.iter().map(MeasurementView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// One reading.
+#[utoipa::path(get, path = "/api/measurements/{id}", tag = "measurements",
+    security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = MeasurementView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn get_measurement(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<MeasurementView>, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("measurement"))?;
+    let m = state
+        .store
+        .measurement(id)
+        .await?
+        .ok_or(ApiError::NotFound("measurement"))?;
+    authorize_read(&state, &caller.user, &m.producer).await?;
+    Ok(Json(MeasurementView::from(&m)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamParams {
+    /// Whose readings; producers may omit it (their own).
+    producer: Option<String>,
+}
+
+/// How often a stream re-checks its grant even without a change announced: bounds how long a
+/// lapse the BAL has not yet written down (or a missed announcement) keeps a stream open.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// A live stream (server-sent events) of a producer's new readings, one `measurement` event
+/// each. It ends within a second of the grant being revoked, cancelled or expiring.
+#[utoipa::path(get, path = "/api/measurements/stream", tag = "measurements",
+    security(("bearer" = [])),
+    params(StreamParams),
+    responses((status = 200, content_type = "text/event-stream",
+            description = "`measurement` events carrying a MeasurementView"),
+        (status = 403, body = ErrorBody)))]
+async fn stream(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(p): Query<StreamParams>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let caller = caller.user;
+    let producer = producer_param(&caller, p.producer)?;
+    // Listen before checking, so nothing committed in between is missed.
+    let mut changes = state.store.changes();
+    authorize_read(&state, &caller, &producer).await?;
+    let events = async_stream::stream! {
+        let mut recheck = tokio::time::interval(RECHECK);
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(Change::Measurements(batch)) => {
+                        for m in batch.iter().filter(|m| m.producer == producer) {
+                            let view = MeasurementView::from(m);
+                            if let Ok(e) = Event::default().event("measurement").json_data(&view) {
+                                yield Ok(e);
+                            }
+                        }
+                    }
+                    Ok(Change::Subscription(s)) if s.consumer == caller.username
+                        && s.producer == producer && !s.grants_access_at(Utc::now()) => break,
+                    Ok(Change::UserDeleted(u)) if u == caller.username || u == producer => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        yield Ok(Event::default().event("lagged").data(missed.to_string()));
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                _ = recheck.tick() => {
+                    if authorize_read(&state, &caller, &producer).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        yield Ok(Event::default().event("end").data("access ended"));
+    };
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,202 @@
+//! Measurements: payloads stored and certified exactly as received, plus the numeric fields
+//! that can be read out of them for charts and queries.
+
+use std::collections::BTreeMap;
+
+use alloy_primitives::{B256, keccak256};
+use chrono::{DateTime, Utc};
+
+use crate::{Topic, Username};
+
+/// A measurement as the SCD keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// Assigned by the SCD, increasing with insertion order.
+    pub id: i64,
+    pub producer: Username,
+    pub topic: Topic,
+    /// When the BAL received it, to the millisecond.
+    pub received_at: DateTime<Utc>,
+    /// The payload bytes exactly as they arrived.
+    pub payload: Vec<u8>,
+    /// `keccak256(payload)`, the value that is certified.
+    pub payload_hash: B256,
+    /// Numeric fields read from the payload, if any (see [`parse_fields`]).
+    pub fields: Option<Fields>,
+}
+
+/// Numeric fields by name. JSON objects give their numeric leaves by dotted path; text lines
+/// of numbers give `v0, v1, ...` (the PMU line of five values gets its own names).
+pub type Fields = BTreeMap<String, f64>;
+
+/// A measurement on its way into the SCD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMeasurement {
+    pub producer: Username,
+    pub topic: Topic,
+    pub received_at: DateTime<Utc>,
+    pub payload: Vec<u8>,
+    pub payload_hash: B256,
+    pub fields: Option<Fields>,
+    /// Where the message came from, e.g. `mqtt:<client id>:<packet id>`. Packet ids are
+    /// reused, so a key alone identifies nothing; together with `redelivered` it does.
+    pub dedup_key: Option<String>,
+    /// The sender marked this as a redelivery (MQTT DUP). If the producer's latest measurement
+    /// with the same key also has the same payload hash, this is that message again and is not
+    /// stored a second time.
+    pub redelivered: bool,
+}
+
+impl NewMeasurement {
+    /// A measurement of `payload` on `topic`, received at `received_at`.
+    pub fn new(topic: Topic, payload: Vec<u8>, received_at: DateTime<Utc>) -> Self {
+        Self {
+            producer: topic.producer(),
+            payload_hash: keccak256(&payload),
+            fields: parse_fields(&payload),
+            topic,
+            received_at: crate::millis(received_at),
+            payload,
+            dedup_key: None,
+            redelivered: false,
+        }
+    }
+
+    /// Marks where the message came from, and whether the sender says it is a redelivery.
+    pub fn with_origin(mut self, key: String, redelivered: bool) -> Self {
+        self.dedup_key = Some(key);
+        self.redelivered = redelivered;
+        self
+    }
+}
+
+/// The field names of the Platone PMU's tab-separated line:
+/// `<amplitude>\t<phase_deg>\t<frequency>\t<pps_tag>\t<utc_us>`.
+pub const PMU_FIELDS: [&str; 5] = ["amplitude", "phase_deg", "frequency", "pps_tag", "utc_us"];
+
+/// At most this many fields are kept per measurement: enough for any sensor, bounded for abuse.
+const MAX_FIELDS: usize = 256;
+
+/// Reads numeric fields out of a payload: a JSON object's numbers (nested objects give dotted
+/// paths, booleans count as 0/1), or a line of numbers separated by tabs, commas, semicolons or
+/// spaces. Anything else has no fields, and is stored all the same.
+pub fn parse_fields(payload: &[u8]) -> Option<Fields> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    if text.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let mut fields = Fields::new();
+        collect_json(&value, String::new(), &mut fields);
+        return (!fields.is_empty()).then_some(fields);
+    }
+    parse_text_line(text)
+}
+
+fn collect_json(value: &serde_json::Value, path: String, out: &mut Fields) {
+    if out.len() >= MAX_FIELDS {
+        return;
+    }
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
+                out.insert(path, f);
+            }
+        }
+        serde_json::Value::Bool(b) => {
+            out.insert(path, f64::from(u8::from(*b)));
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                collect_json(v, p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_text_line(text: &str) -> Option<Fields> {
+    if text.is_empty() || text.contains('\n') {
+        return None;
+    }
+    let separators = ['\t', ',', ';', ' '];
+    let values: Vec<f64> = text
+        .split(separators)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<f64>().ok().filter(|f| f.is_finite()))
+        .collect::<Option<_>>()?;
+    if values.is_empty() || values.len() > MAX_FIELDS {
+        return None;
+    }
+    let is_pmu = values.len() == PMU_FIELDS.len() && text.split('\t').count() == PMU_FIELDS.len();
+    Some(
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let name = if is_pmu {
+                    PMU_FIELDS[i].to_owned()
+                } else {
+                    format!("v{i}")
+                };
+                (name, v)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_give_their_numeric_leaves() {
+        let f = parse_fields(br#"{"p": 1.5, "q": -2, "meta": {"t": 20.5, "id": "x"}, "on": true}"#)
+            .unwrap();
+        assert_eq!(f["p"], 1.5);
+        assert_eq!(f["q"], -2.0);
+        assert_eq!(f["meta.t"], 20.5);
+        assert_eq!(f["on"], 1.0);
+        assert!(!f.contains_key("meta.id"));
+    }
+
+    #[test]
+    fn the_pmu_line_gets_its_field_names() {
+        let f = parse_fields(b"230.1\t-12.5\t50.01\t7\t1700000000123456").unwrap();
+        assert_eq!(f["amplitude"], 230.1);
+        assert_eq!(f["phase_deg"], -12.5);
+        assert_eq!(f["frequency"], 50.01);
+        assert_eq!(f["utc_us"], 1_700_000_000_123_456.0);
+    }
+
+    #[test]
+    fn other_number_lines_get_positional_names() {
+        let f = parse_fields(b"1.0,2.0;3").unwrap();
+        assert_eq!(f.keys().collect::<Vec<_>>(), ["v0", "v1", "v2"]);
+    }
+
+    #[test]
+    fn opaque_payloads_have_no_fields_but_still_a_hash() {
+        for p in [
+            &b"hello"[..],
+            b"",
+            b"\xff\xfe",
+            b"[1,2]",
+            b"{\"s\":\"x\"}",
+            b"{broken",
+            b"NaN",
+        ] {
+            assert_eq!(parse_fields(p), None, "{p:?}");
+        }
+        let m = NewMeasurement::new(
+            Topic::parse("platone/p1x").unwrap(),
+            b"\xff".to_vec(),
+            Utc::now(),
+        );
+        assert_eq!(m.payload_hash, keccak256([0xff]));
+        assert_eq!(m.producer.as_str(), "p1x");
+    }
+}

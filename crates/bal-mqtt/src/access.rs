@@ -1,0 +1,97 @@
+//! The broker's access rules, the same ones the REST API applies:
+//! a producer publishes only on `platone/<self>` and below; a consumer subscribes to a
+//! producer's topics only under an accepted, unexpired grant; admins may read any one
+//! producer; nobody subscribes to a filter that reaches across producers.
+
+use bal_core::{FilterScope, Role, Topic};
+use bal_scd::{SharedStore, StoreResult, User};
+use chrono::Utc;
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishRefusal {
+    /// Not a `platone/<producer>/...` topic.
+    InvalidTopic,
+    /// Someone else's topic, or the user is not a producer.
+    NotAuthorized,
+}
+
+/// The topic a user may publish on, or why not.
+pub fn check_publish(user: &User, topic: &str) -> Result<Topic, PublishRefusal> {
+    let topic = Topic::parse(topic).map_err(|_| PublishRefusal::InvalidTopic)?;
+    if user.role == Role::Producer && topic.producer() == user.username {
+        Ok(topic)
+    } else {
+        Err(PublishRefusal::NotAuthorized)
+    }
+}
+
+/// True when `user` may subscribe with `filter` now.
+pub async fn may_subscribe(store: &SharedStore, user: &User, filter: &str) -> StoreResult<bool> {
+    let producer = match FilterScope::of(filter) {
+        Ok(FilterScope::Producer(p)) => p,
+        Ok(FilterScope::Wide) | Err(_) => return Ok(false),
+    };
+    Ok(match user.role {
+        Role::Admin => true,
+        Role::Producer => producer == user.username,
+        Role::Consumer => {
+            store
+                .can_read(&user.username, &producer, Utc::now())
+                .await?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bal_core::{Username, WalletAddress};
+
+    fn user(name: &str, role: Role) -> User {
+        let username = Username::parse(name).unwrap();
+        User {
+            topic: (role == Role::Producer).then(|| Topic::for_producer(&username)),
+            username,
+            role,
+            wallet: WalletAddress::parse("0x4FD173C02de9004A7aFB2b46f70bBA83c86f6B12").unwrap(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_producer_publishes_only_below_its_own_topic() {
+        let p = user("producer1", Role::Producer);
+        assert!(check_publish(&p, "platone/producer1").is_ok());
+        assert!(check_publish(&p, "platone/producer1/pmu/7").is_ok());
+        for t in [
+            "platone/producer2",
+            "platone/producer10",
+            "platone/producer1x/a",
+        ] {
+            assert_eq!(
+                check_publish(&p, t),
+                Err(PublishRefusal::NotAuthorized),
+                "{t}"
+            );
+        }
+        for t in ["platone/producer1/#", "other/x", "platone/producer1//a", ""] {
+            assert_eq!(
+                check_publish(&p, t),
+                Err(PublishRefusal::InvalidTopic),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn consumers_and_admins_never_publish() {
+        for role in [Role::Consumer, Role::Admin] {
+            let u = user("someone", role);
+            assert_eq!(
+                check_publish(&u, "platone/someone"),
+                Err(PublishRefusal::NotAuthorized)
+            );
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The embedded broker: rmqtt, with the BAL deciding every login, subscribe and publish.
+//!
+//! - CONNECT: the BAL username and password (as the Platone field devices used), with the same
+//!   failed-login limits as HTTPS. A client id already held by another user's session is
+//!   refused, so nobody can take over someone else's device session.
+//! - PUBLISH: only on the producer's own topics; the measurement is committed (group commit)
+//!   before the broker forwards it or sends the QoS 1 PUBACK, so an acknowledged message is
+//!   never lost. A redelivery (DUP) of a committed message is stored once.
+//! - SUBSCRIBE: only filters within one producer's topics that the user may read now.
+//! - Revocation: rmqtt checks grants only at SUBSCRIBE time, so a watcher follows the SCD's
+//!   changes and unsubscribes affected consumers' live sessions at once (and re-checks every
+//!   session periodically in case an announcement was missed).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bal_auth::{LimiterConfig, LoginLimiter, password};
+use bal_core::{NewMeasurement, SubscriptionStatus, Username};
+use bal_scd::{Change, SharedStore, User};
+use chrono::Utc;
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::session::Session;
+use rmqtt::types::{
+    AuthResult, ConnectInfo, Id, LastWill, Publish, PublishAclResult, PublishResult,
+    SubscribeAclResult, Unsubscribe,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use crate::access::{PublishRefusal, check_publish, may_subscribe};
+use crate::ingest::Ingest;
+
+/// Where and how the embedded broker listens.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Plain MQTT; `None` disables it.
+    pub listen: Option<SocketAddr>,
+    /// MQTT over TLS; `None` disables it.
+    pub listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain and key for the TLS listener.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Largest accepted payload; larger publishes are refused and nothing is stored.
+    pub max_payload_bytes: usize,
+    pub login_limits: LimiterConfig,
+}
+
+/// A running embedded broker.
+pub struct EmbeddedBroker {
+    scx: ServerContext,
+    server: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+    tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+}
+
+/// How often every live session's subscriptions are re-checked against the grants, as a safety
+/// net behind the change announcements.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Packets may exceed the payload limit by this much (topic, properties) before the broker
+/// cuts the connection instead of answering with a reason.
+const PACKET_OVERHEAD: usize = 64 * 1024;
+
+impl EmbeddedBroker {
+    /// Binds the listeners and starts serving. A port in use is an error naming the setting.
+    pub async fn start(
+        config: BrokerConfig,
+        store: SharedStore,
+        ingest: Ingest,
+    ) -> anyhow::Result<Self> {
+        let scx = ServerContext::new()
+            // The busy check refuses CONNECTs when the CPU is loaded: wrong for a small box
+            // that is busy precisely because devices are publishing.
+            .busy_check_enable(false)
+            .build()
+            .await;
+        let max_packet = u32::try_from(config.max_payload_bytes + PACKET_OVERHEAD)
+            .context("ingest.max_payload_bytes is too large")?;
+        let listener = |name: &str, addr: SocketAddr| {
+            Builder::new()
+                .name(name)
+                .laddr(addr)
+                .allow_anonymous(false)
+                .max_packet_size(max_packet)
+                .handshake_timeout(Duration::from_secs(15))
+        };
+        let mut server = MqttServer::new(scx.clone());
+        let mut tcp_addr = None;
+        let mut tls_addr = None;
+        if let Some(addr) = config.listen {
+            let l = listener("mqtt", addr)
+                .bind()
+                .and_then(|l| l.tcp())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (mqtt.listen): {e}"))?;
+            tcp_addr = Some(l.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?);
+            server = server.listener_by_id(l, 1);
+        }
+        if let Some(addr) = config.listen_tls {
+            let l = listener("mqtts", addr)
+                .tls_cert(Some(config.tls_cert.display().to_string()))
+                .tls_key(Some(config.tls_key.display().to_string()))
+                .bind()
+                .and_then(|l| l.tls())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (mqtt.listen_tls): {e}"))?;
+            tls_addr = Some(l.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?);
+            server = server.listener_by_id(l, 2);
+        }
+
+        let hooks = Hooks {
+            store: store.clone(),
+            ingest,
+            limiter: Arc::new(LoginLimiter::new(config.login_limits)),
+            users: Arc::default(),
+            max_payload: config.max_payload_bytes,
+            scx: scx.clone(),
+        };
+        let register = scx.extends.hook_mgr().register();
+        for t in [
+            Type::ClientAuthenticate,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
+        ] {
+            register.add(t, Box::new(hooks.clone())).await;
+        }
+        register.start().await;
+
+        let server = server.build();
+        let server = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "MQTT broker stopped");
+            }
+        });
+        let watcher = tokio::spawn(enforce_grants(scx.clone(), store, hooks.users.clone()));
+        Ok(Self {
+            scx,
+            server,
+            watcher,
+            tcp_addr,
+            tls_addr,
+        })
+    }
+
+    /// The plain listener's address, with the real port.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The TLS listener's address, with the real port.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Stops listening and disconnects every client. rmqtt has no shutdown of its own:
+    /// aborting its task closes the listening sockets, and kicking ends live connections.
+    pub async fn stop(self) {
+        self.server.abort();
+        self.watcher.abort();
+        for id in session_ids(&self.scx, |_| true).await {
+            kick(&self.scx, id).await;
+        }
+    }
+}
+
+/// The ids of the sessions whose username passes `keep`. Collected before any session is
+/// touched: kicking while the session map is being iterated can deadlock.
+async fn session_ids(scx: &ServerContext, keep: impl Fn(Option<&str>) -> bool) -> Vec<Id> {
+    let shared = scx.extends.shared().await;
+    shared
+        .iter()
+        .filter_map(|e| e.session().map(|s| s.id.clone()))
+        .filter(|id| keep(id.username.as_deref()))
+        .collect()
+}
+
+async fn kick(scx: &ServerContext, id: Id) {
+    let mut entry = scx.extends.shared().await.entry(id.clone());
+    if let Err(e) = entry.kick(true, true, true).await {
+        tracing::warn!(client_id = %id.client_id, error = %e, "kick failed");
+    }
+}
+
+/// The users of live sessions, so that publish checks need no database round trip. Roles never
+/// change; a deleted user is removed (and kicked) by [`enforce_grants`].
+type UserCache = Arc<RwLock<HashMap<String, User>>>;
+
+#[derive(Clone)]
+struct Hooks {
+    store: SharedStore,
+    ingest: Ingest,
+    limiter: Arc<LoginLimiter>,
+    users: UserCache,
+    max_payload: usize,
+    scx: ServerContext,
+}
+
+fn publish_result(reason: PublishAckReason, text: &str, disconnect: bool) -> HookResult {
+    HookResult::PublishAclResult(PublishAclResult(PublishResult::reason_code(
+        reason,
+        Some(text.into()),
+        disconnect,
+    )))
+}
+
+fn auth(result: AuthResult) -> ReturnType {
+    (false, Some(HookResult::AuthResult(result)))
+}
+
+impl Hooks {
+    async fn user_of(&self, session: &Session) -> Option<User> {
+        let name = session.id.username.as_deref()?;
+        if let Some(u) = self.users.read().expect("user cache lock").get(name) {
+            return Some(u.clone());
+        }
+        let user = self.store.user(&Username::parse(name).ok()?).await.ok()??;
+        self.users
+            .write()
+            .expect("user cache lock")
+            .insert(name.to_owned(), user.clone());
+        Some(user)
+    }
+
+    async fn authenticate(&self, ci: &ConnectInfo) -> ReturnType {
+        let name = ci.username().map(|u| u.to_string()).unwrap_or_default();
+        let address = ci
+            .id()
+            .remote_addr
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        if self.limiter.check(&name, address).is_err() {
+            tracing::warn!(%address, "MQTT login refused: too many failures");
+            return auth(AuthResult::NotAuthorized);
+        }
+        let password = ci
+            .password()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or_default()
+            .to_owned();
+        let credentials = match Username::parse(&name) {
+            Ok(u) => match self.store.credentials(&u).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "MQTT login: database error");
+                    return auth(AuthResult::NotAuthorized);
+                }
+            },
+            Err(_) => None,
+        };
+        let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+        let valid = match password::verify(password, phc).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT login: password check failed");
+                return auth(AuthResult::NotAuthorized);
+            }
+        };
+        let Some(user) = credentials.filter(|_| valid).map(|c| c.user) else {
+            let delay = self.limiter.record_failure(&name, address);
+            tracing::warn!(%address, "MQTT login failed");
+            tokio::time::sleep(delay).await;
+            return auth(AuthResult::BadUsernameOrPassword);
+        };
+        self.limiter.record_success(&name);
+
+        // A will skips the publish check, so it must pass it here.
+        if let Some(will) = ci.last_will() {
+            let topic = match will {
+                LastWill::V3(w) => w.topic.to_string(),
+                LastWill::V5(w) => w.topic.to_string(),
+            };
+            if check_publish(&user, &topic).is_err() {
+                tracing::warn!(username = %user.username, "MQTT login refused: will topic");
+                return auth(AuthResult::NotAuthorized);
+            }
+        }
+        // Refuse to take over a session that belongs to someone else.
+        let existing = self
+            .scx
+            .extends
+            .shared()
+            .await
+            .entry(ci.id().clone())
+            .session();
+        if let Some(s) = existing
+            && s.id.username.as_deref() != Some(user.username.as_str())
+        {
+            tracing::warn!(username = %user.username, "MQTT login refused: client id in use");
+            return auth(AuthResult::NotAuthorized);
+        }
+        self.users
+            .write()
+            .expect("user cache lock")
+            .insert(name, user);
+        auth(AuthResult::Allow(false, None))
+    }
+
+    async fn check_subscribe(
+        &self,
+        session: &Session,
+        filter: &str,
+        qos: rmqtt::codec::types::QoS,
+    ) -> HookResult {
+        let allowed = match self.user_of(session).await {
+            Some(user) => match may_subscribe(&self.store, &user, filter).await {
+                Ok(allowed) => allowed,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "subscribe check failed");
+                    false
+                }
+            },
+            None => false,
+        };
+        HookResult::SubscribeAclResult(if allowed {
+            SubscribeAclResult::new_success(qos, None)
+        } else {
+            SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+        })
+    }
+
+    async fn publish(&self, session: &Session, p: &Publish) -> HookResult {
+        // MQTT 3.1.1 has no negative PUBACK: the only refusal it understands is a disconnect.
+        let v3 = session.protocol().await.map_or(true, |v| v < 5);
+        let Some(user) = self.user_of(session).await else {
+            return publish_result(PublishAckReason::NotAuthorized, "unknown user", true);
+        };
+        let topic = match check_publish(&user, &p.topic) {
+            Ok(t) => t,
+            Err(PublishRefusal::InvalidTopic) => {
+                return publish_result(
+                    PublishAckReason::TopicNameInvalid,
+                    "not a platone/<producer> topic",
+                    v3,
+                );
+            }
+            Err(PublishRefusal::NotAuthorized) => {
+                return publish_result(PublishAckReason::NotAuthorized, "not your topic", v3);
+            }
+        };
+        if p.payload.len() > self.max_payload {
+            return publish_result(
+                PublishAckReason::QuotaExceeded,
+                "payload over the limit",
+                v3,
+            );
+        }
+        let mut m = NewMeasurement::new(topic, p.payload.to_vec(), Utc::now());
+        if let Some(packet_id) = p.packet_id {
+            m = m.with_origin(format!("mqtt:{}:{packet_id}", session.id.client_id), p.dup);
+        }
+        match self.ingest.submit(m).await {
+            Ok(_) => HookResult::PublishAclResult(PublishAclResult::allow()),
+            Err(e) => {
+                tracing::error!(error = %e, "MQTT ingest failed");
+                publish_result(
+                    PublishAckReason::ImplementationSpecificError,
+                    "not stored; retry",
+                    v3,
+                )
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Hooks {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(ci) => self.authenticate(ci).await,
+            Parameter::ClientSubscribeCheckAcl(session, sub) => {
+                let result = self
+                    .check_subscribe(session, &sub.topic_filter, sub.opts.qos())
+                    .await;
+                (false, Some(result))
+            }
+            Parameter::MessagePublishCheckAcl(session, p) => {
+                (false, Some(self.publish(session, p).await))
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+/// Follows the SCD's changes: when a grant ends, the consumer's live subscriptions that it no
+/// longer may hold are removed; when a user is deleted, its sessions are ended.
+async fn enforce_grants(scx: ServerContext, store: SharedStore, users: UserCache) {
+    let mut changes = store.changes();
+    let mut recheck = tokio::time::interval(RECHECK);
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(Change::Subscription(s)) if matches!(
+                    s.status,
+                    SubscriptionStatus::Revoked | SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
+                ) => recheck_sessions(&scx, &store, Some(s.consumer.as_str())).await,
+                Ok(Change::UserDeleted(u)) => {
+                    users.write().expect("user cache lock").remove(u.as_str());
+                    for id in session_ids(&scx, |name| name == Some(u.as_str())).await {
+                        kick(&scx, id).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => recheck_sessions(&scx, &store, None).await,
+                Err(RecvError::Closed) => return,
+            },
+            _ = recheck.tick() => recheck_sessions(&scx, &store, None).await,
+        }
+    }
+}
+
+/// Removes every subscription (of `username`'s sessions, or of all sessions) that its user may
+/// no longer hold. A session whose user is gone is ended.
+async fn recheck_sessions(scx: &ServerContext, store: &SharedStore, username: Option<&str>) {
+    let ids = session_ids(scx, |name| username.is_none() || name == username).await;
+    for id in ids {
+        let user = match id.username.as_deref().map(Username::parse) {
+            Some(Ok(name)) => store.user(&name).await,
+            _ => Ok(None),
+        };
+        let user = match user {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                kick(scx, id).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "grant re-check failed");
+                continue;
+            }
+        };
+        let entry = scx.extends.shared().await.entry(id.clone());
+        for sub in entry.subscriptions().await.unwrap_or_default() {
+            let filter = sub.topic.to_string();
+            if matches!(may_subscribe(store, &user, &filter).await, Ok(true)) {
+                continue;
+            }
+            let removed = match Unsubscribe::from(&sub.topic, false, false) {
+                Ok(u) => entry.unsubscribe(&u).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match removed {
+                Ok(_) => {
+                    tracing::info!(username = %user.username, filter, "unsubscribed: grant ended")
+                }
+                Err(e) => {
+                    tracing::warn!(username = %user.username, error = %e, "unsubscribe failed; disconnecting");
+                    kick(scx, id.clone()).await;
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The integration layer: devices publish measurements over MQTT, and consumers receive the
+//! live stream of the producers that accepted them.
+//!
+//! - [`access`]: who may publish where and subscribe to what, decided from the SCD's grants.
+//! - [`ingest`]: the group-commit writer that turns messages into committed measurements.
+//! - [`embedded`]: the embedded broker (rmqtt) with those rules in its hooks: a QoS 1 PUBACK is
+//!   sent only once the measurement is committed, and a revoked grant unsubscribes the consumer's
+//!   live sessions.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod embedded;
+pub mod ingest;
+
+pub use embedded::{BrokerConfig, EmbeddedBroker};
+pub use ingest::Ingest;
