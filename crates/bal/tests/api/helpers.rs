@@ -17,6 +17,10 @@ pub const PASSWORD: &str = "a-good-long-password";
 
 pub struct TestApp {
     pub base: String,
+    /// The plain and TLS MQTT ports of the embedded broker.
+    pub mqtt_port: u16,
+    pub mqtts_port: u16,
+    pub ca: Option<PathBuf>,
     pub client: reqwest::Client,
     pub admin: String,
     pub data_dir: PathBuf,
@@ -83,6 +87,9 @@ pub async fn start(settings: Settings) -> TestApp {
         .await
         .expect("app builds");
     let base = app.base_url();
+    let mqtt_port = app.mqtt_addr().map_or(0, |a| a.port());
+    let mqtts_port = app.mqtts_addr().map_or(0, |a| a.port());
+    let ca = app.ca_path();
     let client = match app.ca_path() {
         Some(ca) => client_trusting(&ca),
         None => reqwest::Client::new(),
@@ -93,6 +100,9 @@ pub async fn start(settings: Settings) -> TestApp {
     }));
     let mut test = TestApp {
         base,
+        mqtt_port,
+        mqtts_port,
+        ca,
         client,
         admin: String::new(),
         data_dir: settings.data_dir.clone(),

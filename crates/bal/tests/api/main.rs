@@ -6,6 +6,8 @@ mod auth;
 mod cli;
 mod helpers;
 mod measurements;
+mod mqtt;
+mod mqtt_client;
 mod server;
 mod subscriptions;
 mod users;
