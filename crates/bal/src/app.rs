@@ -202,6 +202,11 @@ impl Application {
         self.state.store.clone()
     }
 
+    /// The key that encrypts new users' wallets.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.state.master_key
+    }
+
     /// Serves until `shutdown` resolves, then drains requests and stops background work.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);

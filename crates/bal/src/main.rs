@@ -31,6 +31,8 @@ enum Command {
         #[arg(long)]
         http_listen: Option<SocketAddr>,
     },
+    /// Runs the BAL with demo users, grants and simulated devices publishing.
+    Demo,
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -128,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(settings.log.format);
             match command {
                 Command::Serve { .. } => serve(settings).await,
+                Command::Demo => bal::demo::run(settings).await,
                 Command::User(UserCommand::Add {
                     username,
                     role,

@@ -1,0 +1,265 @@
+//! `bal demo`: the BAL with demo users, grants and simulated devices, so that a new user sees
+//! data flowing at once. Ports that are taken (a system Mosquitto on 1883, say) are replaced by
+//! free ones, and every URL, port and password is printed.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bal_api::accounts::{self, FirstAdmin};
+use bal_core::{Actor, GrantAction, Role, Subscription, Topic, Username};
+use bal_scd::{SharedStore, SubscriptionQuery};
+use bal_wallet::MasterKey;
+use rumqttc::QoS;
+
+use crate::app::{Application, shutdown_signal};
+use crate::devices::{self, Counters, DeviceSpec};
+use crate::settings::Settings;
+
+const PRODUCERS: [&str; 3] = ["producer1", "producer2", "producer3"];
+const CONSUMERS: [&str; 2] = ["consumer1", "consumer2"];
+
+/// `addr` if it can be bound now, else the same address with a free port.
+fn free_or_any(addr: SocketAddr, setting: &str) -> SocketAddr {
+    match TcpListener::bind(addr) {
+        Ok(_) => addr,
+        Err(_) => {
+            println!("note: {addr} ({setting}) is in use; the demo takes a free port instead");
+            SocketAddr::new(addr.ip(), 0)
+        }
+    }
+}
+
+/// The demo users' passwords, kept (mode 0600) in the data folder so a restarted demo prints
+/// the same ones.
+fn load_passwords(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn save_passwords(path: &Path, passwords: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, serde_json::to_string_pretty(passwords)?.as_bytes())?;
+    Ok(())
+}
+
+fn name(n: &str) -> Username {
+    Username::parse(n).expect("demo names are valid")
+}
+
+/// Creates the demo users that are missing; returns every demo user's password.
+async fn ensure_users(
+    store: &SharedStore,
+    key: &MasterKey,
+    passwords: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let roles = PRODUCERS
+        .iter()
+        .map(|p| (*p, Role::Producer))
+        .chain(CONSUMERS.iter().map(|c| (*c, Role::Consumer)));
+    for (user, role) in roles {
+        if store.user(&name(user)).await?.is_some() {
+            continue;
+        }
+        let password = accounts::generate_password();
+        accounts::create_user(
+            store.as_ref(),
+            key,
+            name(user),
+            role,
+            password.clone(),
+            &Actor::System,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating demo user {user}: {e}"))?;
+        passwords.insert(user.to_owned(), password);
+    }
+    Ok(())
+}
+
+/// consumer1 → producer1 accepted, consumer2 → producer2 pending, unless they already have one.
+async fn ensure_grants(store: &SharedStore) -> anyhow::Result<()> {
+    for (consumer, producer, accept) in [
+        ("consumer1", "producer1", true),
+        ("consumer2", "producer2", false),
+    ] {
+        let existing = store
+            .subscriptions(&SubscriptionQuery {
+                consumer: Some(name(consumer)),
+                producer: Some(name(producer)),
+                status: None,
+            })
+            .await?;
+        if !existing.is_empty() {
+            continue;
+        }
+        let now = chrono::Utc::now();
+        let request =
+            Subscription::request(name(consumer), &Topic::for_producer(&name(producer)), now);
+        let stored = store.request_subscription(request).await?;
+        if accept {
+            let action = GrantAction::Accept { expires_at: None };
+            store
+                .decide(stored.id, &action, &Actor::User(name(producer)), now)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    settings.http.listen = free_or_any(settings.http.listen, "http.listen");
+    if let Some(a) = settings.mqtt.listen {
+        settings.mqtt.listen = Some(free_or_any(a, "mqtt.listen"));
+    }
+    if let Some(a) = settings.mqtt.listen_tls {
+        settings.mqtt.listen_tls = Some(free_or_any(a, "mqtt.listen_tls"));
+    }
+    let data_dir = settings.data_dir.clone();
+    let app = Application::build(settings).await?;
+    let mqtt = app
+        .mqtt_addr()
+        .context("the demo's devices need the plain MQTT listener (mqtt.listen)")?;
+    let store = app.store();
+
+    let password_file = data_dir.join("demo-passwords.json");
+    let mut passwords = load_passwords(&password_file);
+    match app.first_admin() {
+        FirstAdmin::Generated(p) => {
+            passwords.insert("admin".into(), p.clone());
+        }
+        FirstAdmin::Created => {
+            passwords.insert("admin".into(), "(BAL_ADMIN_PASSWORD)".into());
+        }
+        FirstAdmin::Exists => {}
+    }
+    ensure_users(&store, app.master_key(), &mut passwords).await?;
+    save_passwords(&password_file, &passwords)?;
+    ensure_grants(&store).await?;
+
+    let counters = Arc::new(Counters::default());
+    let pw = |u: &str| passwords.get(u).cloned().unwrap_or_default();
+    let device = |client: &str, user: &str, topic: &str, period_ms, qos, payload| DeviceSpec {
+        broker: SocketAddr::new(mqtt.ip(), mqtt.port()),
+        client_id: client.into(),
+        username: user.into(),
+        password: pw(user),
+        topic: topic.into(),
+        period: Duration::from_millis(period_ms),
+        qos,
+        payload,
+    };
+    let fleet = [
+        device(
+            "meter-1",
+            "producer1",
+            "platone/producer1/meter-1",
+            1000,
+            QoS::AtLeastOnce,
+            devices::power_reading(0.0),
+        ),
+        device(
+            "meter-2",
+            "producer2",
+            "platone/producer2/meter-2",
+            1000,
+            QoS::AtLeastOnce,
+            devices::power_reading(2.0),
+        ),
+        device(
+            "pmu-1",
+            "producer3",
+            "platone/producer3/pmu-1",
+            100,
+            QoS::AtMostOnce,
+            devices::pmu_line(),
+        ),
+    ];
+    let tasks: Vec<_> = fleet
+        .into_iter()
+        .map(|d| devices::spawn(d, counters.clone()))
+        .collect();
+
+    print_welcome(&app, &passwords);
+    let result = app.run_until(shutdown_signal()).await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}
+
+fn print_welcome(app: &Application, passwords: &BTreeMap<String, String>) {
+    let base = app.base_url();
+    let ca = app.ca_path().map(|p| p.display().to_string());
+    println!();
+    println!("Platone BAL demo is running. Stop it with Ctrl-C.");
+    println!("  REST API      {base}/api        (docs: {base}/api/docs)");
+    if let Some(a) = app.mqtt_addr() {
+        println!("  MQTT          mqtt://{a}");
+    }
+    if let Some(a) = app.mqtts_addr() {
+        println!("  MQTT over TLS mqtts://localhost:{}", a.port());
+    }
+    if let Some(ca) = &ca {
+        println!("  CA to trust   {ca}");
+    }
+    println!();
+    println!("Users (passwords are kept in the data folder, demo-passwords.json):");
+    for (user, role) in std::iter::once(("admin", "admin"))
+        .chain(PRODUCERS.iter().map(|p| (*p, "producer")))
+        .chain(CONSUMERS.iter().map(|c| (*c, "consumer")))
+    {
+        let pw = passwords.get(user).map_or("(set earlier)", String::as_str);
+        println!("  {user:<10} {role:<9} {pw}");
+    }
+    println!();
+    println!("Grants: consumer1 -> producer1 accepted; consumer2 -> producer2 pending.");
+    println!("Devices: producer1/meter-1 and producer2/meter-2 send JSON every second (QoS 1);");
+    println!(
+        "         producer3/pmu-1 sends the PMU's tab-separated line 10 times a second (QoS 0)."
+    );
+    if let Some(a) = app.mqtt_addr() {
+        let pw = |u: &str| {
+            passwords
+                .get(u)
+                .cloned()
+                .unwrap_or_else(|| "<password>".into())
+        };
+        println!();
+        println!("Try:");
+        println!(
+            "  mosquitto_sub -h {} -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
+            a.ip(),
+            a.port(),
+            pw("consumer1")
+        );
+        println!(
+            "  mosquitto_pub -h {} -p {} -u producer1 -P '{}' -q 1 -t platone/producer1/test -m '{{\"p_kw\": 1.2}}'",
+            a.ip(),
+            a.port(),
+            pw("producer1")
+        );
+    }
+    if let (Some(a), Some(ca)) = (app.mqtts_addr(), &ca) {
+        println!(
+            "  mosquitto_sub --cafile {ca} -h localhost -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
+            a.port(),
+            passwords
+                .get("consumer1")
+                .map_or("<password>", String::as_str)
+        );
+    }
+    println!();
+}

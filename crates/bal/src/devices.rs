@@ -1,0 +1,112 @@
+//! Simulated devices: MQTT clients that publish a reading on a schedule, as the Platone field
+//! devices did. Used by `bal demo` to show data flowing, and by `bal bench` as the load.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
+
+/// What one simulated device does.
+#[derive(Clone)]
+pub struct DeviceSpec {
+    pub broker: SocketAddr,
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    pub topic: String,
+    pub period: Duration,
+    pub qos: QoS,
+    /// Builds the n-th payload.
+    pub payload: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+}
+
+/// Counts shared by many devices.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    /// QoS 1 messages the broker acknowledged (committed, for the BAL).
+    pub acked: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Runs a device until the task is aborted; reconnects after errors.
+pub fn spawn(spec: DeviceSpec, counters: Arc<Counters>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut options = MqttOptions::new(
+            &spec.client_id,
+            spec.broker.ip().to_string(),
+            spec.broker.port(),
+        );
+        options.set_credentials(&spec.username, &spec.password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let acks = counters.clone();
+        let poller = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        acks.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "simulated device: connection error");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let mut tick = tokio::time::interval(spec.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            let payload = (spec.payload)(n);
+            if client
+                .publish(&spec.topic, spec.qos, false, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            counters.published.fetch_add(1, Ordering::Relaxed);
+            n += 1;
+        }
+        poller.abort();
+    })
+}
+
+/// A JSON reading of active and reactive power and voltage, varying smoothly.
+pub fn power_reading(seed: f64) -> Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> {
+    Arc::new(move |n| {
+        let t = n as f64 / 10.0 + seed;
+        let ts = chrono::Utc::now().timestamp_millis();
+        format!(
+            r#"{{"ts":{ts},"p_kw":{:.3},"q_kvar":{:.3},"v":{:.2}}}"#,
+            3.0 + 1.5 * t.sin(),
+            0.4 * (t * 0.7).cos(),
+            230.0 + 2.0 * (t * 0.3).sin()
+        )
+        .into_bytes()
+    })
+}
+
+/// The Platone PMU's tab-separated line: amplitude, phase, frequency, PPS tag, UTC µs.
+pub fn pmu_line() -> Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> {
+    Arc::new(|n| {
+        let t = n as f64 / 10.0;
+        let us = chrono::Utc::now().timestamp_micros();
+        format!(
+            "{:.3}\t{:.3}\t{:.4}\t{}\t{us}",
+            230.0 + 0.8 * (t * 0.5).sin(),
+            (t * 12.0) % 360.0 - 180.0,
+            50.0 + 0.02 * (t * 0.2).sin(),
+            n % 10
+        )
+        .into_bytes()
+    })
+}

@@ -1,0 +1,117 @@
+//! `bal demo` as a new user meets it: it starts even with its ports taken, prints where
+//! everything is, and data flows at once.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_consumer() {
+    let taken_mqtt = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bal"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("demo")
+        .env(
+            "BAL_MQTT__LISTEN",
+            taken_mqtt.local_addr().unwrap().to_string(),
+        )
+        .env(
+            "BAL_HTTP__LISTEN",
+            taken_http.local_addr().unwrap().to_string(),
+        )
+        .env("BAL_MQTT__LISTEN_TLS", "127.0.0.1:0")
+        .env_remove("BAL_ADMIN_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Try:");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = lines.join("\n");
+    let field = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let api = field("REST API");
+    let mqtt = field("MQTT ");
+    let consumer1 = field("consumer1  consumer");
+    assert!(text.contains("is in use"), "{text}");
+    assert!(!mqtt.ends_with(&format!(":{}", taken_mqtt.local_addr().unwrap().port())));
+    assert!(!api.contains(&format!(":{}/", taken_http.local_addr().unwrap().port())));
+
+    let ca = dir.path().join("tls/ca.pem");
+    let client = client_trusting(&ca);
+    let base = api.trim_end_matches("/api");
+    let login: Value = client
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({ "username": "consumer1", "password": consumer1 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page: Value = client
+        .get(format!("{base}/api/measurements?producer=producer1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!page["items"].as_array().unwrap().is_empty(), "{page}");
+    let denied = client
+        .get(format!("{base}/api/measurements?producer=producer3"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+
+    // SIGTERM stops it cleanly.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
