@@ -9,7 +9,8 @@
 //! - SUBSCRIBE: only filters within one producer's topics that the user may read now.
 //! - Revocation: rmqtt checks grants only at SUBSCRIBE time, so a watcher follows the SCD's
 //!   changes and unsubscribes affected consumers' live sessions at once (and re-checks every
-//!   session periodically in case an announcement was missed).
+//!   session periodically in case an announcement was missed). A password change or a deleted
+//!   user ends that user's sessions.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use bal_auth::{LimiterConfig, LoginLimiter, password};
+use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
 use bal_core::{NewMeasurement, SubscriptionStatus, Username};
 use bal_scd::{Change, SharedStore, User};
 use chrono::Utc;
@@ -65,6 +66,9 @@ pub struct EmbeddedBroker {
 /// How often every live session's subscriptions are re-checked against the grants, as a safety
 /// net behind the change announcements.
 const RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a verified MQTT password is remembered (see [`CredentialCache`]).
+const CREDENTIAL_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Packets may exceed the payload limit by this much (topic, properties) before the broker
 /// cuts the connection instead of answering with a reason.
@@ -119,6 +123,7 @@ impl EmbeddedBroker {
             store: store.clone(),
             ingest,
             limiter: Arc::new(LoginLimiter::new(config.login_limits)),
+            verified: Arc::new(CredentialCache::new(CREDENTIAL_TTL)),
             users: Arc::default(),
             max_payload: config.max_payload_bytes,
             scx: scx.clone(),
@@ -139,13 +144,38 @@ impl EmbeddedBroker {
                 tracing::error!(error = %e, "MQTT broker stopped");
             }
         });
-        let watcher = tokio::spawn(enforce_grants(scx.clone(), store, hooks.users.clone()));
+        let watcher = tokio::spawn(enforce_grants(scx.clone(), store, hooks.clone()));
         Ok(Self {
             scx,
             server,
             watcher,
             tcp_addr,
             tls_addr,
+        })
+    }
+
+    /// A bare broker with no BAL rules: anonymous, no storage, no access checks. Only for the
+    /// benchmark's pass-through baseline; never exposed by `bal serve`.
+    pub async fn start_passthrough(listen: SocketAddr) -> anyhow::Result<Self> {
+        let scx = ServerContext::new().busy_check_enable(false).build().await;
+        let l = Builder::new()
+            .name("passthrough")
+            .laddr(listen)
+            .allow_anonymous(true)
+            .bind()
+            .and_then(|l| l.tcp())
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let tcp_addr = Some(l.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?);
+        let server = MqttServer::new(scx.clone()).listener_by_id(l, 1).build();
+        let server = tokio::spawn(async move {
+            let _ = server.run().await;
+        });
+        Ok(Self {
+            scx,
+            server,
+            watcher: tokio::spawn(async {}),
+            tcp_addr,
+            tls_addr: None,
         })
     }
 
@@ -197,6 +227,7 @@ struct Hooks {
     store: SharedStore,
     ingest: Ingest,
     limiter: Arc<LoginLimiter>,
+    verified: Arc<CredentialCache>,
     users: UserCache,
     max_payload: usize,
     scx: ServerContext,
@@ -253,12 +284,20 @@ impl Hooks {
             },
             Err(_) => None,
         };
-        let phc = credentials.as_ref().map(|c| c.password_hash.clone());
-        let valid = match password::verify(password, phc).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "MQTT login: password check failed");
-                return auth(AuthResult::NotAuthorized);
+        let valid = if credentials.is_some() && self.verified.matches(&name, &password) {
+            true
+        } else {
+            let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+            match password::verify(password.clone(), phc).await {
+                Ok(true) => {
+                    self.verified.remember(&name, &password);
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::error!(error = %e, "MQTT login: password check failed");
+                    return auth(AuthResult::NotAuthorized);
+                }
             }
         };
         let Some(user) = credentials.filter(|_| valid).map(|c| c.user) else {
@@ -389,7 +428,7 @@ impl Handler for Hooks {
 
 /// Follows the SCD's changes: when a grant ends, the consumer's live subscriptions that it no
 /// longer may hold are removed; when a user is deleted, its sessions are ended.
-async fn enforce_grants(scx: ServerContext, store: SharedStore, users: UserCache) {
+async fn enforce_grants(scx: ServerContext, store: SharedStore, hooks: Hooks) {
     let mut changes = store.changes();
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
@@ -399,8 +438,11 @@ async fn enforce_grants(scx: ServerContext, store: SharedStore, users: UserCache
                     s.status,
                     SubscriptionStatus::Revoked | SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
                 ) => recheck_sessions(&scx, &store, Some(s.consumer.as_str())).await,
-                Ok(Change::UserDeleted(u)) => {
-                    users.write().expect("user cache lock").remove(u.as_str());
+                // Like HTTPS sessions, MQTT sessions end when the password changes or the user
+                // goes; the old password stops working at once.
+                Ok(Change::PasswordChanged(u) | Change::UserDeleted(u)) => {
+                    hooks.verified.forget(u.as_str());
+                    hooks.users.write().expect("user cache lock").remove(u.as_str());
                     for id in session_ids(&scx, |name| name == Some(u.as_str())).await {
                         kick(&scx, id).await;
                     }

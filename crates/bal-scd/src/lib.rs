@@ -138,6 +138,8 @@ pub enum Change {
     Subscription(Subscription),
     /// A user was deleted.
     UserDeleted(Username),
+    /// A user's password changed (its sessions ended).
+    PasswordChanged(Username),
     /// Measurements were committed (duplicates that were not stored again are left out).
     Measurements(Arc<[Measurement]>),
 }

@@ -398,7 +398,9 @@ impl Store for SqliteStore {
             detail,
         )
         .await?;
-        tx.commit().await.map_err(StoreError::backend)
+        tx.commit().await.map_err(StoreError::backend)?;
+        self.announce(Change::PasswordChanged(username.clone()));
+        Ok(())
     }
 
     async fn delete_user(
@@ -720,9 +722,16 @@ impl Store for SqliteStore {
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
         let mut tx = self.begin_write().await?;
         let mut ids = Vec::with_capacity(batch.len());
-        let mut stored = Vec::with_capacity(batch.len());
+        // Whether each item was stored now (false: a redelivery of a stored measurement).
+        let mut new = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<&NewMeasurement> = Vec::with_capacity(batch.len());
+        // Runs of new measurements go in multi-row INSERTs; a redelivery is looked up first,
+        // in order, so it sees the rows inserted before it in the same batch.
         for m in batch {
             if let (Some(key), true) = (&m.dedup_key, m.redelivered) {
+                insert_rows(&mut tx, &fresh, &mut ids).await?;
+                new.resize(ids.len(), true);
+                fresh.clear();
                 let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
                     "SELECT id, payload_hash FROM measurements WHERE producer = ? AND dedup_key = ? \
                      ORDER BY id DESC LIMIT 1",
@@ -734,43 +743,35 @@ impl Store for SqliteStore {
                 .map_err(StoreError::backend)?;
                 if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
                     ids.push(id);
+                    new.push(false);
                     continue;
                 }
             }
-            let fields = m
-                .fields
-                .as_ref()
-                .map(|f| serde_json::to_string(f).map_err(StoreError::backend))
-                .transpose()?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO measurements \
-                 (producer, topic, received_at, payload, payload_hash, fields, dedup_key) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(m.producer.as_str())
-            .bind(m.topic.as_str())
-            .bind(ms(m.received_at))
-            .bind(&m.payload[..])
-            .bind(m.payload_hash.as_slice())
-            .bind(fields)
-            .bind(m.dedup_key.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
-            ids.push(id);
-            stored.push(Measurement {
-                id,
-                producer: m.producer.clone(),
-                topic: m.topic.clone(),
-                received_at: bal_core::millis(m.received_at),
-                payload: m.payload.clone(),
-                payload_hash: m.payload_hash,
-                fields: m.fields.clone(),
-            });
+            fresh.push(m);
         }
+        insert_rows(&mut tx, &fresh, &mut ids).await?;
+        new.resize(ids.len(), true);
         tx.commit().await.map_err(StoreError::backend)?;
-        if !stored.is_empty() && self.changes.receiver_count() > 0 {
-            self.announce(Change::Measurements(stored.into()));
+
+        if self.changes.receiver_count() > 0 {
+            let stored: Vec<Measurement> = batch
+                .iter()
+                .zip(&ids)
+                .zip(&new)
+                .filter(|(_, is_new)| **is_new)
+                .map(|((m, &id), _)| Measurement {
+                    id,
+                    producer: m.producer.clone(),
+                    topic: m.topic.clone(),
+                    received_at: bal_core::millis(m.received_at),
+                    payload: m.payload.clone(),
+                    payload_hash: m.payload_hash,
+                    fields: m.fields.clone(),
+                })
+                .collect();
+            if !stored.is_empty() {
+                self.announce(Change::Measurements(stored.into()));
+            }
         }
         Ok(ids)
     }
@@ -840,6 +841,52 @@ fn measurement_from_row(row: &SqliteRow) -> StoreResult<Measurement> {
             .map(|f| serde_json::from_str(&f).map_err(|_| corrupt("fields")))
             .transpose()?,
     })
+}
+
+/// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32 766.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Inserts `rows` with multi-row INSERTs and appends their ids to `ids`, in order. Inside the
+/// write transaction nobody else inserts, so one statement's AUTOINCREMENT ids are consecutive
+/// and end at `last_insert_rowid`.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&NewMeasurement],
+    ids: &mut Vec<i64>,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut fields = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            fields.push(
+                m.fields
+                    .as_ref()
+                    .map(|f| serde_json::to_string(f).map_err(StoreError::backend))
+                    .transpose()?,
+            );
+        }
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO measurements \
+             (producer, topic, received_at, payload, payload_hash, fields, dedup_key) ",
+        );
+        sql.push_values(chunk.iter().zip(fields), |mut row, (m, f)| {
+            row.push_bind(m.producer.as_str())
+                .push_bind(m.topic.as_str())
+                .push_bind(ms(m.received_at))
+                .push_bind(&m.payload[..])
+                .push_bind(m.payload_hash.as_slice())
+                .push_bind(f)
+                .push_bind(m.dedup_key.as_deref());
+        });
+        let done = sql
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+        let last = done.last_insert_rowid();
+        let first = last - chunk.len() as i64 + 1;
+        ids.extend(first..=last);
+    }
+    Ok(())
 }
 
 async fn expire_due_in(

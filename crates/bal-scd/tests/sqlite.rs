@@ -192,3 +192,61 @@ async fn reopening_the_database_keeps_everything() {
     assert_eq!(again.users().await.unwrap().len(), 3);
     assert_eq!(again.subscription(sub.id).await.unwrap().unwrap(), sub);
 }
+
+fn reading(payload: &str, origin: Option<(&str, bool)>) -> bal_core::NewMeasurement {
+    let m = bal_core::NewMeasurement::new(
+        Topic::parse("platone/prod").unwrap(),
+        payload.as_bytes().to_vec(),
+        Utc::now(),
+    );
+    match origin {
+        Some((key, dup)) => m.with_origin(key.into(), dup),
+        None => m,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_keeps_its_order_and_stores_a_matching_redelivery_once() {
+    let db = db().await;
+    seed(&db.store).await;
+    let mut changes = db.store.changes();
+    let batch = [
+        reading("a", Some(("mqtt:dev:7", false))),
+        reading("b", None),
+        // The redelivery of "a": same origin, same payload.
+        reading("a", Some(("mqtt:dev:7", true))),
+        // Same origin reused for a different payload: a new message.
+        reading("c", Some(("mqtt:dev:7", true))),
+        reading("d", None),
+    ];
+    let ids = db.store.insert_measurements(&batch).await.unwrap();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(
+        ids[2], ids[0],
+        "the redelivery maps to the stored measurement"
+    );
+    assert!(ids[0] < ids[1] && ids[1] < ids[3] && ids[3] < ids[4]);
+    for (i, payload) in [(0, "a"), (1, "b"), (3, "c"), (4, "d")] {
+        let m = db.store.measurement(ids[i]).await.unwrap().unwrap();
+        assert_eq!(
+            m.payload,
+            payload.as_bytes(),
+            "id {} holds {payload}",
+            ids[i]
+        );
+    }
+    match changes.recv().await.unwrap() {
+        bal_scd::Change::Measurements(stored) => {
+            let payloads: Vec<&[u8]> = stored.iter().map(|m| &m.payload[..]).collect();
+            assert_eq!(payloads, [&b"a"[..], b"b", b"c", b"d"]);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A redelivery in a later batch is recognised too.
+    let again = db
+        .store
+        .insert_measurements(&[reading("c", Some(("mqtt:dev:7", true)))])
+        .await
+        .unwrap();
+    assert_eq!(again, [ids[3]]);
+}

@@ -5,11 +5,13 @@
 //! - [`tls`]: the operator's certificate or a generated CA and certificate.
 //! - [`app`]: opens the database and keys, binds the listener, serves until shutdown.
 //! - [`cli`]: the `bal user ...` commands.
+//! - [`bench`]: `bal bench`, the ingest benchmark against a pass-through baseline.
 //! - [`demo`]: `bal demo`, the BAL with demo users, grants and simulated devices.
 //! - [`devices`]: simulated MQTT devices, for the demo and the benchmark.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod devices;

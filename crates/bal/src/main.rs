@@ -33,6 +33,8 @@ enum Command {
     },
     /// Runs the BAL with demo users, grants and simulated devices publishing.
     Demo,
+    /// Measures MQTT ingest (QoS 1 and 0) against a raw pass-through broker, in one run.
+    Bench(bal::bench::BenchArgs),
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -121,6 +123,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
+        Command::Bench(args) => {
+            init_logging(LogFormat::Text);
+            bal::bench::run(args).await
+        }
         Command::Config(ConfigCommand::Openapi) => {
             println!("{}", bal_api::openapi().to_pretty_json()?);
             Ok(())
@@ -141,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     username,
                     password_stdin,
                 }) => bal::cli::passwd(&settings, &username, password_stdin).await,
-                Command::Config(_) => unreachable!("handled above"),
+                Command::Config(_) | Command::Bench(_) => unreachable!("handled above"),
             }
         }
     }

@@ -82,6 +82,33 @@ async fn a_deleted_user_is_disconnected_and_cannot_log_in_again() {
 }
 
 #[tokio::test]
+async fn a_password_change_ends_mqtt_sessions_and_the_old_password_stops_working() {
+    let app = spawn_app().await;
+    app.create_user("producer1", "producer").await;
+    // Two logins: the second is answered from the verified-credentials cache.
+    let _first = Mqtt::online(V5, login(&app, "pmu-1", "producer1", PASSWORD)).await;
+    let mut device = Mqtt::online(V5, login(&app, "pmu-2", "producer1", PASSWORD)).await;
+    let r = app
+        .put(
+            "/api/users/producer1/password",
+            &app.admin,
+            serde_json::json!({ "password": "a-new-password" }),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        matches!(device.next().await, Some(Ev::Closed(_))),
+        "session ended"
+    );
+    let mut old = Mqtt::connect(V5, login(&app, "pmu-2", "producer1", PASSWORD));
+    assert!(
+        matches!(old.next().await, Some(Ev::Closed(_))),
+        "old password refused"
+    );
+    Mqtt::online(V5, login(&app, "pmu-2", "producer1", "a-new-password")).await;
+}
+
+#[tokio::test]
 async fn every_message_a_producer_publishes_is_stored_exactly() {
     let app = spawn_app().await;
     app.create_user("producer1", "producer").await;
