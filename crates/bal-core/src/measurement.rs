@@ -38,9 +38,9 @@ pub struct NewMeasurement {
     pub payload: Vec<u8>,
     pub payload_hash: B256,
     pub fields: Option<Fields>,
-    /// Where the message came from, e.g. `mqtt:<client id>:<packet id>`. Packet ids are
-    /// reused, so a key alone identifies nothing; together with `redelivered` it does.
-    pub dedup_key: Option<String>,
+    /// Where the message came from ([`mqtt_origin`]). Packet ids are reused, so an origin
+    /// alone identifies nothing; together with `redelivered` and the payload hash it does.
+    pub origin: Option<i64>,
     /// The sender marked this as a redelivery (MQTT DUP). If the producer's latest measurement
     /// with the same key also has the same payload hash, this is that message again and is not
     /// stored a second time.
@@ -57,17 +57,28 @@ impl NewMeasurement {
             topic,
             received_at: crate::millis(received_at),
             payload,
-            dedup_key: None,
+            origin: None,
             redelivered: false,
         }
     }
 
     /// Marks where the message came from, and whether the sender says it is a redelivery.
-    pub fn with_origin(mut self, key: String, redelivered: bool) -> Self {
-        self.dedup_key = Some(key);
+    pub fn with_origin(mut self, origin: i64, redelivered: bool) -> Self {
+        self.origin = Some(origin);
         self.redelivered = redelivered;
         self
     }
+}
+
+/// The origin of an MQTT message: the first 8 bytes of keccak256 over its session's client id
+/// and its packet id. A redelivery carries the same client id and packet id.
+pub fn mqtt_origin(client_id: &str, packet_id: u16) -> i64 {
+    let mut input = Vec::with_capacity(client_id.len() + 3);
+    input.extend_from_slice(client_id.as_bytes());
+    input.push(0);
+    input.extend_from_slice(&packet_id.to_be_bytes());
+    let digest = keccak256(&input);
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// The field names of the Platone PMU's tab-separated line:
@@ -176,6 +187,16 @@ mod tests {
     fn other_number_lines_get_positional_names() {
         let f = parse_fields(b"1.0,2.0;3").unwrap();
         assert_eq!(f.keys().collect::<Vec<_>>(), ["v0", "v1", "v2"]);
+    }
+
+    #[test]
+    fn origins_differ_by_client_and_packet_id() {
+        let a = mqtt_origin("dev-1", 7);
+        assert_eq!(a, mqtt_origin("dev-1", 7));
+        assert_ne!(a, mqtt_origin("dev-1", 8));
+        assert_ne!(a, mqtt_origin("dev-2", 7));
+        // The separator keeps ("ab", ..) and ("a", ..) apart whatever the packet id bytes.
+        assert_ne!(mqtt_origin("a", 0x6200), mqtt_origin("ab", 0));
     }
 
     #[test]

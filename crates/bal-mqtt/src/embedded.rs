@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
+use bal_core::measurement::mqtt_origin;
 use bal_core::{NewMeasurement, SubscriptionStatus, Username};
 use bal_scd::{Change, SharedStore, User};
 use chrono::Utc;
@@ -391,7 +392,8 @@ impl Hooks {
         }
         let mut m = NewMeasurement::new(topic, p.payload.to_vec(), Utc::now());
         if let Some(packet_id) = p.packet_id {
-            m = m.with_origin(format!("mqtt:{}:{packet_id}", session.id.client_id), p.dup);
+            let origin = mqtt_origin(&session.id.client_id, packet_id.get());
+            m = m.with_origin(origin, p.dup);
         }
         match self.ingest.submit(m).await {
             Ok(_) => HookResult::PublishAclResult(PublishAclResult::allow()),

@@ -728,16 +728,16 @@ impl Store for SqliteStore {
         // Runs of new measurements go in multi-row INSERTs; a redelivery is looked up first,
         // in order, so it sees the rows inserted before it in the same batch.
         for m in batch {
-            if let (Some(key), true) = (&m.dedup_key, m.redelivered) {
+            if let (Some(origin), true) = (m.origin, m.redelivered) {
                 insert_rows(&mut tx, &fresh, &mut ids).await?;
                 new.resize(ids.len(), true);
                 fresh.clear();
                 let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, payload_hash FROM measurements WHERE producer = ? AND dedup_key = ? \
+                    "SELECT id, payload_hash FROM measurements WHERE origin = ? AND producer = ? \
                      ORDER BY id DESC LIMIT 1",
                 )
+                .bind(origin)
                 .bind(m.producer.as_str())
-                .bind(key)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::backend)?;
@@ -866,7 +866,7 @@ async fn insert_rows(
         }
         let mut sql = QueryBuilder::<Sqlite>::new(
             "INSERT INTO measurements \
-             (producer, topic, received_at, payload, payload_hash, fields, dedup_key) ",
+             (producer, topic, received_at, payload, payload_hash, fields, origin) ",
         );
         sql.push_values(chunk.iter().zip(fields), |mut row, (m, f)| {
             row.push_bind(m.producer.as_str())
@@ -875,7 +875,7 @@ async fn insert_rows(
                 .push_bind(&m.payload[..])
                 .push_bind(m.payload_hash.as_slice())
                 .push_bind(f)
-                .push_bind(m.dedup_key.as_deref());
+                .push_bind(m.origin);
         });
         let done = sql
             .build()
