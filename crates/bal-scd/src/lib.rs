@@ -248,8 +248,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// Stores a batch in one transaction, all or nothing; returns one id per item, in order.
-    /// A redelivered item that matches the producer's latest measurement with the same origin
-    /// key and payload hash is not stored again: it gets that measurement's id.
+    /// A redelivered item that matches the producer's latest measurement of the last 15 minutes
+    /// with the same origin and payload hash is not stored again: it gets that measurement's id.
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>>;
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>>;
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<Vec<Measurement>>;

@@ -733,11 +733,13 @@ impl Store for SqliteStore {
                 new.resize(ids.len(), true);
                 fresh.clear();
                 let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, payload_hash FROM measurements WHERE origin = ? AND producer = ? \
+                    "SELECT id, payload_hash FROM measurements \
+                     WHERE producer = ? AND received_at >= ? AND origin = ? \
                      ORDER BY id DESC LIMIT 1",
                 )
-                .bind(origin)
                 .bind(m.producer.as_str())
+                .bind(ms(m.received_at) - REDELIVERY_WINDOW_MS)
+                .bind(origin)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::backend)?;
@@ -842,6 +844,10 @@ fn measurement_from_row(row: &SqliteRow) -> StoreResult<Measurement> {
             .transpose()?,
     })
 }
+
+/// How far back a redelivery is looked for: longer than a client takes to reconnect and resend
+/// after a BAL restart. Older duplicates are stored again (and still carry their origin).
+const REDELIVERY_WINDOW_MS: i64 = 15 * 60 * 1000;
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32 766.
 const ROWS_PER_INSERT: usize = 500;
