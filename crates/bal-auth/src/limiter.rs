@@ -1,5 +1,7 @@
 //! Failed-login limits, per claimed username and per client address.
 //!
+//! An attempt is counted from the moment it starts ([`LoginLimiter::begin`]), not when its slow
+//! password check ends, so a thousand concurrent guesses get no further than the limit allows.
 //! Each failure also slows the answer a little more, so guessing is slow even below the limit.
 //! Counters live in memory: with several replicas each enforces its own limit, which still
 //! bounds guessing to replicas × limit per window.
@@ -37,6 +39,8 @@ impl Default for LimiterConfig {
 struct Window {
     started: Instant,
     failures: u32,
+    /// Attempts under way: they count against the limit until they end.
+    pending: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,6 +58,15 @@ pub struct LoginLimiter {
     windows: Mutex<HashMap<Key, Window>>,
 }
 
+/// One login attempt under way. Report how it ended with [`Attempt::failed`] or
+/// [`Attempt::succeeded`]; dropped without either, it simply stops counting as pending.
+#[must_use]
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    keys: [Key; 2],
+    done: bool,
+}
+
 impl LoginLimiter {
     pub fn new(config: LimiterConfig) -> Self {
         Self {
@@ -69,56 +82,98 @@ impl LoginLimiter {
         }
     }
 
-    fn keys(username: &str, address: IpAddr) -> [Key; 2] {
-        [Key::Username(username.to_owned()), Key::Address(address)]
-    }
-
-    /// `Err(retry_after)` while either the username or the address is over its limit.
-    pub fn check(&self, username: &str, address: IpAddr) -> Result<(), Duration> {
+    /// Starts an attempt, or `Err(retry_after)` while the username or the address is at its
+    /// limit (failures plus attempts under way).
+    pub fn begin(&self, username: &str, address: IpAddr) -> Result<Attempt<'_>, Duration> {
+        let keys = [Key::Username(username.to_owned()), Key::Address(address)];
         let now = Instant::now();
-        let windows = self.windows.lock().expect("limiter lock");
+        let window = self.config.window;
+        let mut windows = self.windows.lock().expect("limiter lock");
+        if windows.len() >= MAX_TRACKED {
+            windows.retain(|_, w| w.pending > 0 || now.duration_since(w.started) < window);
+        }
         let mut wait = Duration::ZERO;
-        for key in Self::keys(username, address) {
-            if let Some(w) = windows.get(&key) {
+        for key in &keys {
+            if let Some(w) = windows.get_mut(key) {
                 let age = now.duration_since(w.started);
-                if age < self.config.window && w.failures >= self.limit(&key) {
-                    wait = wait.max(self.config.window - age);
+                if age >= window && w.pending == 0 {
+                    w.started = now;
+                    w.failures = 0;
+                } else if w.failures + w.pending >= self.limit(key) {
+                    wait = wait
+                        .max(window.saturating_sub(age))
+                        .max(Duration::from_secs(1));
                 }
             }
         }
-        if wait.is_zero() { Ok(()) } else { Err(wait) }
-    }
-
-    /// Counts a failure; returns how long to hold the answer back.
-    pub fn record_failure(&self, username: &str, address: IpAddr) -> Duration {
-        let now = Instant::now();
-        let mut windows = self.windows.lock().expect("limiter lock");
-        if windows.len() >= MAX_TRACKED {
-            let window = self.config.window;
-            windows.retain(|_, w| now.duration_since(w.started) < window);
+        if !wait.is_zero() {
+            return Err(wait);
         }
-        let mut most = 0;
-        for key in Self::keys(username, address) {
-            let w = windows.entry(key).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
-            if now.duration_since(w.started) >= self.config.window {
-                *w = Window {
+        for key in &keys {
+            windows
+                .entry(key.clone())
+                .or_insert(Window {
                     started: now,
                     failures: 0,
-                };
+                    pending: 0,
+                })
+                .pending += 1;
+        }
+        drop(windows);
+        Ok(Attempt {
+            limiter: self,
+            keys,
+            done: false,
+        })
+    }
+
+    fn end(&self, keys: &[Key; 2], failed: bool) -> Duration {
+        let mut windows = self.windows.lock().expect("limiter lock");
+        let mut most = 0;
+        for key in keys {
+            if let Some(w) = windows.get_mut(key) {
+                w.pending = w.pending.saturating_sub(1);
+                if failed {
+                    w.failures += 1;
+                    most = most.max(w.failures);
+                }
             }
-            w.failures += 1;
-            most = most.max(w.failures);
+        }
+        if !failed && let Key::Username(_) = &keys[0] {
+            // A success clears its username's failures (not its address's).
+            if windows.get(&keys[0]).is_some_and(|w| w.pending == 0) {
+                windows.remove(&keys[0]);
+            } else if let Some(w) = windows.get_mut(&keys[0]) {
+                w.failures = 0;
+            }
         }
         (self.config.delay_step * most).min(self.config.max_delay)
     }
+}
 
-    /// A successful login clears its username's failures (not its address's).
-    pub fn record_success(&self, username: &str) {
-        let mut windows = self.windows.lock().expect("limiter lock");
-        windows.remove(&Key::Username(username.to_owned()));
+impl Attempt<'_> {
+    /// Counts a failure; returns how long to hold the answer back.
+    pub fn failed(mut self) -> Duration {
+        self.done = true;
+        self.limiter.end(&self.keys, true)
+    }
+
+    pub fn succeeded(mut self) {
+        self.done = true;
+        self.limiter.end(&self.keys, false);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut windows = self.limiter.windows.lock().expect("limiter lock");
+            for key in &self.keys {
+                if let Some(w) = windows.get_mut(key) {
+                    w.pending = w.pending.saturating_sub(1);
+                }
+            }
+        }
     }
 }
 
@@ -136,49 +191,68 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
+    fn fail(l: &LoginLimiter, user: &str, addr: IpAddr) -> Duration {
+        l.begin(user, addr).expect("allowed").failed()
+    }
+
     #[test]
     fn a_username_is_locked_after_its_limit_from_any_address() {
         let l = limiter();
         for _ in 0..3 {
-            assert!(l.check("alice", A).is_ok());
-            l.record_failure("alice", A);
+            fail(&l, "alice", A);
         }
-        assert!(l.check("alice", A).is_err());
+        assert!(l.begin("alice", A).is_err());
         assert!(
-            l.check("alice", B).is_err(),
+            l.begin("alice", B).is_err(),
             "a new address does not reset the count"
         );
-        assert!(l.check("bob", B).is_ok());
+        assert!(l.begin("bob", B).is_ok());
     }
 
     #[test]
     fn an_address_is_locked_after_its_limit_across_usernames() {
         let l = limiter();
         for i in 0..5 {
-            l.record_failure(&format!("user{i}"), A);
+            fail(&l, &format!("user{i}"), A);
         }
-        assert!(l.check("someone-else", A).is_err());
-        assert!(l.check("someone-else", B).is_ok());
+        assert!(l.begin("someone-else", A).is_err());
+        assert!(l.begin("someone-else", B).is_ok());
+    }
+
+    #[test]
+    fn attempts_under_way_count_so_concurrent_guesses_stop_at_the_limit() {
+        let l = limiter();
+        let running: Vec<_> = (0..3).map(|_| l.begin("alice", A).unwrap()).collect();
+        assert!(l.begin("alice", A).is_err(), "three already under way");
+        drop(running);
+        assert!(
+            l.begin("alice", A).is_ok(),
+            "abandoned attempts stop counting"
+        );
     }
 
     #[test]
     fn failures_slow_the_answer_up_to_a_cap() {
-        let l = limiter();
-        assert_eq!(l.record_failure("alice", A), Duration::from_millis(200));
-        assert_eq!(l.record_failure("alice", A), Duration::from_millis(400));
+        let l = LoginLimiter::new(LimiterConfig {
+            per_username: 100,
+            per_address: 100,
+            ..LimiterConfig::default()
+        });
+        assert_eq!(fail(&l, "alice", A), Duration::from_millis(200));
+        assert_eq!(fail(&l, "alice", A), Duration::from_millis(400));
         for _ in 0..10 {
-            l.record_failure("alice", A);
+            fail(&l, "alice", A);
         }
-        assert_eq!(l.record_failure("alice", A), Duration::from_secs(1));
+        assert_eq!(fail(&l, "alice", A), Duration::from_secs(1));
     }
 
     #[test]
     fn success_clears_the_username() {
         let l = limiter();
-        l.record_failure("alice", A);
-        l.record_failure("alice", A);
-        l.record_success("alice");
-        l.record_failure("alice", A);
-        assert!(l.check("alice", A).is_ok());
+        fail(&l, "alice", A);
+        fail(&l, "alice", A);
+        l.begin("alice", A).unwrap().succeeded();
+        fail(&l, "alice", A);
+        assert!(l.begin("alice", A).is_ok());
     }
 }

@@ -266,10 +266,10 @@ impl Hooks {
             .id()
             .remote_addr
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        if self.limiter.check(&name, address).is_err() {
+        let Ok(attempt) = self.limiter.begin(&name, address) else {
             tracing::warn!(%address, "MQTT login refused: too many failures");
             return auth(AuthResult::NotAuthorized);
-        }
+        };
         let password = ci
             .password()
             .and_then(|p| std::str::from_utf8(p).ok())
@@ -285,13 +285,18 @@ impl Hooks {
             },
             Err(_) => None,
         };
-        let valid = if credentials.is_some() && self.verified.matches(&name, &password) {
+        let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+        let cached = phc
+            .as_deref()
+            .is_some_and(|h| self.verified.matches(&name, h, &password));
+        let valid = if cached {
             true
         } else {
-            let phc = credentials.as_ref().map(|c| c.password_hash.clone());
-            match password::verify(password.clone(), phc).await {
+            match password::verify(password.clone(), phc.clone()).await {
                 Ok(true) => {
-                    self.verified.remember(&name, &password);
+                    if let Some(h) = &phc {
+                        self.verified.remember(&name, h, &password);
+                    }
                     true
                 }
                 Ok(false) => false,
@@ -302,12 +307,12 @@ impl Hooks {
             }
         };
         let Some(user) = credentials.filter(|_| valid).map(|c| c.user) else {
-            let delay = self.limiter.record_failure(&name, address);
+            let delay = attempt.failed();
             tracing::warn!(%address, "MQTT login failed");
             tokio::time::sleep(delay).await;
             return auth(AuthResult::BadUsernameOrPassword);
         };
-        self.limiter.record_success(&name);
+        attempt.succeeded();
 
         // A will skips the publish check, so it must pass it here.
         if let Some(will) = ci.last_will() {

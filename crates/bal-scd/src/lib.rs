@@ -101,7 +101,7 @@ pub struct SubscriptionQuery {
     pub status: Option<SubscriptionStatus>,
 }
 
-/// Filters for reading measurements, oldest first.
+/// Filters for reading measurements, in commit (id) order.
 #[derive(Debug, Clone)]
 pub struct MeasurementQuery {
     pub producer: Username,
@@ -109,25 +109,9 @@ pub struct MeasurementQuery {
     pub from: Option<DateTime<Utc>>,
     /// Only measurements received before this time.
     pub to: Option<DateTime<Utc>>,
-    /// Only measurements after this position: the cursor of the previous page.
-    pub after: Option<MeasurementCursor>,
+    /// Only measurements with a larger id: the cursor of the previous page.
+    pub after_id: Option<i64>,
     pub limit: u32,
-}
-
-/// A position in a producer's measurements, ordered by reception time and then id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MeasurementCursor {
-    pub received_at_ms: i64,
-    pub id: i64,
-}
-
-impl MeasurementCursor {
-    pub fn after(m: &Measurement) -> Self {
-        Self {
-            received_at_ms: m.received_at.timestamp_millis(),
-            id: m.id,
-        }
-    }
 }
 
 /// What changed, announced after the change is committed, so that live deliveries (MQTT
@@ -203,14 +187,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Subscription>>;
 
-    /// Records a session token digest for `username` until `expires_at`.
+    /// Records a session token digest for `username` until `expires_at`, provided the user is
+    /// active and its password hash is still `password_hash` (the one just verified). `false`
+    /// when it is not: the password changed, or the user was deleted, meanwhile.
     async fn create_session(
         &self,
         token_hash: [u8; 32],
         username: &Username,
+        password_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// The active user holding an unexpired session with this digest.
     async fn session_user(
         &self,

@@ -466,6 +466,10 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await.map_err(StoreError::backend)?;
+        for s in &ended {
+            self.announce(Change::Subscription(s.clone()));
+        }
+        self.announce(Change::UserDeleted(username.clone()));
         Ok(ended)
     }
 
@@ -473,20 +477,24 @@ impl Store for SqliteStore {
         &self,
         token_hash: [u8; 32],
         username: &Username,
+        password_hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, username, created_at, expires_at) VALUES (?, ?, ?, ?)",
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO sessions (token_hash, username, created_at, expires_at) \
+             SELECT ?, username, ?, ? FROM users \
+             WHERE username = ? AND password_hash = ? AND deleted_at IS NULL",
         )
         .bind(&token_hash[..])
-        .bind(username.as_str())
         .bind(ms(now))
         .bind(ms(expires_at))
+        .bind(username.as_str())
+        .bind(password_hash)
         .execute(&self.pool)
         .await
         .map_err(StoreError::backend)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn session_user(
@@ -733,13 +741,16 @@ impl Store for SqliteStore {
                 new.resize(ids.len(), true);
                 fresh.clear();
                 let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, payload_hash FROM measurements \
-                     WHERE producer = ? AND received_at >= ? AND origin = ? \
-                     ORDER BY id DESC LIMIT 1",
+                    "SELECT id, payload_hash FROM ( \
+                         SELECT id, payload_hash, origin, received_at \
+                         FROM measurements INDEXED BY measurements_by_producer_id \
+                         WHERE producer = ? ORDER BY id DESC LIMIT ?) \
+                     WHERE origin = ? AND received_at >= ? ORDER BY id DESC LIMIT 1",
                 )
                 .bind(m.producer.as_str())
-                .bind(ms(m.received_at) - REDELIVERY_WINDOW_MS)
+                .bind(REDELIVERY_SCAN_ROWS)
                 .bind(origin)
+                .bind(ms(m.received_at) - REDELIVERY_WINDOW_MS)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::backend)?;
@@ -806,14 +817,12 @@ impl Store for SqliteStore {
         if let Some(to) = query.to {
             sql.push(" AND received_at < ").push_bind(ms(to));
         }
-        if let Some(c) = query.after {
-            sql.push(" AND (received_at, id) > (")
-                .push_bind(c.received_at_ms)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
+        if let Some(after) = query.after_id {
+            sql.push(" AND id > ").push_bind(after);
         }
-        sql.push(" ORDER BY received_at, id LIMIT ")
+        // Ids follow commit order (one writer), reception times need not: an upload stamped
+        // earlier may commit after MQTT rows stamped later. Paging by id never skips a row.
+        sql.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(query.limit));
         sql.build()
             .fetch_all(&self.pool)
@@ -848,6 +857,11 @@ fn measurement_from_row(row: &SqliteRow) -> StoreResult<Measurement> {
 /// How far back a redelivery is looked for: longer than a client takes to reconnect and resend
 /// after a BAL restart. Older duplicates are stored again (and still carry their origin).
 const REDELIVERY_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// At most this many of the producer's latest rows are searched per redelivery, so that a
+/// reconnect storm of a busy producer cannot hold the write lock for long (each lookup is a few
+/// milliseconds); it also keeps a reused packet id from matching a message long gone by.
+const REDELIVERY_SCAN_ROWS: i64 = 50_000;
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32 766.
 const ROWS_PER_INSERT: usize = 500;

@@ -59,11 +59,12 @@ fn name(n: &str) -> Username {
     Username::parse(n).expect("demo names are valid")
 }
 
-/// Creates the demo users that are missing; returns every demo user's password.
+/// Creates the demo users that are missing, saving each password as soon as it exists.
 async fn ensure_users(
     store: &SharedStore,
     key: &MasterKey,
     passwords: &mut BTreeMap<String, String>,
+    password_file: &Path,
 ) -> anyhow::Result<()> {
     let roles = PRODUCERS
         .iter()
@@ -85,6 +86,7 @@ async fn ensure_users(
         .await
         .map_err(|e| anyhow::anyhow!("creating demo user {user}: {e}"))?;
         passwords.insert(user.to_owned(), password);
+        save_passwords(password_file, passwords)?;
     }
     Ok(())
 }
@@ -145,8 +147,8 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         }
         FirstAdmin::Exists => {}
     }
-    ensure_users(&store, app.master_key(), &mut passwords).await?;
     save_passwords(&password_file, &passwords)?;
+    ensure_users(&store, app.master_key(), &mut passwords, &password_file).await?;
     ensure_grants(&store).await?;
 
     let counters = Arc::new(Counters::default());
@@ -187,6 +189,16 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
             devices::pmu_line(),
         ),
     ];
+    // A device whose password is unknown (its user was made outside the demo) would only
+    // fail to log in again and again, and trip the failed-login limit for everyone local.
+    let (fleet, unknown): (Vec<_>, Vec<_>) =
+        fleet.into_iter().partition(|d| !d.password.is_empty());
+    for d in unknown {
+        println!(
+            "note: {} already existed without a demo password; its device {} is not started",
+            d.username, d.client_id
+        );
+    }
     let tasks: Vec<_> = fleet
         .into_iter()
         .map(|d| devices::spawn(d, counters.clone()))

@@ -63,11 +63,12 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let address = peer.ip();
-    if let Err(wait) = state.limiter.check(&req.username, address) {
-        return Err(ApiError::TooManyRequests {
+    let attempt = state
+        .limiter
+        .begin(&req.username, address)
+        .map_err(|wait| ApiError::TooManyRequests {
             retry_after_secs: wait.as_secs().max(1),
-        });
-    }
+        })?;
     let credentials = match Username::parse(&req.username) {
         Ok(name) => state.store.credentials(&name).await?,
         Err(_) => None,
@@ -75,23 +76,33 @@ async fn login(
     let phc = credentials.as_ref().map(|c| c.password_hash.clone());
     // Unknown users are checked against a dummy hash: same time, same answer.
     if !password::verify(req.password, phc).await? {
-        let delay = state.limiter.record_failure(&req.username, address);
+        let delay = attempt.failed();
         tracing::warn!(%address, "failed login");
         tokio::time::sleep(delay).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
-    let user = credentials
-        .expect("verify is false without credentials")
-        .user;
-    state.limiter.record_success(&req.username);
+    attempt.succeeded();
+    let credentials = credentials.expect("verify is false without credentials");
+    let user = credentials.user;
     let (token, digest) = new_token();
     let now = Utc::now();
     let ttl = chrono::Duration::from_std(state.config.session_ttl).map_err(ApiError::internal)?;
     let expires_at = now + ttl;
-    state
+    // Only if the password checked is still the current one: a change that committed while
+    // this login was being checked has already ended every session, this one included.
+    let created = state
         .store
-        .create_session(digest, &user.username, now, expires_at)
+        .create_session(
+            digest,
+            &user.username,
+            &credentials.password_hash,
+            now,
+            expires_at,
+        )
         .await?;
+    if !created {
+        return Err(ApiError::Unauthorized(BAD_LOGIN));
+    }
     tracing::info!(username = %user.username, "login");
     Ok(Json(LoginResponse {
         token,

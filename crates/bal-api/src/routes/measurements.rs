@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bal_core::{NewMeasurement, Role, Topic, Username};
-use bal_scd::{Change, MeasurementCursor, MeasurementQuery, User};
+use bal_scd::{Change, MeasurementQuery, User};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -209,13 +209,9 @@ pub struct MeasurementPage {
     next_cursor: Option<String>,
 }
 
-fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
-    let bad = || ApiError::BadRequest("malformed cursor".into());
-    let (t, id) = raw.split_once('-').ok_or_else(bad)?;
-    Ok(MeasurementCursor {
-        received_at_ms: t.parse().map_err(|_| bad())?,
-        id: id.parse().map_err(|_| bad())?,
-    })
+fn parse_cursor(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
 }
 
 fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiError> {
@@ -226,7 +222,7 @@ fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiErr
     }
 }
 
-/// A producer's readings, oldest first, by time range and cursor.
+/// A producer's readings in the order they were committed, by time range and cursor.
 #[utoipa::path(get, path = "/api/measurements", tag = "measurements",
     security(("bearer" = [])),
     params(ListParams),
@@ -245,23 +241,20 @@ async fn list_measurements(
             "limit must be 1 to {MAX_PAGE}"
         )));
     }
-    let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
+    let after_id = p.cursor.as_deref().map(parse_cursor).transpose()?;
     authorize_read(&state, &caller, &producer).await?;
     let query = MeasurementQuery {
         producer,
         from: p.from,
         to: p.to,
-        after,
+        after_id,
         limit,
     };
     let items = state.store.measurements(&query).await?;
     let next_cursor = (items.len() == limit as usize)
         .then(|| items.last())
         .flatten()
-        .map(|m| {
-            let c = MeasurementCursor::after(m);
-            format!("{}-{}", c.received_at_ms, c.id)
-        });
+        .map(|m| m.id.to_string());
     Ok(Json(MeasurementPage {
         items: items.iter().map(MeasurementView::from).collect(),
         next_cursor,
@@ -314,6 +307,7 @@ async fn stream(
     caller: AuthUser,
     Query(p): Query<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let session = caller.session;
     let caller = caller.user;
     let producer = producer_param(&caller, p.producer)?;
     // Listen before checking, so nothing committed in between is missed.
@@ -342,7 +336,11 @@ async fn stream(
                     Err(RecvError::Closed) => break,
                 },
                 _ = recheck.tick() => {
-                    if authorize_read(&state, &caller, &producer).await.is_err() {
+                    // The session too: logout, a password change or deletion ends the stream.
+                    let session = state.store.session_user(session, Utc::now()).await;
+                    if !matches!(session, Ok(Some(_)))
+                        || authorize_read(&state, &caller, &producer).await.is_err()
+                    {
                         break;
                     }
                 }

@@ -14,5 +14,5 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::BadRequest("method not allowed on this route".into())
+    ApiError::MethodNotAllowed
 }

@@ -1,7 +1,9 @@
 //! User administration: admins create, list, read and delete users; anyone changes their own
 //! password (with the current one), admins reset anyone's.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use bal_core::{Actor, Role, Username};
@@ -144,6 +146,7 @@ async fn delete_user(
         (status = 422, body = ErrorBody)))]
 async fn change_password(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: AuthUser,
     Path(username): Path<String>,
     Json(req): Json<ChangePassword>,
@@ -157,18 +160,27 @@ async fn change_password(
     }
     let username = path_user(&username)?;
     if is_self {
-        // A stolen token alone must not be enough to take the account over.
+        // A stolen token alone must not be enough to take the account over, nor to guess the
+        // password: the check is limited like a login.
         let current = req.current_password.ok_or_else(|| {
             ApiError::Unprocessable("current_password is required to change your own".into())
         })?;
+        let attempt = state
+            .limiter
+            .begin(username.as_str(), peer.ip())
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs().max(1),
+            })?;
         let stored = state
             .store
             .credentials(&username)
             .await?
             .map(|c| c.password_hash);
         if !password::verify(current, stored).await? {
+            tokio::time::sleep(attempt.failed()).await;
             return Err(ApiError::Forbidden("current_password is wrong".into()));
         }
+        attempt.succeeded();
     }
     let actor = Actor::User(caller.username);
     accounts::change_password(state.store.as_ref(), &username, req.password, &actor).await?;

@@ -355,3 +355,27 @@ async fn a_live_stream_delivers_new_readings_and_ends_within_a_second_of_revocat
         "ended {ended_after:?} after revocation"
     );
 }
+
+#[tokio::test]
+async fn a_live_stream_ends_when_its_session_does() {
+    let app = spawn_app().await;
+    let p1 = app.user("producer1", "producer").await;
+    let stream = app.get("/api/measurements/stream", &p1).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reader = tokio::spawn(read_events(stream, Duration::from_secs(10), |name, _| {
+        name == "end"
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged_out = tokio::time::Instant::now();
+    assert_eq!(
+        app.post_empty("/api/auth/logout", &p1).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let events = reader.await.unwrap();
+    assert_eq!(
+        events.last().map(|(n, _)| n.as_str()),
+        Some("end"),
+        "{events:?}"
+    );
+    assert!(logged_out.elapsed() < Duration::from_secs(1));
+}

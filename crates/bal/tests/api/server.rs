@@ -67,7 +67,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let r = app.get("/api/nothing-here", &app.admin).await;
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let r = app.delete("/api/me", &app.admin).await;
-    assert_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
+    assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
 }
 
 #[tokio::test]
