@@ -15,7 +15,8 @@ pub struct Measurement {
     pub id: i64,
     pub producer: Username,
     pub topic: Topic,
-    /// When the BAL received it, to the millisecond.
+    /// When the BAL received and stored it, to the millisecond. Stamped by the SCD at commit,
+    /// under its write lock, so reception order is commit order and paging never skips.
     pub received_at: DateTime<Utc>,
     /// The payload bytes exactly as they arrived.
     pub payload: Vec<u8>,
@@ -29,12 +30,11 @@ pub struct Measurement {
 /// of numbers give `v0, v1, ...` (the PMU line of five values gets its own names).
 pub type Fields = BTreeMap<String, f64>;
 
-/// A measurement on its way into the SCD.
+/// A measurement on its way into the SCD (which stamps its reception time).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMeasurement {
     pub producer: Username,
     pub topic: Topic,
-    pub received_at: DateTime<Utc>,
     pub payload: Vec<u8>,
     pub payload_hash: B256,
     pub fields: Option<Fields>,
@@ -48,14 +48,13 @@ pub struct NewMeasurement {
 }
 
 impl NewMeasurement {
-    /// A measurement of `payload` on `topic`, received at `received_at`.
-    pub fn new(topic: Topic, payload: Vec<u8>, received_at: DateTime<Utc>) -> Self {
+    /// A measurement of `payload` on `topic`.
+    pub fn new(topic: Topic, payload: Vec<u8>) -> Self {
         Self {
             producer: topic.producer(),
             payload_hash: keccak256(&payload),
             fields: parse_fields(&payload),
             topic,
-            received_at: crate::millis(received_at),
             payload,
             origin: None,
             redelivered: false,
@@ -212,11 +211,7 @@ mod tests {
         ] {
             assert_eq!(parse_fields(p), None, "{p:?}");
         }
-        let m = NewMeasurement::new(
-            Topic::parse("platone/p1x").unwrap(),
-            b"\xff".to_vec(),
-            Utc::now(),
-        );
+        let m = NewMeasurement::new(Topic::parse("platone/p1x").unwrap(), b"\xff".to_vec());
         assert_eq!(m.payload_hash, keccak256([0xff]));
         assert_eq!(m.producer.as_str(), "p1x");
     }

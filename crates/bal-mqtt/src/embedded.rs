@@ -23,7 +23,6 @@ use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
 use bal_core::measurement::mqtt_origin;
 use bal_core::{NewMeasurement, SubscriptionStatus, Username};
 use bal_scd::{Change, SharedStore, User};
-use chrono::Utc;
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
@@ -395,7 +394,7 @@ impl Hooks {
                 v3,
             );
         }
-        let mut m = NewMeasurement::new(topic, p.payload.to_vec(), Utc::now());
+        let mut m = NewMeasurement::new(topic, p.payload.to_vec());
         if let Some(packet_id) = p.packet_id {
             let origin = mqtt_origin(&session.id.client_id, packet_id.get());
             m = m.with_origin(origin, p.dup);

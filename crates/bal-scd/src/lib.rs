@@ -101,7 +101,7 @@ pub struct SubscriptionQuery {
     pub status: Option<SubscriptionStatus>,
 }
 
-/// Filters for reading measurements, in commit (id) order.
+/// Filters for reading measurements, oldest first.
 #[derive(Debug, Clone)]
 pub struct MeasurementQuery {
     pub producer: Username,
@@ -109,9 +109,27 @@ pub struct MeasurementQuery {
     pub from: Option<DateTime<Utc>>,
     /// Only measurements received before this time.
     pub to: Option<DateTime<Utc>>,
-    /// Only measurements with a larger id: the cursor of the previous page.
-    pub after_id: Option<i64>,
+    /// Only measurements after this position: the cursor of the previous page.
+    pub after: Option<MeasurementCursor>,
     pub limit: u32,
+}
+
+/// A position in a producer's measurements, ordered by reception time and then id. Reception
+/// times are stamped at commit, so this order is commit order: a page never skips a row that
+/// commits later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasurementCursor {
+    pub received_at_ms: i64,
+    pub id: i64,
+}
+
+impl MeasurementCursor {
+    pub fn after(m: &Measurement) -> Self {
+        Self {
+            received_at_ms: m.received_at.timestamp_millis(),
+            id: m.id,
+        }
+    }
 }
 
 /// What changed, announced after the change is committed, so that live deliveries (MQTT
@@ -235,6 +253,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
 
     /// Stores a batch in one transaction, all or nothing; returns one id per item, in order.
+    /// Reception times are stamped here, under the write lock, never earlier than any stamp
+    /// before them.
     /// A redelivered item that matches the producer's latest measurement of the last 15 minutes
     /// with the same origin and payload hash is not stored again: it gets that measurement's id.
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>>;

@@ -30,6 +30,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     changes: broadcast::Sender<Change>,
+    /// The latest reception time stamped (ms), so stamps never go backwards with the clock.
+    last_stamp: std::sync::atomic::AtomicI64,
 }
 
 /// Room for bursts of changes before a slow listener starts missing some (it is told, and
@@ -55,7 +57,21 @@ impl SqliteStore {
             .map_err(StoreError::backend)?;
         MIGRATOR.run(&pool).await.map_err(StoreError::backend)?;
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        Ok(Self { pool, changes })
+        Ok(Self {
+            pool,
+            changes,
+            last_stamp: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+
+    /// A reception time for rows committed now: the clock, but never before the last stamp.
+    /// Called under the write lock, so stamps follow commit order.
+    fn stamp(&self) -> i64 {
+        let now = Utc::now().timestamp_millis();
+        let last = self
+            .last_stamp
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        now.max(last)
     }
 
     fn announce(&self, change: Change) {
@@ -729,6 +745,7 @@ impl Store for SqliteStore {
 
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
         let mut tx = self.begin_write().await?;
+        let stamp = self.stamp();
         let mut ids = Vec::with_capacity(batch.len());
         // Whether each item was stored now (false: a redelivery of a stored measurement).
         let mut new = Vec::with_capacity(batch.len());
@@ -737,20 +754,20 @@ impl Store for SqliteStore {
         // in order, so it sees the rows inserted before it in the same batch.
         for m in batch {
             if let (Some(origin), true) = (m.origin, m.redelivered) {
-                insert_rows(&mut tx, &fresh, &mut ids).await?;
+                insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
                 new.resize(ids.len(), true);
                 fresh.clear();
                 let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
                     "SELECT id, payload_hash FROM ( \
                          SELECT id, payload_hash, origin, received_at \
-                         FROM measurements INDEXED BY measurements_by_producer_id \
-                         WHERE producer = ? ORDER BY id DESC LIMIT ?) \
+                         FROM measurements INDEXED BY measurements_by_producer_time \
+                         WHERE producer = ? ORDER BY received_at DESC, id DESC LIMIT ?) \
                      WHERE origin = ? AND received_at >= ? ORDER BY id DESC LIMIT 1",
                 )
                 .bind(m.producer.as_str())
                 .bind(REDELIVERY_SCAN_ROWS)
                 .bind(origin)
-                .bind(ms(m.received_at) - REDELIVERY_WINDOW_MS)
+                .bind(stamp - REDELIVERY_WINDOW_MS)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::backend)?;
@@ -762,11 +779,12 @@ impl Store for SqliteStore {
             }
             fresh.push(m);
         }
-        insert_rows(&mut tx, &fresh, &mut ids).await?;
+        insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
         new.resize(ids.len(), true);
         tx.commit().await.map_err(StoreError::backend)?;
 
         if self.changes.receiver_count() > 0 {
+            let received_at = time(stamp)?;
             let stored: Vec<Measurement> = batch
                 .iter()
                 .zip(&ids)
@@ -776,7 +794,7 @@ impl Store for SqliteStore {
                     id,
                     producer: m.producer.clone(),
                     topic: m.topic.clone(),
-                    received_at: bal_core::millis(m.received_at),
+                    received_at,
                     payload: m.payload.clone(),
                     payload_hash: m.payload_hash,
                     fields: m.fields.clone(),
@@ -817,12 +835,14 @@ impl Store for SqliteStore {
         if let Some(to) = query.to {
             sql.push(" AND received_at < ").push_bind(ms(to));
         }
-        if let Some(after) = query.after_id {
-            sql.push(" AND id > ").push_bind(after);
+        if let Some(c) = query.after {
+            sql.push(" AND (received_at, id) > (")
+                .push_bind(c.received_at_ms)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
         }
-        // Ids follow commit order (one writer), reception times need not: an upload stamped
-        // earlier may commit after MQTT rows stamped later. Paging by id never skips a row.
-        sql.push(" ORDER BY id LIMIT ")
+        sql.push(" ORDER BY received_at, id LIMIT ")
             .push_bind(i64::from(query.limit));
         sql.build()
             .fetch_all(&self.pool)
@@ -872,6 +892,7 @@ const ROWS_PER_INSERT: usize = 500;
 async fn insert_rows(
     conn: &mut SqliteConnection,
     rows: &[&NewMeasurement],
+    received_at_ms: i64,
     ids: &mut Vec<i64>,
 ) -> StoreResult<()> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -891,7 +912,7 @@ async fn insert_rows(
         sql.push_values(chunk.iter().zip(fields), |mut row, (m, f)| {
             row.push_bind(m.producer.as_str())
                 .push_bind(m.topic.as_str())
-                .push_bind(ms(m.received_at))
+                .push_bind(received_at_ms)
                 .push_bind(&m.payload[..])
                 .push_bind(m.payload_hash.as_slice())
                 .push_bind(f)

@@ -197,7 +197,6 @@ fn reading(payload: &str, origin: Option<(i64, bool)>) -> bal_core::NewMeasureme
     let m = bal_core::NewMeasurement::new(
         Topic::parse("platone/prod").unwrap(),
         payload.as_bytes().to_vec(),
-        Utc::now(),
     );
     match origin {
         Some((origin, dup)) => m.with_origin(origin, dup),
@@ -249,4 +248,25 @@ async fn a_batch_keeps_its_order_and_stores_a_matching_redelivery_once() {
         .await
         .unwrap();
     assert_eq!(again, [ids[3]]);
+}
+
+#[tokio::test]
+async fn reception_is_stamped_at_commit_and_never_goes_backwards() {
+    let db = db().await;
+    seed(&db.store).await;
+    let before = Utc::now();
+    let mut last = None;
+    for i in 0..20 {
+        let ids = db
+            .store
+            .insert_measurements(&[reading(&i.to_string(), None)])
+            .await
+            .unwrap();
+        let m = db.store.measurement(ids[0]).await.unwrap().unwrap();
+        assert!(m.received_at >= bal_core::millis(before));
+        if let Some(prev) = last {
+            assert!(m.received_at >= prev, "stamps follow commit order");
+        }
+        last = Some(m.received_at);
+    }
 }

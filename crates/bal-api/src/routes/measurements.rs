@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bal_core::{NewMeasurement, Role, Topic, Username};
-use bal_scd::{Change, MeasurementQuery, User};
+use bal_scd::{Change, MeasurementCursor, MeasurementQuery, User};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -173,10 +173,9 @@ async fn ingest(
             "reading {n} is larger than the payload limit of {limit} bytes"
         )));
     }
-    let now = Utc::now();
     let batch: Vec<NewMeasurement> = payloads
         .into_iter()
-        .map(|p| NewMeasurement::new(topic.clone(), p, now))
+        .map(|p| NewMeasurement::new(topic.clone(), p))
         .collect();
     let ids = state.store.insert_measurements(&batch).await?;
     tracing::info!(producer = %topic.producer(), count = ids.len(), "readings uploaded");
@@ -209,9 +208,13 @@ pub struct MeasurementPage {
     next_cursor: Option<String>,
 }
 
-fn parse_cursor(raw: &str) -> Result<i64, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
+fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
+    let bad = || ApiError::BadRequest("malformed cursor".into());
+    let (t, id) = raw.split_once('-').ok_or_else(bad)?;
+    Ok(MeasurementCursor {
+        received_at_ms: t.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+    })
 }
 
 fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiError> {
@@ -222,7 +225,8 @@ fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiErr
     }
 }
 
-/// A producer's readings in the order they were committed, by time range and cursor.
+/// A producer's readings, oldest first (reception is stamped at commit, so this is commit
+/// order), by time range and cursor.
 #[utoipa::path(get, path = "/api/measurements", tag = "measurements",
     security(("bearer" = [])),
     params(ListParams),
@@ -241,20 +245,23 @@ async fn list_measurements(
             "limit must be 1 to {MAX_PAGE}"
         )));
     }
-    let after_id = p.cursor.as_deref().map(parse_cursor).transpose()?;
+    let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
     authorize_read(&state, &caller, &producer).await?;
     let query = MeasurementQuery {
         producer,
         from: p.from,
         to: p.to,
-        after_id,
+        after,
         limit,
     };
     let items = state.store.measurements(&query).await?;
     let next_cursor = (items.len() == limit as usize)
         .then(|| items.last())
         .flatten()
-        .map(|m| m.id.to_string());
+        .map(|m| {
+            let c = MeasurementCursor::after(m);
+            format!("{}-{}", c.received_at_ms, c.id)
+        });
     Ok(Json(MeasurementPage {
         items: items.iter().map(MeasurementView::from).collect(),
         next_cursor,
