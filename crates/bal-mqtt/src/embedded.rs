@@ -104,7 +104,12 @@ impl EmbeddedBroker {
             let l = listener("mqtt", addr)
                 .bind()
                 .and_then(|l| l.tcp())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (mqtt.listen): {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {addr} (mqtt.listen): {e}; is another MQTT broker \
+                         running? Set mqtt.listen (BAL_MQTT__LISTEN) to a free address, or \"off\""
+                    )
+                })?;
             tcp_addr = Some(l.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?);
             server = server.listener_by_id(l, 1);
         }
@@ -114,7 +119,12 @@ impl EmbeddedBroker {
                 .tls_key(Some(config.tls_key.display().to_string()))
                 .bind()
                 .and_then(|l| l.tls())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (mqtt.listen_tls): {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {addr} (mqtt.listen_tls): {e}; set mqtt.listen_tls \
+                         (BAL_MQTT__LISTEN_TLS) to a free address, or \"off\""
+                    )
+                })?;
             tls_addr = Some(l.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?);
             server = server.listener_by_id(l, 2);
         }

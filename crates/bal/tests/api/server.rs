@@ -143,9 +143,18 @@ async fn a_port_in_use_is_a_clear_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     settings.http.listen = taken.local_addr().unwrap();
-    let err = Application::build(settings).await.err().unwrap();
+    let err = Application::build(settings.clone()).await.err().unwrap();
     let text = format!("{err:#}");
     assert!(text.contains("http.listen"), "{text}");
+
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.mqtt.listen = Some(taken.local_addr().unwrap());
+    let err = Application::build(settings).await.err().unwrap();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("mqtt.listen") && text.contains("BAL_MQTT__LISTEN"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
