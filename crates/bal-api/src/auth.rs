@@ -18,6 +18,21 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Starts a rate-limited password check for `username` from `address`; 429 while either is
+/// at its limit of failures.
+pub fn begin_attempt<'a>(
+    state: &'a AppState,
+    username: &str,
+    address: std::net::IpAddr,
+) -> Result<bal_auth::limiter::Attempt<'a>, ApiError> {
+    state
+        .limiter
+        .begin(username, address)
+        .map_err(|wait| ApiError::TooManyRequests {
+            retry_after_secs: wait.as_secs().max(1),
+        })
+}
+
 /// A new token and the digest to store for it.
 pub fn new_token() -> (String, [u8; 32]) {
     let mut raw = [0u8; 32];

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,15 +43,7 @@ fn load_passwords(path: &Path) -> BTreeMap<String, String> {
 }
 
 fn save_passwords(path: &Path, passwords: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut f, serde_json::to_string_pretty(passwords)?.as_bytes())?;
-    Ok(())
+    crate::tls::write_private(path, &serde_json::to_string_pretty(passwords)?)
 }
 
 fn name(n: &str) -> Username {

@@ -47,7 +47,8 @@ fn server_names(extra: &[String]) -> Vec<String> {
     names
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes a file only its owner may read (keys, generated passwords), and syncs it.
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

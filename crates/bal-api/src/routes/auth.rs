@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
-use crate::auth::{AuthUser, new_token};
+use crate::auth::{AuthUser, begin_attempt, new_token};
 use crate::error::{ApiError, ErrorBody, Json};
 use crate::views::UserView;
 use bal_auth::password;
@@ -63,12 +63,7 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let address = peer.ip();
-    let attempt = state
-        .limiter
-        .begin(&req.username, address)
-        .map_err(|wait| ApiError::TooManyRequests {
-            retry_after_secs: wait.as_secs().max(1),
-        })?;
+    let attempt = begin_attempt(&state, &req.username, address)?;
     let credentials = match Username::parse(&req.username) {
         Ok(name) => state.store.credentials(&name).await?,
         Err(_) => None,

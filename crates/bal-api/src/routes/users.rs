@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::auth::{Admin, AuthUser};
+use crate::auth::{Admin, AuthUser, begin_attempt};
 use crate::error::{ApiError, ErrorBody, Json, Path};
 use crate::views::UserView;
 use crate::{AppState, accounts};
@@ -165,12 +165,7 @@ async fn change_password(
         let current = req.current_password.ok_or_else(|| {
             ApiError::Unprocessable("current_password is required to change your own".into())
         })?;
-        let attempt = state
-            .limiter
-            .begin(username.as_str(), peer.ip())
-            .map_err(|wait| ApiError::TooManyRequests {
-                retry_after_secs: wait.as_secs().max(1),
-            })?;
+        let attempt = begin_attempt(&state, username.as_str(), peer.ip())?;
         let stored = state
             .store
             .credentials(&username)
