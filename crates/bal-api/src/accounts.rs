@@ -2,13 +2,31 @@
 
 use bal_core::{Actor, Role, Username};
 use bal_scd::{NewUser, Store, User};
-use bal_wallet::{MasterKey, Wallet};
+use bal_wallet::{MasterKey, Sealer, Wallet};
 use chrono::Utc;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
 use crate::error::ApiError;
 use bal_auth::password;
+
+/// The keys user accounts are written with.
+#[derive(Debug, Clone)]
+pub struct AccountKeys {
+    /// Encrypts every wallet key.
+    pub master: MasterKey,
+    /// Seals the MQTT password for an external broker (`broker.kind = "mosquitto"`); `None`
+    /// with the embedded broker, which needs no reversible copy.
+    pub broker: Option<Sealer>,
+}
+
+impl AccountKeys {
+    fn seal(&self, username: &Username, password: &str) -> Option<String> {
+        self.broker
+            .as_ref()
+            .map(|s| s.seal(username.as_str(), password))
+    }
+}
 
 /// The name of the admin created on first start.
 pub const FIRST_ADMIN: &str = "admin";
@@ -17,15 +35,16 @@ pub const FIRST_ADMIN: &str = "admin";
 /// stores it all (with its audit entry) in one step.
 pub async fn create_user(
     store: &dyn Store,
-    master_key: &MasterKey,
+    keys: &AccountKeys,
     username: Username,
     role: Role,
     password: String,
     actor: &Actor,
 ) -> Result<User, ApiError> {
     password::check_policy(&password)?;
+    let broker_secret = keys.seal(&username, &password);
     let password_hash = password::hash(password).await?;
-    let master_key = master_key.clone();
+    let master_key = keys.master.clone();
     let wallet = tokio::task::spawn_blocking(move || Wallet::generate(&master_key))
         .await
         .map_err(ApiError::internal)?
@@ -36,6 +55,7 @@ pub async fn create_user(
         password_hash,
         wallet: wallet.address,
         account: wallet.keystore,
+        broker_secret,
     };
     Ok(store.create_user(new, actor, Utc::now()).await?)
 }
@@ -43,15 +63,38 @@ pub async fn create_user(
 /// Sets a new password; the user's sessions end.
 pub async fn change_password(
     store: &dyn Store,
+    keys: &AccountKeys,
     username: &Username,
     password: String,
     actor: &Actor,
 ) -> Result<(), ApiError> {
     password::check_policy(&password)?;
+    let broker_secret = keys.seal(username, &password);
     let hash = password::hash(password).await?;
     Ok(store
-        .set_password(username, hash, actor, Utc::now())
+        .set_password(username, hash, broker_secret, actor, Utc::now())
         .await?)
+}
+
+/// After a successful login: keeps the sealed broker copy of a password the SCD has no copy of
+/// yet (users created before the external broker was configured), so the broker can let the
+/// user's devices in. Failures are logged only: the login itself succeeded.
+pub async fn keep_broker_secret(
+    store: &dyn Store,
+    keys: &AccountKeys,
+    username: &Username,
+    password_hash: &str,
+    password: &str,
+) {
+    let Some(sealed) = keys.seal(username, password) else {
+        return;
+    };
+    if let Err(e) = store
+        .keep_broker_secret(username, password_hash, sealed)
+        .await
+    {
+        tracing::error!(error = %format!("{e:#}"), "keeping the broker password failed");
+    }
 }
 
 /// A random password of 24 letters and digits (about 142 bits).
@@ -77,7 +120,7 @@ pub enum FirstAdmin {
 /// On first start (no admin yet), creates `admin` with `password` or a generated one.
 pub async fn ensure_first_admin(
     store: &dyn Store,
-    master_key: &MasterKey,
+    keys: &AccountKeys,
     password: Option<String>,
 ) -> Result<FirstAdmin, ApiError> {
     if store.users().await?.iter().any(|u| u.role == Role::Admin) {
@@ -91,14 +134,6 @@ pub async fn ensure_first_admin(
             (p.clone(), FirstAdmin::Generated(p))
         }
     };
-    create_user(
-        store,
-        master_key,
-        name,
-        Role::Admin,
-        password,
-        &Actor::System,
-    )
-    .await?;
+    create_user(store, keys, name, Role::Admin, password, &Actor::System).await?;
     Ok(outcome)
 }

@@ -22,7 +22,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use bal_scd::SharedStore;
-use bal_wallet::MasterKey;
+
+use crate::accounts::AccountKeys;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -62,16 +63,16 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub store: SharedStore,
-    pub master_key: Arc<MasterKey>,
+    pub keys: Arc<AccountKeys>,
     pub limiter: Arc<LoginLimiter>,
     pub config: Arc<ApiConfig>,
 }
 
 impl AppState {
-    pub fn new(store: SharedStore, master_key: MasterKey, config: ApiConfig) -> Self {
+    pub fn new(store: SharedStore, keys: AccountKeys, config: ApiConfig) -> Self {
         Self {
             store,
-            master_key: Arc::new(master_key),
+            keys: Arc::new(keys),
             limiter: Arc::new(LoginLimiter::new(config.login_limits.clone())),
             config: Arc::new(config),
         }

@@ -6,11 +6,15 @@
 //! - [`embedded`]: the embedded broker (rmqtt) with those rules in its hooks: a QoS 1 PUBACK is
 //!   sent only once the measurement is committed, and a revoked grant unsubscribes the consumer's
 //!   live sessions.
+//! - [`mosquitto`]: the alternative, an external Mosquitto whose Dynamic Security plugin the BAL
+//!   keeps in line with the SCD, with a persistent shared-subscription ingest.
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod embedded;
 pub mod ingest;
+pub mod mosquitto;
 
 pub use embedded::{BrokerConfig, EmbeddedBroker};
 pub use ingest::Ingest;
+pub use mosquitto::{BrokerConnection, MosquittoBroker, MosquittoConfig};

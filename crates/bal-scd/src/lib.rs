@@ -43,6 +43,8 @@ pub struct NewUser {
     pub wallet: WalletAddress,
     /// The encrypted keystore document.
     pub account: String,
+    /// The MQTT password sealed for an external broker (see `bal_wallet::Sealer`), if kept.
+    pub broker_secret: Option<String>,
 }
 
 impl std::fmt::Debug for NewUser {
@@ -136,6 +138,10 @@ impl MeasurementCursor {
 /// sessions, server-sent event streams) follow the database without polling it.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// A user was created.
+    UserCreated(Username),
+    /// A user's sealed broker password was stored (without a password change).
+    BrokerSecret(Username),
     /// A subscription changed status (decision, expiry, or its user was deleted).
     Subscription(Subscription),
     /// A user was deleted.
@@ -188,14 +194,27 @@ pub trait Store: Send + Sync + 'static {
     async fn users(&self) -> StoreResult<Vec<User>>;
     /// An active user with its password hash.
     async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>>;
-    /// Replaces a password hash and ends all of the user's sessions.
+    /// Replaces a password hash (and the sealed broker copy, `None` when none is kept) and ends
+    /// all of the user's sessions.
     async fn set_password(
         &self,
         username: &Username,
         password_hash: String,
+        broker_secret: Option<String>,
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Keeps the sealed broker copy of a password just verified against `password_hash`, for a
+    /// user who has none yet (created before the external broker was configured). `false` when
+    /// nothing was written: a copy exists, the password changed meanwhile, or the user is gone.
+    async fn keep_broker_secret(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        broker_secret: String,
+    ) -> StoreResult<bool>;
+    /// Every active user's sealed broker password, for rebuilding an external broker.
+    async fn broker_secrets(&self) -> StoreResult<Vec<(Username, String)>>;
     /// Deletes a user: wipes its password and key, ends its sessions and its live
     /// subscriptions (returned). `Conflict` for the last admin.
     async fn delete_user(

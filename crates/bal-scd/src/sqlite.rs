@@ -286,8 +286,9 @@ impl Store for SqliteStore {
         let topic = (new.role == Role::Producer).then(|| Topic::for_producer(&new.username));
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO users (username, password_hash, role, topic, wallet, account, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users \
+             (username, password_hash, role, topic, wallet, account, created_at, broker_secret) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(new.username.as_str())
         .bind(&new.password_hash)
@@ -296,6 +297,7 @@ impl Store for SqliteStore {
         .bind(new.wallet.to_string())
         .bind(&new.account)
         .bind(ms(now))
+        .bind(&new.broker_secret)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -319,6 +321,7 @@ impl Store for SqliteStore {
         )
         .await?;
         tx.commit().await.map_err(StoreError::backend)?;
+        self.announce(Change::UserCreated(new.username.clone()));
         Ok(User {
             username: new.username,
             role: new.role,
@@ -383,14 +386,17 @@ impl Store for SqliteStore {
         &self,
         username: &Username,
         password_hash: String,
+        broker_secret: Option<String>,
         actor: &Actor,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
-            "UPDATE users SET password_hash = ? WHERE username = ? AND deleted_at IS NULL",
+            "UPDATE users SET password_hash = ?, broker_secret = ? \
+             WHERE username = ? AND deleted_at IS NULL",
         )
         .bind(&password_hash)
+        .bind(&broker_secret)
         .bind(username.as_str())
         .execute(&mut *tx)
         .await
@@ -417,6 +423,42 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(StoreError::backend)?;
         self.announce(Change::PasswordChanged(username.clone()));
         Ok(())
+    }
+
+    async fn keep_broker_secret(
+        &self,
+        username: &Username,
+        password_hash: &str,
+        broker_secret: String,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET broker_secret = ? WHERE username = ? AND password_hash = ? \
+             AND broker_secret IS NULL AND deleted_at IS NULL",
+        )
+        .bind(&broker_secret)
+        .bind(username.as_str())
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        let kept = done.rows_affected() == 1;
+        if kept {
+            self.announce(Change::BrokerSecret(username.clone()));
+        }
+        Ok(kept)
+    }
+
+    async fn broker_secrets(&self) -> StoreResult<Vec<(Username, String)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT username, broker_secret FROM users \
+             WHERE broker_secret IS NOT NULL AND deleted_at IS NULL ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        rows.into_iter()
+            .map(|(u, s)| Ok((Username::parse(&u).map_err(|_| corrupt("username"))?, s)))
+            .collect()
     }
 
     async fn delete_user(
@@ -462,8 +504,8 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::backend)?;
         sqlx::query(
-            "UPDATE users SET password_hash = NULL, account = NULL, deleted_at = ? \
-             WHERE username = ?",
+            "UPDATE users SET password_hash = NULL, account = NULL, broker_secret = NULL, \
+             deleted_at = ? WHERE username = ?",
         )
         .bind(ms(now))
         .bind(username.as_str())

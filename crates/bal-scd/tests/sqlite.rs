@@ -37,6 +37,7 @@ fn new_user(n: &str, role: Role) -> NewUser {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         wallet: bal_core::WalletAddress::parse(&format!("0x{}", hex(&bytes))).unwrap(),
         account: "{}".into(),
+        broker_secret: None,
     }
 }
 
@@ -269,4 +270,75 @@ async fn reception_is_stamped_at_commit_and_never_goes_backwards() {
         }
         last = Some(m.received_at);
     }
+}
+
+#[tokio::test]
+async fn a_broker_secret_is_kept_only_for_the_password_just_verified_and_dies_with_the_user() {
+    let db = db().await;
+    seed(&db.store).await;
+    let hash = new_user("prod", Role::Producer).password_hash;
+    assert!(db.store.broker_secrets().await.unwrap().is_empty());
+    // A stale hash (the password changed after the check) writes nothing.
+    assert!(
+        !db.store
+            .keep_broker_secret(&name("prod"), "$argon2id$other", "sealed-old".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.store
+            .keep_broker_secret(&name("prod"), &hash, "sealed-1".into())
+            .await
+            .unwrap()
+    );
+    // An existing copy is never overwritten by a login.
+    assert!(
+        !db.store
+            .keep_broker_secret(&name("prod"), &hash, "sealed-2".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        db.store.broker_secrets().await.unwrap(),
+        vec![(name("prod"), "sealed-1".to_owned())]
+    );
+    // A password change replaces the copy in the same step; `None` removes it.
+    db.store
+        .set_password(
+            &name("prod"),
+            "$argon2id$new".into(),
+            Some("sealed-3".into()),
+            &Actor::System,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.store.broker_secrets().await.unwrap()[0].1, "sealed-3");
+    db.store
+        .set_password(
+            &name("cons"),
+            "$argon2id$new".into(),
+            Some("sealed-c".into()),
+            &Actor::System,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    db.store
+        .delete_user(&name("prod"), &Actor::System, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store.broker_secrets().await.unwrap(),
+        vec![(name("cons"), "sealed-c".to_owned())]
+    );
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let left: Option<String> =
+        sqlx::query_scalar("SELECT broker_secret FROM users WHERE username = 'prod'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(left, None, "a deleted user's sealed password is wiped");
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`MasterKey`]: the secret every keystore is encrypted under, from the settings or a 0600
 //!   file in the data folder.
+//! - [`sealed`]: secrets the BAL must give back (Mosquitto passwords), sealed with AES-GCM.
 //! - [`keystore`]: encrypting and decrypting Web3 Secret Storage v3 documents.
 //! - [`Wallet::generate`]: a new key, returned already encrypted; the plaintext key never leaves
 //!   this crate except as a signer.
@@ -10,6 +11,7 @@
 
 pub mod keystore;
 mod master_key;
+pub mod sealed;
 
 use alloy_primitives::B256;
 use alloy_signer_local::PrivateKeySigner;
@@ -19,6 +21,7 @@ use zeroize::Zeroizing;
 
 pub use keystore::KeystoreError;
 pub use master_key::{MasterKey, MasterKeyError};
+pub use sealed::{SealError, Sealer};
 
 /// A freshly generated wallet: its public address and its encrypted key.
 #[derive(Clone)]

@@ -15,10 +15,10 @@ use anyhow::Context;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use bal_api::AppState;
-use bal_api::accounts::{self, FirstAdmin};
-use bal_mqtt::{BrokerConfig, EmbeddedBroker, Ingest};
+use bal_api::accounts::{self, AccountKeys, FirstAdmin};
+use bal_mqtt::{BrokerConfig, EmbeddedBroker, Ingest, MosquittoBroker};
 use bal_scd::SharedStore;
-use bal_wallet::MasterKey;
+use bal_wallet::{MasterKey, Sealer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -38,8 +38,64 @@ pub struct Application {
     ca: Option<PathBuf>,
     state: AppState,
     first_admin: FirstAdmin,
-    broker: EmbeddedBroker,
+    broker: Broker,
     ingest_writer: tokio::task::JoinHandle<()>,
+}
+
+/// The MQTT side: the broker inside `bal`, or the adapter of an external Mosquitto.
+enum Broker {
+    Embedded(EmbeddedBroker),
+    Mosquitto(MosquittoBroker),
+}
+
+impl Broker {
+    async fn start(
+        settings: &Settings,
+        files: Option<&tls::TlsFiles>,
+        store: SharedStore,
+        keys: &AccountKeys,
+        ingest: Ingest,
+    ) -> anyhow::Result<Self> {
+        match settings.broker.kind {
+            BrokerKind::Embedded => {
+                let config = BrokerConfig {
+                    listen: settings.mqtt.listen,
+                    listen_tls: settings.mqtt.listen_tls,
+                    tls_cert: files.map(|f| f.cert.clone()).unwrap_or_default(),
+                    tls_key: files.map(|f| f.key.clone()).unwrap_or_default(),
+                    max_payload_bytes: settings.ingest.max_payload_bytes,
+                    login_limits: settings.api_config().login_limits,
+                };
+                Ok(Self::Embedded(
+                    EmbeddedBroker::start(config, store, ingest).await?,
+                ))
+            }
+            BrokerKind::Mosquitto => {
+                let sealer = keys
+                    .broker
+                    .clone()
+                    .context("broker passwords need the sealing key")?;
+                let config = settings.mosquitto_config()?;
+                Ok(Self::Mosquitto(
+                    MosquittoBroker::start(config, store, ingest, sealer).await?,
+                ))
+            }
+        }
+    }
+
+    fn embedded(&self) -> Option<&EmbeddedBroker> {
+        match self {
+            Self::Embedded(b) => Some(b),
+            Self::Mosquitto(_) => None,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Embedded(b) => b.stop().await,
+            Self::Mosquitto(b) => b.stop().await,
+        }
+    }
 }
 
 /// The operator's certificate, or the generated one.
@@ -74,14 +130,16 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     })
 }
 
-/// Opens the data folder, the database and the master key: what `serve` and `bal user` share.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<(SharedStore, MasterKey)> {
+/// Opens the data folder, the database and the keys: what `serve` and `bal user` share.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<(SharedStore, AccountKeys)> {
     ensure_data_dir(&settings.data_dir)?;
-    let key = master_key(settings)?;
+    let master = master_key(settings)?;
+    // Only an external broker needs the passwords back (see `bal_wallet::sealed`).
+    let broker = (settings.broker.kind == BrokerKind::Mosquitto).then(|| Sealer::new(&master));
     let store = bal_scd::connect(&settings.database_url())
         .await
         .context("cannot open the database (database.url)")?;
-    Ok((store, key))
+    Ok((store, AccountKeys { master, broker }))
 }
 
 impl Application {
@@ -93,7 +151,9 @@ impl Application {
                  set http.listen to 127.0.0.1:<port> or turn TLS on"
             );
         }
+        let embedded = settings.broker.kind == BrokerKind::Embedded;
         if let Some(addr) = settings.mqtt.listen
+            && embedded
             && !addr.ip().is_loopback()
             && !settings.mqtt.allow_plain_remote
         {
@@ -102,19 +162,16 @@ impl Application {
                  a loopback mqtt.listen, or set mqtt.allow_plain_remote = true"
             );
         }
-        if settings.broker.kind == BrokerKind::Mosquitto {
-            anyhow::bail!("broker.kind = \"mosquitto\" is not available yet: use \"embedded\"");
-        }
-        let (store, master_key) = open_store(&settings).await?;
+        let (store, keys) = open_store(&settings).await?;
         let admin_password = settings
             .admin_password
             .as_ref()
             .map(|s| s.expose().to_owned());
-        let first_admin = accounts::ensure_first_admin(store.as_ref(), &master_key, admin_password)
+        let first_admin = accounts::ensure_first_admin(store.as_ref(), &keys, admin_password)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
 
-        let files = if settings.http.tls || settings.mqtt.listen_tls.is_some() {
+        let files = if settings.http.tls || (embedded && settings.mqtt.listen_tls.is_some()) {
             Some(tls_files(&settings)?)
         } else {
             None
@@ -133,22 +190,15 @@ impl Application {
         let local_addr = listener.local_addr()?;
 
         let (ingest, ingest_writer) = Ingest::start(store.clone(), INGEST_BATCH);
-        let broker_config = BrokerConfig {
-            listen: settings.mqtt.listen,
-            listen_tls: settings.mqtt.listen_tls,
-            tls_cert: files.as_ref().map(|f| f.cert.clone()).unwrap_or_default(),
-            tls_key: files.as_ref().map(|f| f.key.clone()).unwrap_or_default(),
-            max_payload_bytes: settings.ingest.max_payload_bytes,
-            login_limits: settings.api_config().login_limits,
-        };
-        let broker = match EmbeddedBroker::start(broker_config, store.clone(), ingest).await {
+        let started = Broker::start(&settings, files.as_ref(), store.clone(), &keys, ingest).await;
+        let broker = match started {
             Ok(b) => b,
             Err(e) => {
                 ingest_writer.abort();
                 return Err(e);
             }
         };
-        let state = AppState::new(store, master_key, settings.api_config());
+        let state = AppState::new(store, keys, settings.api_config());
         Ok(Self {
             listener,
             local_addr,
@@ -185,12 +235,12 @@ impl Application {
 
     /// The plain MQTT listener's address, with the real port.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.broker.tcp_addr()
+        self.broker.embedded().and_then(EmbeddedBroker::tcp_addr)
     }
 
     /// The MQTT over TLS listener's address, with the real port.
     pub fn mqtts_addr(&self) -> Option<SocketAddr> {
-        self.broker.tls_addr()
+        self.broker.embedded().and_then(EmbeddedBroker::tls_addr)
     }
 
     /// What start-up did about the first admin (so `serve` can print a generated password).
@@ -202,9 +252,9 @@ impl Application {
         self.state.store.clone()
     }
 
-    /// The key that encrypts new users' wallets.
-    pub fn master_key(&self) -> &MasterKey {
-        &self.state.master_key
+    /// The keys new users' accounts are written with.
+    pub fn account_keys(&self) -> &AccountKeys {
+        &self.state.keys
     }
 
     /// Serves until `shutdown` resolves, then drains requests and stops background work.

@@ -133,7 +133,7 @@ async fn bal_phase(args: &BenchArgs, qos: QoS) -> anyhow::Result<Phase> {
         let name = Username::parse(&format!("producer{p}"))?;
         accounts::create_user(
             store.as_ref(),
-            app.master_key(),
+            app.account_keys(),
             name,
             Role::Producer,
             PASSWORD.into(),

@@ -93,9 +93,10 @@ pub async fn passwd(
 ) -> anyhow::Result<()> {
     let username = Username::parse(username).with_context(|| format!("username {username:?}"))?;
     let (password, generated) = password(password_stdin)?;
-    let (store, _) = open_store(settings).await?;
+    let (store, keys) = open_store(settings).await?;
     accounts::change_password(
         store.as_ref(),
+        &keys,
         &username,
         password.to_string(),
         &Actor::System,

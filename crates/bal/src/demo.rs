@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bal_api::accounts::{self, FirstAdmin};
+use bal_api::accounts::{self, AccountKeys, FirstAdmin};
 use bal_core::{Actor, GrantAction, Role, Subscription, Topic, Username};
 use bal_scd::{SharedStore, SubscriptionQuery};
-use bal_wallet::MasterKey;
 use rumqttc::QoS;
 
 use crate::app::{Application, shutdown_signal};
@@ -53,7 +52,7 @@ fn name(n: &str) -> Username {
 /// Creates the demo users that are missing, saving each password as soon as it exists.
 async fn ensure_users(
     store: &SharedStore,
-    key: &MasterKey,
+    key: &AccountKeys,
     passwords: &mut BTreeMap<String, String>,
     password_file: &Path,
 ) -> anyhow::Result<()> {
@@ -139,7 +138,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         FirstAdmin::Exists => {}
     }
     save_passwords(&password_file, &passwords)?;
-    ensure_users(&store, app.master_key(), &mut passwords, &password_file).await?;
+    ensure_users(&store, app.account_keys(), &mut passwords, &password_file).await?;
     ensure_grants(&store).await?;
 
     let counters = Arc::new(Counters::default());

@@ -87,6 +87,28 @@ pub enum BrokerKind {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
     pub kind: BrokerKind,
+    /// With `mosquitto`: `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// With `mqtts://`: the PEM CA that signed the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The dynsec admin the BAL logs in as (`deploy/mosquitto/bootstrap.sh` creates it).
+    pub admin_username: String,
+    pub admin_password: Option<Secret>,
+    /// The persistent ingest session's client id; distinct and stable per replica. Unset:
+    /// `bal-ingest-<host name>`.
+    pub ingest_client_id: Option<String>,
+    /// Full reconciliations of the broker with the SCD happen at least this often.
+    pub reconcile_secs: u64,
+}
+
+/// This machine's name (a pod's name on Kubernetes), for per-replica identifiers.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "bal".into())
 }
 
 /// `"off"` (or `""`) for no listener, otherwise a socket address.
@@ -199,6 +221,12 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
             kind: BrokerKind::Embedded,
+            url: "mqtt://127.0.0.1:1883".into(),
+            ca_file: None,
+            admin_username: "bal-admin".into(),
+            admin_password: None,
+            ingest_client_id: None,
+            reconcile_secs: 30,
         }
     }
 }
@@ -267,8 +295,23 @@ listen_tls = "0.0.0.0:8883"
 allow_plain_remote = false
 
 [broker]
-# "embedded": the broker inside bal. ("mosquitto" is planned.)          BAL_BROKER__KIND
+# "embedded": the broker inside bal, on mqtt.listen and mqtt.listen_tls.
+# "mosquitto": no broker inside; bal drives an external Mosquitto 2.0 through its Dynamic
+# Security plugin and ingests from it (see deploy/mosquitto/).           BAL_BROKER__KIND
 kind = "embedded"
+# With mosquitto: the broker, mqtt://HOST:PORT or mqtts://HOST:PORT.     BAL_BROKER__URL
+url = "mqtt://127.0.0.1:1883"
+# With mqtts://: the PEM CA that signed the broker's certificate.       BAL_BROKER__CA_FILE
+# ca_file = "/etc/bal/mosquitto-ca.pem"
+# The dynsec admin bal logs in as, and its password.                     BAL_BROKER__ADMIN_USERNAME
+admin_username = "bal-admin"
+#                                                                       BAL_BROKER__ADMIN_PASSWORD
+# admin_password = "..."
+# The persistent ingest session's client id, stable and distinct per replica.
+# Unset: bal-ingest-<host name>.                                        BAL_BROKER__INGEST_CLIENT_ID
+# ingest_client_id = "bal-ingest-0"
+# Full reconciliations of the broker with the database, in seconds.     BAL_BROKER__RECONCILE_SECS
+reconcile_secs = 30
 
 [database]
 # sqlite://PATH. Unset: sqlite://<data_dir>/bal.db                      BAL_DATABASE__URL
@@ -347,6 +390,32 @@ impl Settings {
             settings.http.listen = l;
         }
         Ok(settings)
+    }
+
+    /// How to use the external broker (`broker.kind = "mosquitto"`).
+    pub fn mosquitto_config(&self) -> anyhow::Result<bal_mqtt::MosquittoConfig> {
+        let b = &self.broker;
+        let password = b
+            .admin_password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        let connection = bal_mqtt::BrokerConnection::new(
+            &b.url,
+            b.ca_file.clone(),
+            b.admin_username.clone(),
+            password,
+        )?;
+        let ingest_client_id = match &b.ingest_client_id {
+            Some(id) => id.clone(),
+            None => format!("bal-ingest-{}", host_name()),
+        };
+        Ok(bal_mqtt::MosquittoConfig {
+            connection,
+            ingest_client_id,
+            reconcile_every: Duration::from_secs(b.reconcile_secs.max(1)),
+            max_payload_bytes: self.ingest.max_payload_bytes,
+        })
     }
 
     pub fn database_url(&self) -> String {

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
+use crate::accounts;
 use crate::auth::{AuthUser, begin_attempt, new_token};
 use crate::error::{ApiError, ErrorBody, Json};
 use crate::views::UserView;
@@ -69,6 +70,8 @@ async fn login(
         Err(_) => None,
     };
     let phc = credentials.as_ref().map(|c| c.password_hash.clone());
+    // Kept only where an external broker needs the password (see `keep_broker_secret`).
+    let plain = state.keys.broker.is_some().then(|| req.password.clone());
     // Unknown users are checked against a dummy hash: same time, same answer.
     if !password::verify(req.password, phc).await? {
         let delay = attempt.failed();
@@ -97,6 +100,16 @@ async fn login(
         .await?;
     if !created {
         return Err(ApiError::Unauthorized(BAD_LOGIN));
+    }
+    if let Some(plain) = plain {
+        accounts::keep_broker_secret(
+            state.store.as_ref(),
+            &state.keys,
+            &user.username,
+            &credentials.password_hash,
+            &plain,
+        )
+        .await;
     }
     tracing::info!(username = %user.username, "login");
     Ok(Json(LoginResponse {

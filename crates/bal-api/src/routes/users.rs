@@ -79,7 +79,7 @@ async fn create_user(
     let actor = Actor::User(admin.username);
     let user = accounts::create_user(
         state.store.as_ref(),
-        &state.master_key,
+        &state.keys,
         req.username,
         req.role,
         req.password,
@@ -178,6 +178,13 @@ async fn change_password(
         attempt.succeeded();
     }
     let actor = Actor::User(caller.username);
-    accounts::change_password(state.store.as_ref(), &username, req.password, &actor).await?;
+    accounts::change_password(
+        state.store.as_ref(),
+        &state.keys,
+        &username,
+        req.password,
+        &actor,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

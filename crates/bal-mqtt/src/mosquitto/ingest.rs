@@ -1,0 +1,129 @@
+//! Ingest from Mosquitto: a persistent MQTT 5 session subscribed at QoS 1 to the shared
+//! subscription `$share/bal/platone/#`, acknowledging each message only once it is committed.
+//!
+//! - Several BAL replicas join the same share group and split the load.
+//! - The session outlives the BAL (clean start off, a long session expiry): what arrives while
+//!   the BAL is down is queued by Mosquitto and delivered on reconnect; what was delivered but
+//!   not acknowledged is delivered again with DUP set, and the SCD recognises a redelivery of a
+//!   committed message by its origin (this session's client id and the packet id).
+//! - A message that can never be stored (not a `platone/<producer>` topic, over the payload
+//!   limit) is acknowledged and logged, so it cannot block the queue.
+
+use std::time::Duration;
+
+use bal_core::measurement::mqtt_origin;
+use bal_core::{NewMeasurement, Topic};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, Event};
+
+use super::connection::BrokerConnection;
+use crate::ingest::Ingest;
+
+/// The shared subscription every BAL replica joins.
+pub const SHARED_FILTER: &str = "$share/bal/platone/#";
+
+/// How long Mosquitto keeps the session (and queues for it) while the BAL is away: a week.
+const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
+
+/// Messages in flight towards the BAL at once; group commit turns them into few transactions.
+const RECEIVE_MAXIMUM: u16 = 4096;
+
+/// Runs until aborted.
+pub async fn run(conn: BrokerConnection, client_id: String, ingest: Ingest, max_payload: usize) {
+    let mut options = conn.options(&client_id);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
+        .set_manual_acks(true)
+        .set_receive_maximum(Some(RECEIVE_MAXIMUM))
+        // Larger messages are the broker's to refuse (message_size_limit); the margin keeps an
+        // oversized one from breaking this connection over and over.
+        .set_max_packet_size(Some(
+            u32::try_from(max_payload.saturating_mul(4))
+                .unwrap_or(u32::MAX)
+                .max(1 << 20),
+        ));
+    let (client, mut events) = AsyncClient::new(options, 1024);
+    let mut failures = 0u32;
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                tracing::info!(
+                    client_id,
+                    session_present = ack.session_present,
+                    "ingest connected to the broker"
+                );
+                if let Err(e) = client.subscribe(SHARED_FILTER, QoS::AtLeastOnce).await {
+                    tracing::error!(error = %e, "ingest cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                if !s
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                {
+                    tracing::error!(
+                        filter = SHARED_FILTER,
+                        "the broker refused the ingest subscription: give broker.admin_username's \
+                         role subscribePattern {SHARED_FILTER} (deploy/mosquitto/bootstrap.sh does)"
+                    );
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let client = client.clone();
+                let ingest = ingest.clone();
+                let origin_id = client_id.clone();
+                tokio::spawn(async move {
+                    if !store(&ingest, &origin_id, &p, max_payload).await {
+                        return;
+                    }
+                    if let Err(e) = client.ack(&p).await {
+                        tracing::warn!(error = %e, "ingest acknowledgement not sent; the broker will redeliver");
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::error!(error = %e, broker = conn.address(), "ingest lost the broker; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Commits one message, retrying while the database fails. `true` when the message may be
+/// acknowledged (committed, or never storable); `false` at shutdown, leaving it to be
+/// redelivered.
+async fn store(ingest: &Ingest, client_id: &str, p: &Publish, max_payload: usize) -> bool {
+    let topic = String::from_utf8_lossy(&p.topic);
+    let Ok(topic) = Topic::parse(&topic) else {
+        tracing::warn!(%topic, "dropped a message outside platone/<producer>");
+        return true;
+    };
+    if p.payload.len() > max_payload {
+        tracing::warn!(%topic, size = p.payload.len(), "dropped a message over ingest.max_payload_bytes");
+        return true;
+    }
+    let mut m = NewMeasurement::new(topic, p.payload.to_vec());
+    if p.qos != QoS::AtMostOnce {
+        m = m.with_origin(mqtt_origin(client_id, p.pkid), p.dup);
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ingest.submit(m.clone()).await {
+            Ok(_) => return true,
+            Err(crate::ingest::IngestError::Closed) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "storing a broker message failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
