@@ -10,6 +10,9 @@ use rumqttc::v5::MqttOptions;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+/// Largest packet the BAL accepts from the broker.
+const MAX_PACKET: u32 = 64 * 1024 * 1024;
+
 /// The external broker and the identity the BAL uses there.
 #[derive(Clone)]
 pub struct BrokerConnection {
@@ -96,6 +99,8 @@ impl BrokerConnection {
         o.set_credentials(&self.username, &self.password);
         o.set_keep_alive(Duration::from_secs(20));
         o.set_connection_timeout(10);
+        // rumqttc refuses packets over 10 KiB by default; dynsec listings are larger.
+        o.set_max_packet_size(Some(MAX_PACKET));
         if let Some(tls) = &self.tls {
             o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
                 tls.clone(),

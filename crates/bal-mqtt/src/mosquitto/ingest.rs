@@ -36,14 +36,7 @@ pub async fn run(conn: BrokerConnection, client_id: String, ingest: Ingest, max_
         .set_clean_start(false)
         .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
         .set_manual_acks(true)
-        .set_receive_maximum(Some(RECEIVE_MAXIMUM))
-        // Larger messages are the broker's to refuse (message_size_limit); the margin keeps an
-        // oversized one from breaking this connection over and over.
-        .set_max_packet_size(Some(
-            u32::try_from(max_payload.saturating_mul(4))
-                .unwrap_or(u32::MAX)
-                .max(1 << 20),
-        ));
+        .set_receive_maximum(Some(RECEIVE_MAXIMUM));
     let (client, mut events) = AsyncClient::new(options, 1024);
     let mut failures = 0u32;
     loop {

@@ -95,6 +95,12 @@ impl MosquittoBroker {
     }
 }
 
+/// Clients or roles per listing reply.
+const LIST_PAGE: usize = 50;
+
+/// Marks a user given a random password: no sealed text is ever empty.
+const LOCKED: &str = "";
+
 struct Reconciler {
     dynsec: Dynsec,
     store: SharedStore,
@@ -122,14 +128,15 @@ impl Reconciler {
         );
         let replies = self
             .dynsec
-            .run_ok(vec![
-                json!({ "command": "listClients", "verbose": true, "count": -1 }),
-                json!({ "command": "listRoles", "verbose": true, "count": -1 }),
-                json!({ "command": "getDefaultACLAccess" }),
-            ])
+            .run_ok(vec![json!({ "command": "getDefaultACLAccess" })])
             .await?;
-        let actual =
-            plan::Actual::from_replies(&replies[0].data, &replies[1].data, &replies[2].data);
+        let clients = self.list("listClients", "clients").await?;
+        let roles = self.list("listRoles", "roles").await?;
+        let actual = plan::Actual::from_replies(&clients, &roles, &replies[0].data);
+        // A client the broker lost (wiped, or deleted by hand) is created anew without a
+        // password: it needs its password again.
+        self.pushed
+            .retain(|name, _| actual.clients.contains_key(name));
         let commands = plan::plan(&desired, &actual, &self.admin);
         if !commands.is_empty() {
             tracing::info!(
@@ -142,24 +149,61 @@ impl Reconciler {
                 }
             }
         }
-        self.passwords().await
+        self.passwords(&desired).await
+    }
+
+    /// Every entry of a verbose `listClients` or `listRoles`, page by page: the broker's
+    /// `message_size_limit` applies to its replies too, so one reply must stay small.
+    async fn list(&self, command: &str, key: &str) -> anyhow::Result<serde_json::Value> {
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .dynsec
+                .run_ok(vec![json!({
+                    "command": command, "verbose": true, "count": LIST_PAGE, "offset": all.len(),
+                })])
+                .await?;
+            let entries = page[0].data[key].as_array().cloned().unwrap_or_default();
+            let done = entries.len() < LIST_PAGE;
+            all.extend(entries);
+            if done {
+                return Ok(json!({ key: all }));
+            }
+        }
     }
 
     /// Gives the broker every password it may not have; ends the sessions of users whose
-    /// password changed while the BAL was watching.
-    async fn passwords(&mut self) -> anyhow::Result<()> {
-        let secrets = self.store.broker_secrets().await?;
+    /// password changed while the BAL was watching. A user without a sealed copy (created
+    /// before the broker was configured, or whose password was changed by a `bal` that did not
+    /// know of the broker) is locked out with a random password until its next HTTPS login or
+    /// password change: the broker must never keep accepting a password the SCD no longer has.
+    async fn passwords(&mut self, desired: &plan::Desired) -> anyhow::Result<()> {
+        let mut secrets: HashMap<String, String> = self
+            .store
+            .broker_secrets()
+            .await?
+            .into_iter()
+            .map(|(u, s)| (u.to_string(), s))
+            .collect();
+        for name in desired.keys() {
+            secrets
+                .entry(name.clone())
+                .or_insert_with(|| LOCKED.to_owned());
+        }
         let mut set = Vec::new();
         let mut changed = Vec::new();
         let mut pushed = HashMap::with_capacity(secrets.len());
-        for (user, sealed) in secrets {
-            let name = user.to_string();
+        for (name, sealed) in secrets {
             if self.pushed.get(&name) != Some(&sealed) {
-                let password = match self.sealer.open(&name, &sealed) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(username = %name, error = %e, "cannot open a broker password");
-                        continue;
+                let password = if sealed == LOCKED {
+                    zeroize::Zeroizing::new(hex::encode(rand::random::<[u8; 32]>()))
+                } else {
+                    match self.sealer.open(&name, &sealed) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!(username = %name, error = %e, "cannot open a broker password");
+                            continue;
+                        }
                     }
                 };
                 set.push(json!({ "command": "setClientPassword", "username": name, "password": password.as_str() }));
@@ -214,12 +258,8 @@ impl Reconciler {
                 _ = tick.tick() => {}
                 () = retry => {}
             }
-            loop {
-                match changes.try_recv() {
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
-            }
+            // Announcements that arrived meanwhile are covered by this reconciliation.
+            while let Ok(_) | Err(TryRecvError::Lagged(_)) = changes.try_recv() {}
             match self.reconcile().await {
                 Ok(()) => {
                     if failing {

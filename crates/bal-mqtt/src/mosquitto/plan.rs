@@ -487,6 +487,6 @@ mod tests {
             (vec!["bal-user-p".into()], vec!["g".into()])
         );
         assert_eq!(a.roles["bal-user-p"][0].acl.topic, "platone/p/#");
-        assert_eq!(a.default_access["subscribe"], false);
+        assert!(!a.default_access["subscribe"]);
     }
 }

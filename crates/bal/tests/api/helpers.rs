@@ -12,15 +12,29 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::mosquitto_server::MosquittoServer;
+
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub const PASSWORD: &str = "a-good-long-password";
 
+/// Which MQTT broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// The broker inside `bal`.
+    Embedded,
+    /// A real Mosquitto with Dynamic Security, started for the test.
+    Mosquitto,
+}
+
 pub struct TestApp {
     pub base: String,
-    /// The plain and TLS MQTT ports of the embedded broker.
+    pub broker: Broker,
+    /// The plain and TLS MQTT ports devices use (the embedded broker's, or Mosquitto's).
     pub mqtt_port: u16,
     pub mqtts_port: u16,
-    pub ca: Option<PathBuf>,
+    /// The CA of the MQTT over TLS certificate.
+    pub mqtt_ca: Option<PathBuf>,
+    pub mosquitto: Option<MosquittoServer>,
     pub client: reqwest::Client,
     pub admin: String,
     pub data_dir: PathBuf,
@@ -66,11 +80,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(Broker::Embedded, configure).await
+}
+
+/// An app on the given broker; with Mosquitto, a broker of its own is started first.
+pub async fn spawn_app_on(broker: Broker, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     configure(&mut settings);
+    let mosquitto = (broker == Broker::Mosquitto).then(|| {
+        let m = MosquittoServer::start(settings.ingest.max_payload_bytes);
+        m.configure(&mut settings);
+        m
+    });
     let mut app = start(settings).await;
     app._dir = Some(dir);
+    if let Some(m) = mosquitto {
+        app.broker = Broker::Mosquitto;
+        app.mqtt_port = m.port;
+        app.mqtts_port = m.tls_port;
+        app.mqtt_ca = Some(m.ca.clone());
+        app.mosquitto = Some(m);
+    }
     app
 }
 
@@ -100,9 +131,11 @@ pub async fn start(settings: Settings) -> TestApp {
     }));
     let mut test = TestApp {
         base,
+        broker: Broker::Embedded,
         mqtt_port,
         mqtts_port,
-        ca,
+        mqtt_ca: ca,
+        mosquitto: None,
         client,
         admin: String::new(),
         data_dir: settings.data_dir.clone(),

@@ -7,6 +7,8 @@ mod cli;
 mod demo;
 mod helpers;
 mod measurements;
+mod mosquitto;
+mod mosquitto_server;
 mod mqtt;
 mod mqtt_client;
 mod server;

@@ -229,6 +229,9 @@ async fn history_pages_by_cursor_and_filters_by_time() {
     let p1 = app.user("producer1", "producer").await;
     let first: Vec<u32> = (0..150).collect();
     upload(&app, &p1, "/api/measurements", json!(first)).await;
+    // Stamps have millisecond precision and `from` is inclusive: keep the boundary clear of
+    // both batches.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let middle = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second: Vec<u32> = (150..250).collect();

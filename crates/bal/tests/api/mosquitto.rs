@@ -1,0 +1,141 @@
+//! What only the Mosquitto backend has to prove: the broker is rebuilt from the SCD, and the
+//! persistent ingest session loses nothing while the BAL is down. The shared behaviour suite is
+//! in `mqtt.rs`.
+
+use std::time::Duration;
+
+use bal_mqtt::BrokerConnection;
+use bal_mqtt::mosquitto::dynsec::Dynsec;
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::mosquitto_server::{ADMIN, ADMIN_PASSWORD, MosquittoServer};
+use crate::mqtt::{granted_world, logs_in_within, stored, stored_at_least, subscribed};
+use crate::mqtt_client::*;
+
+async fn admin_of(m: &MosquittoServer) -> Dynsec {
+    let conn = BrokerConnection::new(
+        &format!("mqtt://127.0.0.1:{}", m.port),
+        None,
+        ADMIN.into(),
+        ADMIN_PASSWORD.into(),
+    )
+    .unwrap();
+    Dynsec::connect(&conn, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_wiped_or_tampered_broker_is_repaired_from_the_scd() {
+    let (app, _, _) = granted_world(Broker::Mosquitto).await;
+    assert!(logs_in_within(&app, "producer1", PASSWORD, Duration::from_secs(2)).await);
+    let dynsec = admin_of(app.mosquitto.as_ref().unwrap()).await;
+    dynsec
+        .run_ok(vec![
+            json!({ "command": "deleteClient", "username": "producer1" }),
+            json!({ "command": "deleteRole", "rolename": "bal-user-consumer1" }),
+            json!({ "command": "createClient", "username": "intruder", "password": "intruder-pw" }),
+            json!({ "command": "setDefaultACLAccess", "acls": [{ "acltype": "subscribe", "allow": true }] }),
+        ])
+        .await
+        .unwrap();
+    let mut intruder = Mqtt::connect(V5, crate::mqtt::login(&app, "i", "intruder", "intruder-pw"));
+    assert_eq!(
+        intruder.next().await,
+        Some(Ev::Connected),
+        "the tampering took effect"
+    );
+
+    // The next reconciliation (every second here) puts it all back.
+    assert!(
+        logs_in_within(&app, "producer1", PASSWORD, Duration::from_secs(3)).await,
+        "the deleted device account is re-created with its password"
+    );
+    subscribed(&app, V5, "c1", "consumer1", "platone/producer1/#").await;
+    let mut again = Mqtt::connect(
+        V5,
+        crate::mqtt::login(&app, "i2", "intruder", "intruder-pw"),
+    );
+    assert!(
+        matches!(again.next().await, Some(Ev::Closed(_))),
+        "the stranger is gone"
+    );
+    let mut c2 = Mqtt::online(V5, crate::mqtt::login(&app, "c2", "consumer2", PASSWORD)).await;
+    assert!(
+        !c2.try_subscribe("platone/producer1").await,
+        "default deny is restored"
+    );
+    dynsec.close().await;
+}
+
+#[tokio::test]
+async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = MosquittoServer::start(256 * 1024);
+    let mut settings = test_settings(dir.path());
+    mosquitto.configure(&mut settings);
+    let device_login = || Login {
+        port: mosquitto.port,
+        client_id: "pmu-1",
+        username: "producer1",
+        password: PASSWORD,
+        tls_ca: None,
+        will_topic: None,
+    };
+
+    let mut app = start(settings.clone()).await;
+    app.mqtt_port = mosquitto.port;
+    app.create_user("producer1", "producer").await;
+    assert!(logs_in_within(&app, "producer1", PASSWORD, Duration::from_secs(2)).await);
+    let mut device = Mqtt::online(V5, device_login()).await;
+    device.publish_acked("platone/producer1", b"m-first").await;
+    assert_eq!(stored_at_least(&app, "producer1", 1).await.len(), 1);
+    app.stop().await;
+
+    // The BAL is down; the broker queues for its persistent ingest session.
+    for i in 0..50 {
+        let ack = device
+            .publish_acked("platone/producer1", format!("m{i:02}").as_bytes())
+            .await;
+        assert_eq!(ack, Ev::PubAck("Success".into()));
+    }
+
+    let app = start(settings).await;
+    let items = stored_at_least(&app, "producer1", 51).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let items_after = stored(&app, "producer1").await;
+    assert_eq!(items_after.len(), 51, "each message stored exactly once");
+    let texts: Vec<&str> = items
+        .iter()
+        .map(|m| m["payload_text"].as_str().unwrap())
+        .collect();
+    let mut want = vec!["m-first".to_owned()];
+    want.extend((0..50).map(|i| format!("m{i:02}")));
+    assert_eq!(texts, want);
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_or_a_wrong_admin_password_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = MosquittoServer::start(256 * 1024);
+    let mut settings = test_settings(dir.path());
+    mosquitto.configure(&mut settings);
+    settings.broker.admin_password =
+        Some(serde_json::from_value(json!("not-the-admin-password")).unwrap());
+    let e = bal::app::Application::build(settings.clone())
+        .await
+        .err()
+        .unwrap();
+    let text = format!("{e:#}");
+    assert!(text.contains("broker.admin_password"), "{text}");
+    assert!(text.contains("NotAuthorized"), "{text}");
+
+    settings.broker.url = "mqtt://127.0.0.1:1".into();
+    let e = bal::app::Application::build(settings).await.err().unwrap();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("broker.url") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+}
