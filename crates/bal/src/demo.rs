@@ -16,7 +16,7 @@ use rumqttc::QoS;
 
 use crate::app::{Application, shutdown_signal};
 use crate::devices::{self, Counters, DeviceSpec};
-use crate::settings::Settings;
+use crate::settings::{BrokerKind, Settings};
 
 const PRODUCERS: [&str; 3] = ["producer1", "producer2", "producer3"];
 const CONSUMERS: [&str; 2] = ["consumer1", "consumer2"];
@@ -111,19 +111,42 @@ async fn ensure_grants(store: &SharedStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the demo's devices publish with Mosquitto: the broker of `broker.url`, which must be
+/// plain MQTT (the devices are local and do not carry the broker's CA).
+fn mosquitto_address(settings: &Settings) -> anyhow::Result<SocketAddr> {
+    let conn = settings.mosquitto_config()?.connection;
+    anyhow::ensure!(
+        !conn.is_tls(),
+        "the demo's devices need a plain mqtt:// broker.url (a loopback listener of Mosquitto)"
+    );
+    std::net::ToSocketAddrs::to_socket_addrs(&(conn.host.as_str(), conn.port))
+        .with_context(|| format!("broker.url: cannot resolve {}", conn.address()))?
+        .next()
+        .with_context(|| format!("broker.url: no address for {}", conn.address()))
+}
+
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     settings.http.listen = free_or_any(settings.http.listen, "http.listen");
-    if let Some(a) = settings.mqtt.listen {
-        settings.mqtt.listen = Some(free_or_any(a, "mqtt.listen"));
-    }
-    if let Some(a) = settings.mqtt.listen_tls {
-        settings.mqtt.listen_tls = Some(free_or_any(a, "mqtt.listen_tls"));
-    }
+    let external = match settings.broker.kind {
+        BrokerKind::Embedded => {
+            if let Some(a) = settings.mqtt.listen {
+                settings.mqtt.listen = Some(free_or_any(a, "mqtt.listen"));
+            }
+            if let Some(a) = settings.mqtt.listen_tls {
+                settings.mqtt.listen_tls = Some(free_or_any(a, "mqtt.listen_tls"));
+            }
+            None
+        }
+        BrokerKind::Mosquitto => Some(mosquitto_address(&settings)?),
+    };
     let data_dir = settings.data_dir.clone();
     let app = Application::build(settings).await?;
-    let mqtt = app
-        .mqtt_addr()
-        .context("the demo's devices need the plain MQTT listener (mqtt.listen)")?;
+    let mqtt = match external {
+        Some(a) => a,
+        None => app
+            .mqtt_addr()
+            .context("the demo's devices need the plain MQTT listener (mqtt.listen)")?,
+    };
     let store = app.store();
 
     let password_file = data_dir.join("demo-passwords.json");
@@ -194,7 +217,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         .map(|d| devices::spawn(d, counters.clone()))
         .collect();
 
-    print_welcome(&app, &passwords);
+    print_welcome(&app, &passwords, mqtt, external.is_some());
     let result = app.run_until(shutdown_signal()).await;
     for t in tasks {
         t.abort();
@@ -202,14 +225,21 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-fn print_welcome(app: &Application, passwords: &BTreeMap<String, String>) {
+fn print_welcome(
+    app: &Application,
+    passwords: &BTreeMap<String, String>,
+    mqtt: SocketAddr,
+    mosquitto: bool,
+) {
     let base = app.base_url();
     let ca = app.ca_path().map(|p| p.display().to_string());
     println!();
     println!("Platone BAL demo is running. Stop it with Ctrl-C.");
     println!("  REST API      {base}/api        (docs: {base}/api/docs)");
-    if let Some(a) = app.mqtt_addr() {
-        println!("  MQTT          mqtt://{a}");
+    if mosquitto {
+        println!("  MQTT          mqtt://{mqtt} (Mosquitto, driven by the BAL)");
+    } else {
+        println!("  MQTT          mqtt://{mqtt}");
     }
     if let Some(a) = app.mqtts_addr() {
         println!("  MQTT over TLS mqtts://localhost:{}", a.port());
@@ -232,7 +262,8 @@ fn print_welcome(app: &Application, passwords: &BTreeMap<String, String>) {
     println!(
         "         producer3/pmu-1 sends the PMU's tab-separated line 10 times a second (QoS 0)."
     );
-    if let Some(a) = app.mqtt_addr() {
+    {
+        let a = mqtt;
         let pw = |u: &str| {
             passwords
                 .get(u)

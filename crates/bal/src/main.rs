@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bal::app::{Application, shutdown_signal};
-use bal::settings::{DEFAULT_TOML, LogFormat, Overrides, Settings};
+use bal::settings::{BrokerKind, DEFAULT_TOML, LogFormat, Overrides, Settings};
 use bal_api::accounts::FirstAdmin;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -85,6 +85,8 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mosquitto =
+        (settings.broker.kind == BrokerKind::Mosquitto).then(|| settings.broker.url.clone());
     let app = Application::build(settings).await?;
     match app.first_admin() {
         FirstAdmin::Generated(password) => {
@@ -102,6 +104,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some(a) = app.mqtts_addr() {
         println!("MQTT (TLS):   mqtts://{a}");
+    }
+    if let Some(url) = mosquitto {
+        println!("MQTT:         Mosquitto at {url}, kept in line with the SCD");
     }
     if let Some(ca) = app.ca_path() {
         println!("CA to trust:  {}", ca.display());

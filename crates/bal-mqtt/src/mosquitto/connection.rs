@@ -109,6 +109,11 @@ impl BrokerConnection {
         o
     }
 
+    /// True for `mqtts://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

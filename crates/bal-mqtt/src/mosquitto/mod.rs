@@ -185,6 +185,9 @@ impl Reconciler {
             .into_iter()
             .map(|(u, s)| (u.to_string(), s))
             .collect();
+        // Only the users this reconciliation created clients for: one created since is handled
+        // by the next (its announcement triggers one).
+        secrets.retain(|name, _| desired.contains_key(name));
         for name in desired.keys() {
             secrets
                 .entry(name.clone())
