@@ -2,6 +2,9 @@
 //! broker, and the same run measures a raw pass-through baseline (a bare broker, the same load,
 //! one subscriber, no storage), so the BAL's figures come as ratios against a baseline taken on
 //! the same machine at the same time.
+//!
+//! With `--mosquitto URL` the same phases run through an external Mosquitto instead: the BAL
+//! ingesting from it (counted as committed rows), then the bare pass-through of that Mosquitto.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +35,66 @@ pub struct BenchArgs {
     /// Producer accounts the devices log in as (each has devices / producers devices).
     #[arg(long, default_value_t = 10)]
     pub producers: usize,
+    /// Measure through this Mosquitto 2.0 (mqtt://HOST:PORT, set up by
+    /// deploy/mosquitto/bootstrap.sh) instead of the embedded broker. A scratch broker: the
+    /// BAL replaces its accounts. Its admin: BAL_BROKER__ADMIN_USERNAME, _PASSWORD.
+    #[arg(long)]
+    pub mosquitto: Option<String>,
 }
+
+/// The external broker of `--mosquitto`.
+struct Mosquitto {
+    url: String,
+    admin: String,
+    password: String,
+    addr: SocketAddr,
+}
+
+impl Mosquitto {
+    fn from_args(url: &str) -> anyhow::Result<Self> {
+        let admin =
+            std::env::var("BAL_BROKER__ADMIN_USERNAME").unwrap_or_else(|_| "bal-admin".into());
+        let password = std::env::var("BAL_BROKER__ADMIN_PASSWORD")
+            .map_err(|_| anyhow::anyhow!("--mosquitto needs BAL_BROKER__ADMIN_PASSWORD"))?;
+        let conn = bal_mqtt::BrokerConnection::new(url, None, admin.clone(), password.clone())?;
+        anyhow::ensure!(
+            !conn.is_tls(),
+            "--mosquitto: use the plain mqtt:// listener"
+        );
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(conn.host.as_str(), conn.port))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("--mosquitto: cannot resolve {url}"))?;
+        Ok(Self {
+            url: url.to_owned(),
+            admin,
+            password,
+            addr,
+        })
+    }
+
+    /// Ends the BAL's persistent ingest session, so that no queue for it builds up.
+    async fn drop_ingest_session(&self, client_id: &str) {
+        let mut o =
+            rumqttc::v5::MqttOptions::new(client_id, self.addr.ip().to_string(), self.addr.port());
+        o.set_credentials(&self.admin, &self.password);
+        o.set_clean_start(true);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(o, 10);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(e) = events.poll().await {
+                if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(
+                    _,
+                )) = e
+                {
+                    let _ = client.disconnect().await;
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+const BENCH_INGEST_ID: &str = "bal-ingest-bench";
 
 const PASSWORD: &str = "bench-password-0";
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -85,12 +147,23 @@ async fn drive(
     (counted, offered)
 }
 
-async fn passthrough(args: &BenchArgs) -> anyhow::Result<Phase> {
-    let broker = EmbeddedBroker::start_passthrough("127.0.0.1:0".parse()?).await?;
-    let addr = broker.tcp_addr().expect("listening");
+async fn passthrough(args: &BenchArgs, mosquitto: Option<&Mosquitto>) -> anyhow::Result<Phase> {
+    let embedded = match mosquitto {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start_passthrough("127.0.0.1:0".parse()?).await?),
+    };
+    let addr = match (mosquitto, &embedded) {
+        (Some(m), _) => m.addr,
+        (None, Some(b)) => b.tcp_addr().expect("listening"),
+        (None, None) => unreachable!("one broker or the other"),
+    };
     // The one subscriber every message goes through.
-    let mut options = rumqttc::MqttOptions::new("bench-subscriber", "127.0.0.1", addr.port());
+    let mut options =
+        rumqttc::MqttOptions::new("bench-subscriber", addr.ip().to_string(), addr.port());
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some(m) = mosquitto {
+        options.set_credentials(&m.admin, &m.password);
+    }
     let (sub, mut events) = rumqttc::AsyncClient::new(options, 1000);
     sub.subscribe("platone/#", QoS::AtMostOnce).await?;
     let received = Arc::new(AtomicU64::new(0));
@@ -108,16 +181,26 @@ async fn passthrough(args: &BenchArgs) -> anyhow::Result<Phase> {
     .await;
     let delivered = received.load(Ordering::Relaxed);
     subscriber.abort();
-    broker.stop().await;
+    if let Some(broker) = embedded {
+        broker.stop().await;
+    }
     println!("  (pass-through subscriber received {delivered} messages)");
     Ok(Phase {
-        name: "raw pass-through, QoS 1 (no storage, 1 subscriber)",
+        name: if mosquitto.is_some() {
+            "Mosquitto pass-through, QoS 1 (no BAL, 1 subscriber)"
+        } else {
+            "raw pass-through, QoS 1 (no storage, 1 subscriber)"
+        },
         per_second: acked,
         offered,
     })
 }
 
-async fn bal_phase(args: &BenchArgs, qos: QoS) -> anyhow::Result<Phase> {
+async fn bal_phase(
+    args: &BenchArgs,
+    qos: QoS,
+    mosquitto: Option<&Mosquitto>,
+) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let mut settings = Settings {
         data_dir: dir.path().to_owned(),
@@ -127,6 +210,14 @@ async fn bal_phase(args: &BenchArgs, qos: QoS) -> anyhow::Result<Phase> {
     settings.mqtt.listen = Some("127.0.0.1:0".parse()?);
     settings.mqtt.listen_tls = None;
     settings.http.tls = false;
+    if let Some(m) = mosquitto {
+        settings.broker.kind = crate::settings::BrokerKind::Mosquitto;
+        settings.broker.url = m.url.clone();
+        settings.broker.admin_username = m.admin.clone();
+        settings.broker.admin_password =
+            Some(serde_json::from_value(serde_json::json!(m.password))?);
+        settings.broker.ingest_client_id = Some(BENCH_INGEST_ID.into());
+    }
     let app = Application::build(settings).await?;
     let store = app.store();
     for p in 0..args.producers.max(1) {
@@ -142,29 +233,37 @@ async fn bal_phase(args: &BenchArgs, qos: QoS) -> anyhow::Result<Phase> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let broker = app.mqtt_addr().expect("listening");
+    let broker = match mosquitto {
+        Some(m) => m.addr,
+        None => app.mqtt_addr().expect("listening"),
+    };
+    if mosquitto.is_some() {
+        // The accounts reach the broker at the next reconciliation; wait for it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
     let result = match qos {
-        QoS::AtMostOnce => {
-            // QoS 0 has no acknowledgement: count what the SCD announces as committed.
-            let stored = Arc::new(AtomicU64::new(0));
-            let mut changes = store.changes();
-            let counter = stored.clone();
-            let listener = tokio::spawn(async move {
-                while let Ok(change) = changes.recv().await {
-                    if let Change::Measurements(batch) = change {
-                        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    }
-                }
-            });
-            let (per_second, offered) =
-                drive(args, broker, qos, |_| stored.load(Ordering::Relaxed)).await;
-            listener.abort();
+        // Mosquitto acknowledges devices itself: count what the SCD commits.
+        QoS::AtLeastOnce if mosquitto.is_some() => {
+            let (per_second, offered) = drive_counting_commits(args, &store, broker, qos).await;
             Phase {
-                name: "BAL, QoS 0 (stored)",
+                name: "BAL via Mosquitto, QoS 1 (committed)",
+                per_second,
+                offered,
+            }
+        }
+        // QoS 0 has no acknowledgement: count what the SCD announces as committed.
+        QoS::AtMostOnce => {
+            let (per_second, offered) = drive_counting_commits(args, &store, broker, qos).await;
+            Phase {
+                name: if mosquitto.is_some() {
+                    "BAL via Mosquitto, QoS 0 (stored)"
+                } else {
+                    "BAL, QoS 0 (stored)"
+                },
                 per_second,
                 offered,
             }
@@ -181,7 +280,32 @@ async fn bal_phase(args: &BenchArgs, qos: QoS) -> anyhow::Result<Phase> {
     };
     let _ = stop.send(());
     server.await??;
+    if let Some(m) = mosquitto {
+        m.drop_ingest_session(BENCH_INGEST_ID).await;
+    }
     Ok(result)
+}
+
+/// Drives devices and counts the measurements the SCD announces as committed.
+async fn drive_counting_commits(
+    args: &BenchArgs,
+    store: &bal_scd::SharedStore,
+    broker: SocketAddr,
+    qos: QoS,
+) -> (f64, f64) {
+    let stored = Arc::new(AtomicU64::new(0));
+    let mut changes = store.changes();
+    let counter = stored.clone();
+    let listener = tokio::spawn(async move {
+        while let Ok(change) = changes.recv().await {
+            if let Change::Measurements(batch) = change {
+                counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+        }
+    });
+    let result = drive(args, broker, qos, |_| stored.load(Ordering::Relaxed)).await;
+    listener.abort();
+    result
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -193,9 +317,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.seconds,
         WARM_UP.as_secs()
     );
-    let raw = passthrough(&args).await?;
-    let qos1 = bal_phase(&args, QoS::AtLeastOnce).await?;
-    let qos0 = bal_phase(&args, QoS::AtMostOnce).await?;
+    let mosquitto = args
+        .mosquitto
+        .as_deref()
+        .map(Mosquitto::from_args)
+        .transpose()?;
+    let m = mosquitto.as_ref();
+    let (raw, qos1, qos0) = if m.is_some() {
+        // The BAL first, so that the producer accounts exist on the broker for the baseline.
+        let qos1 = bal_phase(&args, QoS::AtLeastOnce, m).await?;
+        let qos0 = bal_phase(&args, QoS::AtMostOnce, m).await?;
+        (passthrough(&args, m).await?, qos1, qos0)
+    } else {
+        let raw = passthrough(&args, None).await?;
+        let qos1 = bal_phase(&args, QoS::AtLeastOnce, None).await?;
+        (raw, qos1, bal_phase(&args, QoS::AtMostOnce, None).await?)
+    };
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>8}",
