@@ -46,18 +46,7 @@ pub async fn may_subscribe(store: &SharedStore, user: &User, filter: &str) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bal_core::{Username, WalletAddress};
-
-    fn user(name: &str, role: Role) -> User {
-        let username = Username::parse(name).unwrap();
-        User {
-            topic: (role == Role::Producer).then(|| Topic::for_producer(&username)),
-            username,
-            role,
-            wallet: WalletAddress::parse("0x4FD173C02de9004A7aFB2b46f70bBA83c86f6B12").unwrap(),
-            created_at: Utc::now(),
-        }
-    }
+    use crate::testing::user;
 
     #[test]
     fn a_producer_publishes_only_below_its_own_topic() {

@@ -18,3 +18,21 @@ pub mod mosquitto;
 pub use embedded::{BrokerConfig, EmbeddedBroker};
 pub use ingest::Ingest;
 pub use mosquitto::{BrokerConnection, MosquittoBroker, MosquittoConfig};
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+mod testing {
+    use bal_core::{Role, Topic, Username, WalletAddress};
+    use bal_scd::User;
+
+    pub fn user(name: &str, role: Role) -> User {
+        let username = Username::parse(name).unwrap();
+        User {
+            topic: (role == Role::Producer).then(|| Topic::for_producer(&username)),
+            username,
+            role,
+            wallet: WalletAddress::parse("0x4FD173C02de9004A7aFB2b46f70bBA83c86f6B12").unwrap(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+}

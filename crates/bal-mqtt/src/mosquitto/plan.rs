@@ -259,18 +259,8 @@ pub fn plan(desired: &Desired, actual: &Actual, admin: &str) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bal_core::{Topic, Username, WalletAddress};
-
-    fn user(name: &str, role: Role) -> User {
-        let username = Username::parse(name).unwrap();
-        User {
-            topic: (role == Role::Producer).then(|| Topic::for_producer(&username)),
-            username,
-            role,
-            wallet: WalletAddress::parse("0x4FD173C02de9004A7aFB2b46f70bBA83c86f6B12").unwrap(),
-            created_at: Utc::now(),
-        }
-    }
+    use crate::testing::user;
+    use bal_core::{Topic, Username};
 
     fn grant(consumer: &str, producer: &str, expires_in_secs: Option<i64>) -> Subscription {
         let now = Utc::now();

@@ -26,6 +26,15 @@ async fn admin_of(m: &MosquittoServer) -> Dynsec {
         .unwrap()
 }
 
+/// A data folder, a broker and settings that join them, for tests that start the BAL themselves.
+fn own_broker() -> (tempfile::TempDir, MosquittoServer, bal::settings::Settings) {
+    let dir = tempfile::tempdir().unwrap();
+    let mosquitto = MosquittoServer::start(256 * 1024);
+    let mut settings = test_settings(dir.path());
+    mosquitto.configure(&mut settings);
+    (dir, mosquitto, settings)
+}
+
 #[tokio::test]
 async fn a_wiped_or_tampered_broker_is_repaired_from_the_scd() {
     let (app, _, _) = granted_world(Broker::Mosquitto).await;
@@ -71,10 +80,7 @@ async fn a_wiped_or_tampered_broker_is_repaired_from_the_scd() {
 
 #[tokio::test]
 async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = MosquittoServer::start(256 * 1024);
-    let mut settings = test_settings(dir.path());
-    mosquitto.configure(&mut settings);
+    let (_dir, mosquitto, mut settings) = own_broker();
     let device_login = || Login {
         port: mosquitto.port,
         client_id: "pmu-1",
@@ -117,10 +123,7 @@ async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
 
 #[tokio::test]
 async fn an_unreachable_broker_or_a_wrong_admin_password_is_a_clear_start_up_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let mosquitto = MosquittoServer::start(256 * 1024);
-    let mut settings = test_settings(dir.path());
-    mosquitto.configure(&mut settings);
+    let (_dir, mosquitto, mut settings) = own_broker();
     settings.broker.admin_password =
         Some(serde_json::from_value(json!("not-the-admin-password")).unwrap());
     let e = bal::app::Application::build(settings.clone())
