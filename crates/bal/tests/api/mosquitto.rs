@@ -80,7 +80,7 @@ async fn a_wiped_or_tampered_broker_is_repaired_from_the_scd() {
 
 #[tokio::test]
 async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
-    let (_dir, mosquitto, mut settings) = own_broker();
+    let (_dir, mosquitto, settings) = own_broker();
     let device_login = || Login {
         port: mosquitto.port,
         client_id: "pmu-1",
@@ -123,7 +123,7 @@ async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
 
 #[tokio::test]
 async fn an_unreachable_broker_or_a_wrong_admin_password_is_a_clear_start_up_error() {
-    let (_dir, mosquitto, mut settings) = own_broker();
+    let (_dir, _mosquitto, mut settings) = own_broker();
     settings.broker.admin_password =
         Some(serde_json::from_value(json!("not-the-admin-password")).unwrap());
     let e = bal::app::Application::build(settings.clone())
