@@ -9,10 +9,12 @@
 //! - [`subscription`]: grant ids, statuses and the grant state machine.
 //! - [`audit`]: the actors and actions written to the append-only audit log.
 //! - [`measurement`]: measurements, their payload hash and the fields read from payloads.
+//! - [`merkle`]: Merkle batches and proofs in OpenZeppelin's `StandardMerkleTree` format.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod measurement;
+pub mod merkle;
 pub mod subscription;
 pub mod topic;
 pub mod user;
