@@ -1,6 +1,6 @@
 //! The tree must give exactly what OpenZeppelin's `@openzeppelin/merkle-tree` gives for the same
 //! values: leaf hashes, root and every proof. The vectors were made by that npm package
-//! (`tests/fixtures/oz-merkle-vectors.mjs` regenerates them).
+//! (`contracts/merkle-vectors.mjs` regenerates them; CI checks they still match).
 
 use alloy_primitives::{Address, B256};
 use bal_core::merkle::{LeafValues, MerkleTree, verify};
