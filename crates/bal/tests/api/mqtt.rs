@@ -95,7 +95,11 @@ pub(crate) async fn subscribed(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         let mut c = Mqtt::connect(v, login(app, client_id, user, PASSWORD));
-        if c.next().await == Some(Ev::Connected) && c.try_subscribe(filter).await {
+        // A refusal, or a disconnect (Mosquitto ends a consumer's sessions when the BAL
+        // changes its role), both mean: not yet.
+        if c.next().await == Some(Ev::Connected)
+            && c.subscribe_answer(filter).await == Some(Ev::SubAck(vec![true]))
+        {
             return c;
         }
         assert!(

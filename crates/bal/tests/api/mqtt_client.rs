@@ -222,14 +222,17 @@ impl Mqtt {
 
     /// Subscribes and returns whether the broker granted it.
     pub async fn try_subscribe(&mut self, filter: &str) -> bool {
-        self.subscribe(filter).await;
-        match self
-            .until(|e| matches!(e, Ev::SubAck(_) | Ev::Closed(_)))
-            .await
-        {
+        match self.subscribe_answer(filter).await {
             Some(Ev::SubAck(codes)) => codes == [true],
             other => panic!("no SUBACK for {filter}: {other:?}"),
         }
+    }
+
+    /// Subscribes and returns the SUBACK, or how the connection ended instead.
+    pub async fn subscribe_answer(&mut self, filter: &str) -> Option<Ev> {
+        self.subscribe(filter).await;
+        self.until(|e| matches!(e, Ev::SubAck(_) | Ev::Closed(_)))
+            .await
     }
 
     pub async fn publish(&self, topic: &str, qos1: bool, payload: &[u8]) {
