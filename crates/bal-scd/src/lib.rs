@@ -62,6 +62,8 @@ impl std::fmt::Debug for NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// Whether a sealed broker copy of the password is kept (see `keep_broker_secret`).
+    pub has_broker_secret: bool,
 }
 
 impl std::fmt::Debug for Credentials {

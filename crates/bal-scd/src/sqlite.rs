@@ -366,7 +366,8 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             user_columns!(""),
-            ", password_hash FROM users WHERE username = ? AND deleted_at IS NULL"
+            ", password_hash, broker_secret IS NOT NULL AS has_broker_secret \
+             FROM users WHERE username = ? AND deleted_at IS NULL"
         );
         let row = sqlx::query(sql)
             .bind(username.as_str())
@@ -377,6 +378,7 @@ impl Store for SqliteStore {
             Ok(Credentials {
                 user: user_from_row(&row)?,
                 password_hash: get(&row, "password_hash")?,
+                has_broker_secret: get(&row, "has_broker_secret")?,
             })
         })
         .transpose()

@@ -285,12 +285,15 @@ async fn a_broker_secret_is_kept_only_for_the_password_just_verified_and_dies_wi
             .await
             .unwrap()
     );
+    let has = |c: Option<bal_scd::Credentials>| c.unwrap().has_broker_secret;
+    assert!(!has(db.store.credentials(&name("prod")).await.unwrap()));
     assert!(
         db.store
             .keep_broker_secret(&name("prod"), &hash, "sealed-1".into())
             .await
             .unwrap()
     );
+    assert!(has(db.store.credentials(&name("prod")).await.unwrap()));
     // An existing copy is never overwritten by a login.
     assert!(
         !db.store

@@ -70,8 +70,11 @@ async fn login(
         Err(_) => None,
     };
     let phc = credentials.as_ref().map(|c| c.password_hash.clone());
-    // Kept only where an external broker needs the password (see `keep_broker_secret`).
-    let plain = state.keys.broker.is_some().then(|| req.password.clone());
+    // Kept only where an external broker needs a copy it does not have yet: one write at the
+    // first login after the switch, none after (see `keep_broker_secret`).
+    let needs_copy =
+        state.keys.broker.is_some() && credentials.as_ref().is_some_and(|c| !c.has_broker_secret);
+    let plain = needs_copy.then(|| zeroize::Zeroizing::new(req.password.clone()));
     // Unknown users are checked against a dummy hash: same time, same answer.
     if !password::verify(req.password, phc).await? {
         let delay = attempt.failed();

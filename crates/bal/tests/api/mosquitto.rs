@@ -122,6 +122,29 @@ async fn a_stopped_bal_loses_nothing_the_broker_queued_and_stores_it_once() {
 }
 
 #[tokio::test]
+async fn a_user_from_before_the_switch_is_locked_out_until_its_next_https_login() {
+    let (_dir, mosquitto, settings) = own_broker();
+    // First with the embedded broker: no sealed copy of the password is kept.
+    let mut embedded = settings.clone();
+    embedded.broker = bal::settings::BrokerSettings::default();
+    let app = start(embedded).await;
+    app.create_user("producer1", "producer").await;
+    app.stop().await;
+
+    let mut app = start(settings).await;
+    app.mqtt_port = mosquitto.port;
+    assert!(
+        !logs_in_within(&app, "producer1", PASSWORD, Duration::from_secs(2)).await,
+        "the broker cannot know the password yet"
+    );
+    app.token("producer1", PASSWORD).await;
+    assert!(
+        logs_in_within(&app, "producer1", PASSWORD, Duration::from_secs(2)).await,
+        "the HTTPS login gave the broker its password"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_broker_or_a_wrong_admin_password_is_a_clear_start_up_error() {
     let (_dir, _mosquitto, mut settings) = own_broker();
     settings.broker.admin_password =
