@@ -10,11 +10,13 @@
 //! - [`audit`]: the actors and actions written to the append-only audit log.
 //! - [`measurement`]: measurements, their payload hash and the fields read from payloads.
 //! - [`merkle`]: Merkle batches and proofs in OpenZeppelin's `StandardMerkleTree` format.
+//! - [`proof`]: the `bal-proof/1` bundle and its offline checks.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod measurement;
 pub mod merkle;
+pub mod proof;
 pub mod subscription;
 pub mod topic;
 pub mod user;

@@ -53,6 +53,33 @@ impl LeafValues {
     }
 }
 
+/// The certified form of an audit entry (grant decisions are certified like measurements, so
+/// consent has a proof too): its payload is this JSON text, built from the stored columns with
+/// a fixed field order and `detail` exactly as stored, so it can be rebuilt byte for byte.
+pub fn audit_payload(
+    id: i64,
+    at_ms: i64,
+    actor: &str,
+    action: &str,
+    object: &str,
+    detail: &str,
+) -> Vec<u8> {
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        r#"{{"id":{id},"at":{at_ms},"actor":{},"action":{},"object":{},"detail":{detail}}}"#,
+        quote(actor),
+        quote(action),
+        quote(object)
+    )
+    .into_bytes()
+}
+
+/// The topic an audit entry is certified under: `audit/<action>/<grant topic>`. Measurement
+/// topics start with `platone/`, so the two kinds of leaf never read as each other.
+pub fn audit_topic(action: &str, grant_topic: &str) -> String {
+    format!("audit/{action}/{grant_topic}")
+}
+
 /// `keccak256` of the two nodes, smaller first.
 pub fn hash_pair(a: &B256, b: &B256) -> B256 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };

@@ -1,5 +1,5 @@
-//! The Shared Customer Database (SCD): users, sessions, subscriptions, measurements and the
-//! audit log.
+//! The Shared Customer Database (SCD): users, sessions, subscriptions, measurements, the
+//! audit log, certification batches and the embedded chain's blocks.
 //!
 //! [`Store`] is the only thing the rest of the BAL sees. It speaks in `bal-core` types and knows
 //! nothing of SQL; each backend lives in its own module with its own `migrations/` folder.
@@ -7,8 +7,11 @@
 //! transaction, so the log can never disagree with the data.
 //!
 //! - [`sqlite`]: the embedded default (one file, WAL).
+//! - [`certification`] and [`chain`]: the parts of [`Store`] that `bal-ledger` uses.
 #![forbid(unsafe_code)]
 
+pub mod certification;
+pub mod chain;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -21,6 +24,11 @@ use bal_core::{
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
+pub use certification::{
+    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
+    NewBatch, PendingItem, PendingItems,
+};
+pub use chain::ChainStore;
 pub use sqlite::SqliteStore;
 
 /// A user as everyone but the login check sees it: no password hash, no key.
@@ -179,7 +187,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The SCD as the BAL uses it.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CertificationStore + ChainStore + Send + Sync + 'static {
     /// Fails when the database cannot answer: the readiness probe.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -1001,3 +1001,7 @@ async fn expire_due_in(
     }
     Ok(expired)
 }
+
+// After the column macros, which the submodules use.
+mod certification;
+mod chain;

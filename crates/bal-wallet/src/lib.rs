@@ -20,7 +20,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 pub use keystore::KeystoreError;
-pub use master_key::{MasterKey, MasterKeyError};
+pub use master_key::{MasterKey, MasterKeyError, load_or_create_secret};
 pub use sealed::{SealError, Sealer};
 
 /// A freshly generated wallet: its public address and its encrypted key.

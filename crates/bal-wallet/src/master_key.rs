@@ -44,40 +44,48 @@ impl MasterKey {
 
     /// Reads the key from `path`, or creates it there (256 random bits as hex, mode 0600).
     pub fn load_or_create(path: &Path) -> Result<Self, MasterKeyError> {
-        let io = |source| MasterKeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        match fs::metadata(path) {
-            Ok(meta) => {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err(MasterKeyError::Permissions {
-                        path: path.to_owned(),
-                    });
-                }
-                let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
-                Self::from_passphrase(&text)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = Zeroizing::new([0u8; 32]);
-                rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-                let hex = Zeroizing::new(hex::encode(bytes.as_ref()));
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                file.write_all(hex.as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Self::from_passphrase(&hex)
-            }
-            Err(e) => Err(io(e)),
-        }
+        let text = load_or_create_secret(path)?;
+        Self::from_passphrase(&text)
     }
 
     pub(crate) fn passphrase(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+}
+
+/// Reads a secret kept in a file of its own (the master key, the chain operator's key), or
+/// creates the file with 256 random bits as hex, readable by its owner only. A file others can
+/// read is refused rather than used.
+pub fn load_or_create_secret(path: &Path) -> Result<Zeroizing<String>, MasterKeyError> {
+    let io = |source| MasterKeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(MasterKeyError::Permissions {
+                    path: path.to_owned(),
+                });
+            }
+            // Not trimmed: a master key is used exactly as written.
+            Ok(Zeroizing::new(fs::read_to_string(path).map_err(io)?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+            let hex = Zeroizing::new(hex::encode(bytes.as_ref()));
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            file.write_all(hex.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(hex)
+        }
+        Err(e) => Err(io(e)),
     }
 }
 

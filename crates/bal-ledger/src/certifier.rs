@@ -1,0 +1,209 @@
+//! The certifier: a background worker that, every batch window, puts everything stored but not
+//! yet certified (measurements, and the audit entries of grant decisions) into Merkle batches of
+//! at most `max_batch` leaves and anchors each root in one transaction.
+//!
+//! A batch is written to the SCD *before* its anchor is sent, and its anchor recorded after the
+//! receipt. So after a crash, a restart or a chain outage, every batch without an anchor is
+//! resumed: if its root is on chain already (the transaction went through but the receipt was
+//! never recorded) the anchor is recognised and recorded; otherwise it is sent again. The
+//! contract refuses a root twice, so nothing is ever anchored twice, and nothing stored is left
+//! out, because batches follow the SCD's watermarks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::{B256, U256};
+use bal_core::merkle::MerkleTree;
+use bal_scd::{AnchorRecord, Batch, NewBatch, SharedStore, StoreError};
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::{Anchor, LedgerError, SharedLedger};
+
+#[derive(Debug, Clone, Copy)]
+pub struct CertifierConfig {
+    /// How often stored items are batched: the most a measurement waits for its batch.
+    pub window: Duration,
+    /// The most leaves in one tree.
+    pub max_batch: u32,
+}
+
+impl Default for CertifierConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_millis(1000),
+            max_batch: 50_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the certifier last did, for health checks.
+#[derive(Debug, Clone, Default)]
+pub struct CertifierHealth {
+    pub last_anchor_at: Option<DateTime<Utc>>,
+    /// The last round's failure, cleared by a round that succeeds.
+    pub last_error: Option<String>,
+    pub batches_anchored: u64,
+    pub leaves_anchored: u64,
+}
+
+pub struct Certifier {
+    store: SharedStore,
+    ledger: SharedLedger,
+    config: CertifierConfig,
+    health: Arc<Mutex<CertifierHealth>>,
+}
+
+/// The on-chain batch id of batch `seq`: the number, as a 32-byte word.
+pub fn batch_id(seq: i64) -> B256 {
+    B256::from(U256::from(seq as u64))
+}
+
+/// The longest pause between retries while the chain is out.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Certifier {
+    pub fn new(store: SharedStore, ledger: SharedLedger, config: CertifierConfig) -> Self {
+        Self {
+            store,
+            ledger,
+            config,
+            health: Arc::default(),
+        }
+    }
+
+    /// A handle on the health the worker reports.
+    pub fn health(&self) -> Arc<Mutex<CertifierHealth>> {
+        self.health.clone()
+    }
+
+    /// Runs rounds every batch window until `stop` turns true. A round interrupted by the stop
+    /// is simply resumed at the next start.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut pause = self.config.window;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+            let round = tokio::select! {
+                r = self.round() => r,
+                _ = stop.changed() => return,
+            };
+            pause = match round {
+                Ok(_) => {
+                    self.health.lock().expect("health lock").last_error = None;
+                    self.config.window
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, chain = %self.ledger.describe(), "certification paused; retrying");
+                    self.health.lock().expect("health lock").last_error = Some(e.to_string());
+                    (pause * 2).clamp(self.config.window, MAX_BACKOFF)
+                }
+            };
+        }
+    }
+
+    /// One round: settles the batches left pending, then batches and anchors everything stored
+    /// so far. Returns the batches anchored.
+    pub async fn round(&self) -> Result<Vec<Batch>, CertifyError> {
+        let mut done = Vec::new();
+        for batch in self.store.unanchored_batches().await? {
+            done.push(self.settle(batch, true).await?);
+        }
+        loop {
+            let pending = self.store.pending_items(self.config.max_batch).await?;
+            if pending.items.is_empty() {
+                return Ok(done);
+            }
+            let full = pending.items.len() >= self.config.max_batch as usize;
+            let leaves: Vec<B256> = pending.items.iter().map(|i| i.values.leaf()).collect();
+            let tree = MerkleTree::new(&leaves).expect("not empty");
+            let measurement_count = pending
+                .items
+                .iter()
+                .filter(|i| i.kind == bal_scd::ItemKind::Measurement)
+                .count() as u32;
+            let batch = self
+                .store
+                .create_batch(&NewBatch {
+                    root: tree.root(),
+                    measurement_count,
+                    items: pending.items.iter().map(|i| i.id).collect(),
+                    leaves,
+                    measurements_after: pending.measurements_after,
+                    measurements_upto: pending.measurements_upto,
+                    audit_after: pending.audit_after,
+                    audit_upto: pending.audit_upto,
+                    created_at: Utc::now(),
+                })
+                .await?;
+            done.push(self.settle(batch, false).await?);
+            if !full {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Anchors a written batch, or recognises its anchor when a previous attempt got through.
+    async fn settle(&self, batch: Batch, resumed: bool) -> Result<Batch, CertifyError> {
+        let found = if resumed {
+            self.ledger.find_anchor(batch.root).await?
+        } else {
+            None
+        };
+        let anchor = match found {
+            Some(a) => {
+                tracing::info!(batch = batch.seq, tx = %a.tx_hash, "resumed batch was anchored already");
+                a
+            }
+            None => match self
+                .ledger
+                .anchor(batch.root, batch.leaf_count, batch_id(batch.seq))
+                .await
+            {
+                Ok(a) => a,
+                Err(LedgerError::AlreadyAnchored(block)) => self
+                    .ledger
+                    .anchor_in_block(batch.root, block)
+                    .await?
+                    .ok_or_else(|| {
+                        LedgerError::Unavailable(format!(
+                            "root {} is anchored in block {block} but its event was not found",
+                            batch.root
+                        ))
+                    })?,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        self.record(batch, anchor).await
+    }
+
+    async fn record(&self, mut batch: Batch, a: Anchor) -> Result<Batch, CertifyError> {
+        let record = AnchorRecord {
+            chain_id: self.ledger.chain_id(),
+            contract: self.ledger.contract(),
+            tx_hash: a.tx_hash,
+            block_number: a.block_number,
+            block_time: a.block_time,
+            gas_used: a.gas_used,
+            anchored_at: Utc::now(),
+        };
+        self.store.record_anchor(batch.seq, &record).await?;
+        tracing::debug!(batch = batch.seq, leaves = batch.leaf_count, tx = %a.tx_hash, block = a.block_number, "batch anchored");
+        let mut h = self.health.lock().expect("health lock");
+        h.last_anchor_at = Some(record.anchored_at);
+        h.batches_anchored += 1;
+        h.leaves_anchored += u64::from(batch.leaf_count);
+        batch.anchor = Some(record);
+        Ok(batch)
+    }
+}

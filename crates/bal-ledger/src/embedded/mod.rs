@@ -1,0 +1,398 @@
+//! The embedded chain: an Ethereum chain inside the BAL for laptops, demos and single-node
+//! deployments. revm runs the contract's real bytecode; every transaction is a real EIP-1559
+//! transaction signed by the operator key, sealed at once in a block of its own (like anvil's
+//! automine), and the block, its transaction, receipt, logs and the state it changed are filed
+//! in the SCD in one database transaction before anyone is told about it. So hashes, receipts
+//! and `anchoredAt` survive restarts, and [`rpc`] can serve them to standard Ethereum tools.
+//!
+//! Gas is free (base fee 0, gas price 0), as on most permissioned networks: the operator needs
+//! no funds, and gas used is still measured and reported.
+
+mod block;
+mod evm;
+pub mod rpc;
+
+use alloy_consensus::transaction::SignerRecoverable;
+use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy_primitives::{Address, B256, Bytes, TxKind, U256};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{SolCall, SolEvent};
+use async_trait::async_trait;
+use bal_scd::SharedStore;
+use bal_scd::chain::{BlockKey, LogFilter, NewChainBlock};
+use tokio::sync::Mutex;
+
+pub use block::Tip;
+use block::{Included, next_env, seal};
+use evm::World;
+
+use crate::contract::{self, Anchored, anchorCall, anchoredAtCall, verifyCall};
+use crate::{Anchor, Ledger, LedgerError, LedgerResult};
+
+/// The default chain id of the embedded chain: "BAL" in ASCII.
+pub const DEFAULT_CHAIN_ID: u64 = 0x42_41_4c;
+
+/// Gas limits of the operator's own transactions (gas is free; these only bound execution).
+const DEPLOY_GAS: u64 = 3_000_000;
+const ANCHOR_GAS: u64 = 200_000;
+
+pub struct EmbeddedChain {
+    store: SharedStore,
+    signer: PrivateKeySigner,
+    chain_id: u64,
+    contract: Address,
+    /// The world state and the tip. One writer at a time: a block is executed, filed and only
+    /// then applied.
+    inner: Mutex<Inner>,
+    /// Held from signing to mining, so the operator's nonces are used in order.
+    order: Mutex<()>,
+}
+
+struct Inner {
+    world: World,
+    tip: Option<Tip>,
+}
+
+/// A transaction as mined: its hash and block, and the outcome.
+#[derive(Debug, Clone)]
+pub struct Mined {
+    pub tx_hash: B256,
+    pub block_number: u64,
+    pub block_time: u64,
+    pub success: bool,
+    pub gas_used: u64,
+    pub output: Bytes,
+    pub created: Option<Address>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(e.to_string())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl EmbeddedChain {
+    /// Opens the chain the SCD holds, or starts one (genesis, then the contract's deployment by
+    /// the operator). The contract is remembered per chain id.
+    pub async fn open(
+        store: SharedStore,
+        signer: PrivateKeySigner,
+        chain_id: u64,
+    ) -> anyhow::Result<Self> {
+        let state = store.chain_state().await?;
+        let mut world = World::new(chain_id);
+        world.restore(&state.accounts, &state.storage);
+        let tip = state.head.as_ref().map(Tip::from);
+        let mut chain = Self {
+            store: store.clone(),
+            signer,
+            chain_id,
+            contract: Address::ZERO,
+            inner: Mutex::new(Inner { world, tip }),
+            order: Mutex::new(()),
+        };
+        if tip.is_none() {
+            chain.mine(Vec::new()).await?;
+        }
+        chain.contract = match store.chain_contract(chain_id).await? {
+            Some(address) => address,
+            None => {
+                let mined = chain
+                    .send(
+                        TxKind::Create,
+                        contract::creation_bytecode().clone(),
+                        DEPLOY_GAS,
+                    )
+                    .await?;
+                let address = mined.created.filter(|_| mined.success).ok_or_else(|| {
+                    anyhow::anyhow!("deploying the certification contract failed")
+                })?;
+                store.remember_chain_contract(chain_id, address).await?;
+                tracing::info!(%address, block = mined.block_number, "certification contract deployed on the embedded chain");
+                address
+            }
+        };
+        if chain
+            .inner
+            .lock()
+            .await
+            .world
+            .code(chain.contract)
+            .is_empty()
+        {
+            anyhow::bail!(
+                "the embedded chain has no contract at {}: its data in the database is incomplete",
+                chain.contract
+            );
+        }
+        Ok(chain)
+    }
+
+    /// Signs a transaction from the operator with its next nonce.
+    async fn sign(&self, to: TxKind, input: Bytes, gas_limit: u64) -> LedgerResult<TxEnvelope> {
+        let nonce = self.inner.lock().await.world.nonce(self.signer.address());
+        let tx = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit,
+            max_fee_per_gas: 0,
+            max_priority_fee_per_gas: 0,
+            to,
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input,
+        };
+        let signature = self
+            .signer
+            .sign_hash_sync(&tx.signature_hash())
+            .map_err(|e| LedgerError::Config(format!("cannot sign: {e}")))?;
+        Ok(TxEnvelope::Eip1559(tx.into_signed(signature)))
+    }
+
+    async fn send(&self, to: TxKind, input: Bytes, gas_limit: u64) -> LedgerResult<Mined> {
+        // Signing and mining under one lock keeps nonces in order when anchors race.
+        let _order = self.order.lock().await;
+        let tx = self.sign(to, input, gas_limit).await?;
+        self.submit(tx).await
+    }
+
+    /// Mines a block holding `tx` (any valid signed transaction, e.g. from `eth_sendRawTransaction`
+    /// in tests), files it, and returns what it did.
+    pub async fn submit(&self, tx: TxEnvelope) -> LedgerResult<Mined> {
+        let mut mined = self.mine(vec![tx]).await?;
+        Ok(mined.pop().expect("one transaction in, one out"))
+    }
+
+    async fn mine(&self, txs: Vec<TxEnvelope>) -> LedgerResult<Vec<Mined>> {
+        let mut inner = self.inner.lock().await;
+        let env = next_env(inner.tip.as_ref(), now_secs());
+        let mut included = Vec::with_capacity(txs.len());
+        let mut changes = Vec::with_capacity(txs.len());
+        let mut outputs = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let executed = tx
+                .recover_signer()
+                .map_err(|e| e.to_string())
+                .and_then(|sender| Ok((sender, inner.world.execute(&env, &tx)?)));
+            let (sender, out) = match executed {
+                Ok(done) => done,
+                Err(e) => {
+                    self.reload(&mut inner).await?;
+                    return Err(LedgerError::Reverted(format!("invalid transaction: {e}")));
+                }
+            };
+            // Later transactions of the block see the earlier ones' state.
+            inner.world.commit(out.changes.clone());
+            changes.push(out.changes);
+            outputs.push((out.output, out.success));
+            included.push(Included {
+                tx,
+                sender,
+                success: out.success,
+                gas_used: out.gas_used,
+                logs: out.logs,
+                created: out.created,
+            });
+        }
+        let (block, transactions, logs) = seal(inner.tip.as_ref(), &env, &included);
+        let mut accounts = Vec::new();
+        let mut storage = Vec::new();
+        for c in &changes {
+            let (a, s) = evm::changed_rows(c);
+            accounts.extend(a);
+            storage.extend(s);
+        }
+        let filed = self
+            .store
+            .chain_append(&NewChainBlock {
+                block: block.clone(),
+                transactions: transactions.clone(),
+                logs,
+                accounts,
+                storage,
+            })
+            .await;
+        if let Err(e) = filed {
+            self.reload(&mut inner).await?;
+            return Err(unavailable(e));
+        }
+        inner.tip = Some(Tip::from(&block));
+        Ok(transactions
+            .iter()
+            .zip(included)
+            .zip(outputs)
+            .map(|((t, inc), (output, success))| Mined {
+                tx_hash: t.hash,
+                block_number: block.number,
+                block_time: block.timestamp,
+                success,
+                gas_used: inc.gas_used,
+                output,
+                created: inc.created,
+            })
+            .collect())
+    }
+
+    /// Throws away what was executed but not filed: back to the state the SCD holds.
+    async fn reload(&self, inner: &mut Inner) -> LedgerResult<()> {
+        let state = self.store.chain_state().await.map_err(unavailable)?;
+        inner.world = World::new(self.chain_id);
+        inner.world.restore(&state.accounts, &state.storage);
+        inner.tip = state.head.as_ref().map(Tip::from);
+        Ok(())
+    }
+
+    /// An `eth_call` against the latest state.
+    pub async fn call(&self, from: Address, to: Address, data: Bytes) -> LedgerResult<Bytes> {
+        let mut inner = self.inner.lock().await;
+        let env = next_env(inner.tip.as_ref(), now_secs());
+        let out = inner
+            .world
+            .call(&env, from, to, data)
+            .map_err(LedgerError::Reverted)?;
+        if out.success {
+            Ok(out.output)
+        } else {
+            Err(LedgerError::Reverted(contract::revert_reason(&out.output)))
+        }
+    }
+
+    async fn view<C: SolCall>(&self, call: C) -> LedgerResult<C::Return> {
+        let out = self
+            .call(Address::ZERO, self.contract, call.abi_encode().into())
+            .await?;
+        C::abi_decode_returns(&out).map_err(unavailable)
+    }
+
+    /// The chain id (also [`Ledger::chain_id`]).
+    pub fn chain_id_value(&self) -> u64 {
+        self.chain_id
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// The latest block's number.
+    pub async fn tip(&self) -> Option<Tip> {
+        self.inner.lock().await.tip
+    }
+
+    pub async fn code(&self, address: Address) -> Bytes {
+        self.inner.lock().await.world.code(address)
+    }
+
+    pub async fn nonce(&self, address: Address) -> u64 {
+        self.inner.lock().await.world.nonce(address)
+    }
+
+    pub async fn balance(&self, address: Address) -> U256 {
+        self.inner.lock().await.world.balance(address)
+    }
+}
+
+#[async_trait]
+impl Ledger for EmbeddedChain {
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn contract(&self) -> Address {
+        self.contract
+    }
+
+    fn operator(&self) -> Address {
+        self.signer.address()
+    }
+
+    fn describe(&self) -> String {
+        "embedded".to_owned()
+    }
+
+    async fn anchor(&self, root: B256, leaf_count: u32, batch_id: B256) -> LedgerResult<Anchor> {
+        let input = anchorCall {
+            root,
+            leafCount: leaf_count,
+            batchId: batch_id,
+        }
+        .abi_encode();
+        let mined = self
+            .send(TxKind::Call(self.contract), input.into(), ANCHOR_GAS)
+            .await?;
+        if !mined.success {
+            return Err(match contract::already_anchored(&mined.output) {
+                Some(block) => LedgerError::AlreadyAnchored(block),
+                None => LedgerError::Reverted(contract::revert_reason(&mined.output)),
+            });
+        }
+        Ok(Anchor {
+            tx_hash: mined.tx_hash,
+            block_number: mined.block_number,
+            block_time: mined.block_time,
+            gas_used: mined.gas_used,
+        })
+    }
+
+    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
+        self.view(anchoredAtCall { root }).await
+    }
+
+    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
+        self.view(verifyCall {
+            root,
+            proof: proof.to_vec(),
+            leaf,
+        })
+        .await
+    }
+
+    async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {
+        let logs = self
+            .store
+            .chain_logs(&LogFilter {
+                from_block: block,
+                to_block: block,
+                addresses: vec![self.contract],
+                topics: [
+                    Some(vec![Anchored::SIGNATURE_HASH]),
+                    Some(vec![root]),
+                    None,
+                    None,
+                ],
+                limit: 1,
+            })
+            .await
+            .map_err(unavailable)?;
+        let Some(log) = logs.first() else {
+            return Ok(None);
+        };
+        let tx = self
+            .store
+            .chain_transaction(log.tx_hash)
+            .await
+            .map_err(unavailable)?;
+        let header = self
+            .store
+            .chain_block(BlockKey::Number(block))
+            .await
+            .map_err(unavailable)?;
+        match (tx, header) {
+            (Some(tx), Some(header)) => Ok(Some(Anchor {
+                tx_hash: tx.hash,
+                block_number: block,
+                block_time: header.timestamp,
+                gas_used: tx.gas_used,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn head(&self) -> LedgerResult<u64> {
+        Ok(self.inner.lock().await.tip.map_or(0, |t| t.number))
+    }
+}

@@ -1,0 +1,161 @@
+//! What the SCD keeps of certification: Merkle batches, their anchors, and the items in them.
+//! See `migrations/sqlite/0004_certification.sql` for how a batch covers its items.
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use bal_core::merkle::LeafValues;
+use bal_core::{Measurement, Username};
+use chrono::{DateTime, Utc};
+
+use crate::{AuditEntry, StoreResult};
+
+/// The two kinds of certified item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    Measurement,
+    /// An audit log entry of a grant decision.
+    Audit,
+}
+
+/// An item waiting for a batch, with the values its leaf is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingItem {
+    pub kind: ItemKind,
+    pub id: i64,
+    pub values: LeafValues,
+}
+
+/// The next items to certify, and the watermarks a batch of them moves to.
+#[derive(Debug, Clone, Default)]
+pub struct PendingItems {
+    /// Measurements first (by id), then audit entries (by id).
+    pub items: Vec<PendingItem>,
+    pub measurements_after: i64,
+    pub measurements_upto: i64,
+    pub audit_after: i64,
+    pub audit_upto: i64,
+}
+
+/// A batch about to be written: `items` and `leaves` in the tree's input order.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub root: B256,
+    pub measurement_count: u32,
+    pub items: Vec<i64>,
+    pub leaves: Vec<B256>,
+    pub measurements_after: i64,
+    pub measurements_upto: i64,
+    pub audit_after: i64,
+    pub audit_upto: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where and when a batch's root was anchored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnchorRecord {
+    pub chain_id: u64,
+    pub contract: Address,
+    pub tx_hash: B256,
+    pub block_number: u64,
+    /// The block's timestamp, Unix seconds.
+    pub block_time: u64,
+    pub gas_used: u64,
+    /// When the BAL saw the receipt.
+    pub anchored_at: DateTime<Utc>,
+}
+
+/// A batch without its item lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The batch's number, also its on-chain `batchId`.
+    pub seq: i64,
+    pub root: B256,
+    pub leaf_count: u32,
+    pub measurement_count: u32,
+    pub measurements_after: i64,
+    pub measurements_upto: i64,
+    pub audit_after: i64,
+    pub audit_upto: i64,
+    pub created_at: DateTime<Utc>,
+    /// `None` while pending.
+    pub anchor: Option<AnchorRecord>,
+}
+
+/// A batch's items and leaf hashes, in the tree's input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchLeaves {
+    pub items: Vec<i64>,
+    pub leaves: Vec<B256>,
+    /// The first `measurement_count` items are measurements, the rest audit entries.
+    pub measurement_count: u32,
+}
+
+impl BatchLeaves {
+    /// The leaf index of an item, if it is in the batch.
+    pub fn index_of(&self, kind: ItemKind, id: i64) -> Option<usize> {
+        let split = self.measurement_count as usize;
+        let (range, offset) = match kind {
+            ItemKind::Measurement => (&self.items[..split], 0),
+            ItemKind::Audit => (&self.items[split..], split),
+        };
+        range.binary_search(&id).ok().map(|i| i + offset)
+    }
+}
+
+/// How a batch is looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchKey {
+    Seq(i64),
+    Root(B256),
+    Transaction(B256),
+}
+
+/// The certification backlog, for health and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertificationStatus {
+    /// Measurements stored but in no batch yet.
+    pub unbatched_measurements: u64,
+    /// Batches written but not anchored yet.
+    pub pending_batches: u64,
+    pub anchored_batches: u64,
+    /// Measurements in anchored batches.
+    pub certified_measurements: u64,
+}
+
+/// The certification part of the SCD.
+#[async_trait]
+pub trait CertificationStore: Send + Sync {
+    /// Up to `max` items not in any batch yet, measurements before audit entries of grant
+    /// decisions; leaf values carry the producer's wallet as of now (wallets never change).
+    async fn pending_items(&self, max: u32) -> StoreResult<PendingItems>;
+    /// Writes a batch. `Conflict` when its watermarks do not continue the last batch's (another
+    /// certifier got there first).
+    async fn create_batch(&self, batch: &NewBatch) -> StoreResult<Batch>;
+    /// Batches not anchored yet, oldest first.
+    async fn unanchored_batches(&self) -> StoreResult<Vec<Batch>>;
+    async fn record_anchor(&self, seq: i64, anchor: &AnchorRecord) -> StoreResult<()>;
+    async fn batch(&self, key: BatchKey) -> StoreResult<Option<Batch>>;
+    /// Newest first; only batches numbered below `before` when given.
+    async fn batches(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<Batch>>;
+    async fn batch_leaves(&self, seq: i64) -> StoreResult<Option<BatchLeaves>>;
+    /// The batch an item is in, if it is in one yet.
+    async fn batch_of(&self, kind: ItemKind, id: i64) -> StoreResult<Option<Batch>>;
+    /// The measurements of a batch from `producers` (all when `None`), by id, after `after`.
+    async fn batch_measurements(
+        &self,
+        batch: &Batch,
+        producers: Option<&[Username]>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Measurement>>;
+    /// The certified audit entries of a batch, by id.
+    async fn batch_audit_entries(&self, batch: &Batch) -> StoreResult<Vec<AuditEntry>>;
+    /// The certified values of one measurement (its producer may have been deleted since).
+    async fn measurement_leaf(&self, id: i64) -> StoreResult<Option<LeafValues>>;
+    /// The certified values and payload of one audit entry (grant decisions only).
+    async fn audit_leaf(&self, id: i64) -> StoreResult<Option<(LeafValues, Vec<u8>)>>;
+    async fn certification_status(&self) -> StoreResult<CertificationStatus>;
+    /// The certification contract remembered for a chain.
+    async fn chain_contract(&self, chain_id: u64) -> StoreResult<Option<Address>>;
+    async fn remember_chain_contract(&self, chain_id: u64, contract: Address) -> StoreResult<()>;
+}

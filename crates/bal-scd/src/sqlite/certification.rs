@@ -1,0 +1,467 @@
+//! [`CertificationStore`] on SQLite.
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use bal_core::merkle::{self, LeafValues};
+use bal_core::{Measurement, Username, WalletAddress};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{SqliteStore, corrupt, get, measurement_from_row, ms, parse, time};
+use crate::certification::{
+    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
+    NewBatch, PendingItem, PendingItems,
+};
+use crate::{AuditEntry, StoreError, StoreResult};
+
+const BATCH_COLUMNS: &str = "seq, root, leaf_count, measurement_count, measurements_after, \
+     measurements_upto, audit_after, audit_upto, created_at, chain_id, contract, tx_hash, \
+     block_number, block_time, gas_used, anchored_at";
+
+fn b256(row: &SqliteRow, column: &str) -> StoreResult<B256> {
+    let raw: Vec<u8> = get(row, column)?;
+    B256::try_from(raw.as_slice()).map_err(|_| corrupt(column.to_owned()))
+}
+
+fn address(raw: &[u8], column: &str) -> StoreResult<Address> {
+    Address::try_from(raw).map_err(|_| corrupt(column.to_owned()))
+}
+
+fn u64_of(row: &SqliteRow, column: &str) -> StoreResult<u64> {
+    let v: i64 = get(row, column)?;
+    u64::try_from(v).map_err(|_| corrupt(column.to_owned()))
+}
+
+fn batch_from_row(row: &SqliteRow) -> StoreResult<Batch> {
+    let tx_hash: Option<Vec<u8>> = get(row, "tx_hash")?;
+    let anchor = match tx_hash {
+        None => None,
+        Some(tx) => {
+            let contract: Vec<u8> = get(row, "contract")?;
+            Some(AnchorRecord {
+                chain_id: u64_of(row, "chain_id")?,
+                contract: address(&contract, "contract")?,
+                tx_hash: B256::try_from(tx.as_slice()).map_err(|_| corrupt("tx_hash"))?,
+                block_number: u64_of(row, "block_number")?,
+                block_time: u64_of(row, "block_time")?,
+                gas_used: u64_of(row, "gas_used")?,
+                anchored_at: time(get(row, "anchored_at")?)?,
+            })
+        }
+    };
+    Ok(Batch {
+        seq: get(row, "seq")?,
+        root: b256(row, "root")?,
+        leaf_count: u64_of(row, "leaf_count")? as u32,
+        measurement_count: u64_of(row, "measurement_count")? as u32,
+        measurements_after: get(row, "measurements_after")?,
+        measurements_upto: get(row, "measurements_upto")?,
+        audit_after: get(row, "audit_after")?,
+        audit_upto: get(row, "audit_upto")?,
+        created_at: time(get(row, "created_at")?)?,
+        anchor,
+    })
+}
+
+/// The watermarks the next batch starts from: the last batch's, or 0.
+async fn watermarks(store: &SqliteStore) -> StoreResult<(i64, i64)> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT measurements_upto, audit_upto FROM cert_batches ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&store.pool)
+    .await
+    .map_err(StoreError::backend)?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+fn wallet(row: &SqliteRow) -> StoreResult<Address> {
+    let w: WalletAddress = parse(row, "wallet")?;
+    Ok(w.address())
+}
+
+fn audit_entry_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
+    let detail: String = get(row, "detail")?;
+    Ok(AuditEntry {
+        id: get(row, "id")?,
+        at: time(get(row, "at")?)?,
+        actor: parse(row, "actor")?,
+        action: parse(row, "action")?,
+        object: get(row, "object")?,
+        detail: serde_json::from_str(&detail).map_err(|_| corrupt("audit detail is not JSON"))?,
+    })
+}
+
+/// The certified values of an audit entry row joined with its grant and producer.
+fn audit_leaf_from_row(row: &SqliteRow) -> StoreResult<(LeafValues, Vec<u8>)> {
+    let id: i64 = get(row, "id")?;
+    let at: i64 = get(row, "at")?;
+    let action: String = get(row, "action")?;
+    let detail: String = get(row, "detail")?;
+    let payload = merkle::audit_payload(
+        id,
+        at,
+        &get::<String>(row, "actor")?,
+        &action,
+        &get::<String>(row, "object")?,
+        &detail,
+    );
+    let values = LeafValues {
+        producer_wallet: wallet(row)?,
+        topic: merkle::audit_topic(&action, &get::<String>(row, "topic")?),
+        id: id as u64,
+        received_at_ms: at as u64,
+        payload_hash: alloy_primitives::keccak256(&payload),
+    };
+    Ok((values, payload))
+}
+
+/// Measurements joined with their producer's wallet (deleted users keep theirs).
+const MEASUREMENT_LEAF_SELECT: &str = "SELECT m.id, m.topic, m.received_at, m.payload_hash, \
+     u.wallet FROM measurements m JOIN users u ON u.username = m.producer";
+
+fn measurement_leaf_from_row(row: &SqliteRow) -> StoreResult<LeafValues> {
+    Ok(LeafValues {
+        producer_wallet: wallet(row)?,
+        topic: get(row, "topic")?,
+        id: get::<i64>(row, "id")? as u64,
+        received_at_ms: get::<i64>(row, "received_at")? as u64,
+        payload_hash: b256(row, "payload_hash")?,
+    })
+}
+
+/// Audit entries of grant decisions joined with their grant's topic and producer's wallet.
+const AUDIT_LEAF_SELECT: &str = "SELECT a.id, a.at, a.actor, a.action, a.object, a.detail, \
+     s.topic, u.wallet FROM audit_log a \
+     JOIN subscriptions s ON a.object = 'subscription:' || s.id \
+     JOIN users u ON u.username = s.producer \
+     WHERE a.action LIKE 'subscription.%'";
+
+#[async_trait]
+impl CertificationStore for SqliteStore {
+    async fn pending_items(&self, max: u32) -> StoreResult<PendingItems> {
+        let (m_after, a_after) = watermarks(self).await?;
+        let audit_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{AUDIT_LEAF_SELECT} AND a.id > ? ORDER BY a.id LIMIT ?"
+        )))
+        .bind(a_after)
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        let room = i64::from(max) - audit_rows.len() as i64;
+        let measurement_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{MEASUREMENT_LEAF_SELECT} WHERE m.id > ? ORDER BY m.id LIMIT ?"
+        )))
+        .bind(m_after)
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        let mut pending = PendingItems {
+            items: Vec::with_capacity(audit_rows.len() + measurement_rows.len()),
+            measurements_after: m_after,
+            measurements_upto: m_after,
+            audit_after: a_after,
+            audit_upto: a_after,
+        };
+        for row in &measurement_rows {
+            let values = measurement_leaf_from_row(row)?;
+            pending.measurements_upto = values.id as i64;
+            pending.items.push(PendingItem {
+                kind: ItemKind::Measurement,
+                id: values.id as i64,
+                values,
+            });
+        }
+        for row in &audit_rows {
+            let (values, _) = audit_leaf_from_row(row)?;
+            pending.audit_upto = values.id as i64;
+            pending.items.push(PendingItem {
+                kind: ItemKind::Audit,
+                id: values.id as i64,
+                values,
+            });
+        }
+        Ok(pending)
+    }
+
+    async fn create_batch(&self, b: &NewBatch) -> StoreResult<Batch> {
+        let mut tx = self.begin_write().await?;
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT measurements_upto, audit_upto FROM cert_batches ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::backend)?;
+        if last.unwrap_or((0, 0)) != (b.measurements_after, b.audit_after) {
+            return Err(StoreError::Conflict(
+                "another batch was written meanwhile".into(),
+            ));
+        }
+        let items: Vec<u8> = b.items.iter().flat_map(|i| i.to_be_bytes()).collect();
+        let leaves: Vec<u8> = b.leaves.iter().flat_map(|l| l.0).collect();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO cert_batches (root, leaf_count, measurement_count, measurements_after, \
+             measurements_upto, audit_after, audit_upto, items, leaves, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {BATCH_COLUMNS}"
+        )))
+        .bind(b.root.as_slice())
+        .bind(b.leaves.len() as i64)
+        .bind(i64::from(b.measurement_count))
+        .bind(b.measurements_after)
+        .bind(b.measurements_upto)
+        .bind(b.audit_after)
+        .bind(b.audit_upto)
+        .bind(items)
+        .bind(leaves)
+        .bind(ms(b.created_at))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::backend)?;
+        let batch = batch_from_row(&row)?;
+        tx.commit().await.map_err(StoreError::backend)?;
+        Ok(batch)
+    }
+
+    async fn unanchored_batches(&self) -> StoreResult<Vec<Batch>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE tx_hash IS NULL ORDER BY seq"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .iter()
+        .map(batch_from_row)
+        .collect()
+    }
+
+    async fn record_anchor(&self, seq: i64, a: &AnchorRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE cert_batches SET chain_id = ?, contract = ?, tx_hash = ?, block_number = ?, \
+             block_time = ?, gas_used = ?, anchored_at = ? WHERE seq = ? AND tx_hash IS NULL",
+        )
+        .bind(a.chain_id as i64)
+        .bind(a.contract.as_slice())
+        .bind(a.tx_hash.as_slice())
+        .bind(a.block_number as i64)
+        .bind(a.block_time as i64)
+        .bind(a.gas_used as i64)
+        .bind(ms(a.anchored_at))
+        .bind(seq)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "batch {seq} is unknown or already anchored"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn batch(&self, key: BatchKey) -> StoreResult<Option<Batch>> {
+        let (column, value): (&str, Vec<u8>) = match key {
+            BatchKey::Seq(seq) => {
+                return sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE seq = ?"
+                )))
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?
+                .as_ref()
+                .map(batch_from_row)
+                .transpose();
+            }
+            BatchKey::Root(r) => ("root", r.to_vec()),
+            BatchKey::Transaction(t) => ("tx_hash", t.to_vec()),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE {column} = ?"
+        )))
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .as_ref()
+        .map(batch_from_row)
+        .transpose()
+    }
+
+    async fn batches(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<Batch>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        )))
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .iter()
+        .map(batch_from_row)
+        .collect()
+    }
+
+    async fn batch_leaves(&self, seq: i64) -> StoreResult<Option<BatchLeaves>> {
+        let row: Option<(Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT items, leaves, measurement_count FROM cert_batches WHERE seq = ?",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(row.map(|(items, leaves, count)| BatchLeaves {
+            items: items
+                .chunks_exact(8)
+                .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            leaves: leaves.chunks_exact(32).map(B256::from_slice).collect(),
+            measurement_count: count as u32,
+        }))
+    }
+
+    async fn batch_of(&self, kind: ItemKind, id: i64) -> StoreResult<Option<Batch>> {
+        // The first batch whose watermark reaches the id covers it: watermarks never go down.
+        let sql = match kind {
+            ItemKind::Measurement => format!(
+                "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE measurements_upto >= ? \
+                 AND measurements_after < ? ORDER BY measurements_upto, seq LIMIT 1"
+            ),
+            ItemKind::Audit => format!(
+                "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE audit_upto >= ? \
+                 AND audit_after < ? ORDER BY audit_upto, seq LIMIT 1"
+            ),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::backend)?
+            .as_ref()
+            .map(batch_from_row)
+            .transpose()
+    }
+
+    async fn batch_measurements(
+        &self,
+        batch: &Batch,
+        producers: Option<&[Username]>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Measurement>> {
+        if producers.is_some_and(|p| p.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE id > "
+        ));
+        sql.push_bind(after.unwrap_or(0).max(batch.measurements_after))
+            .push(" AND id <= ")
+            .push_bind(batch.measurements_upto);
+        if let Some(p) = producers {
+            sql.push(" AND producer IN (");
+            let mut list = sql.separated(", ");
+            for u in p {
+                list.push_bind(u.as_str().to_owned());
+            }
+            sql.push(")");
+        }
+        sql.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+        sql.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?
+            .iter()
+            .map(measurement_from_row)
+            .collect()
+    }
+
+    async fn batch_audit_entries(&self, batch: &Batch) -> StoreResult<Vec<AuditEntry>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{AUDIT_LEAF_SELECT} AND a.id > ? AND a.id <= ? ORDER BY a.id"
+        )))
+        .bind(batch.audit_after)
+        .bind(batch.audit_upto)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .iter()
+        .map(audit_entry_from_row)
+        .collect()
+    }
+
+    async fn measurement_leaf(&self, id: i64) -> StoreResult<Option<LeafValues>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{MEASUREMENT_LEAF_SELECT} WHERE m.id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .as_ref()
+        .map(measurement_leaf_from_row)
+        .transpose()
+    }
+
+    async fn audit_leaf(&self, id: i64) -> StoreResult<Option<(LeafValues, Vec<u8>)>> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{AUDIT_LEAF_SELECT} AND a.id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::backend)?
+        .as_ref()
+        .map(audit_leaf_from_row)
+        .transpose()
+    }
+
+    async fn certification_status(&self) -> StoreResult<CertificationStatus> {
+        let (m_upto, _) = watermarks(self).await?;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM measurements WHERE id > ?) AS unbatched, \
+               (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NULL) AS pending, \
+               (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NOT NULL) AS anchored, \
+               (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
+                  WHERE tx_hash IS NOT NULL) AS certified",
+        )
+        .bind(m_upto)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(CertificationStatus {
+            unbatched_measurements: u64_of(&row, "unbatched")?,
+            pending_batches: u64_of(&row, "pending")?,
+            anchored_batches: u64_of(&row, "anchored")?,
+            certified_measurements: u64_of(&row, "certified")?,
+        })
+    }
+
+    async fn chain_contract(&self, chain_id: u64) -> StoreResult<Option<Address>> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT contract FROM chain_contracts WHERE chain_id = ?")
+                .bind(chain_id as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+        row.map(|(c,)| address(&c, "contract")).transpose()
+    }
+
+    async fn remember_chain_contract(&self, chain_id: u64, contract: Address) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO chain_contracts (chain_id, contract, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (chain_id) DO UPDATE SET contract = excluded.contract",
+        )
+        .bind(chain_id as i64)
+        .bind(contract.as_slice())
+        .bind(ms(chrono::Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        Ok(())
+    }
+}
