@@ -87,3 +87,7 @@ pub trait Ledger: Send + Sync + 'static {
 }
 
 pub type SharedLedger = Arc<dyn Ledger>;
+
+pub use certifier::{Certifier, CertifierConfig};
+pub use embedded::EmbeddedChain;
+pub use node::NodeChain;

@@ -1,0 +1,328 @@
+//! The certifier: batches, proofs, and resuming after a crash or an outage.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use alloy_primitives::{Address, B256};
+use async_trait::async_trait;
+use bal_core::Role;
+use bal_core::merkle::MerkleTree;
+use bal_core::proof::Outcome;
+use bal_ledger::certifier::{CertifierConfig, batch_id};
+use bal_ledger::embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
+use bal_ledger::proofs::{ProofState, Prover, check_with_ledger};
+use bal_ledger::{Anchor, Certifier, Ledger, LedgerError, LedgerResult, SharedLedger};
+use bal_scd::{BatchKey, ItemKind, NewBatch, SharedStore};
+use support::*;
+
+async fn setup() -> (Db, SharedLedger) {
+    let db = db().await;
+    user(&db.store, "prod1", Role::Producer).await;
+    user(&db.store, "cons1", Role::Consumer).await;
+    let chain = EmbeddedChain::open(db.store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+        .await
+        .unwrap();
+    (db, Arc::new(chain))
+}
+
+fn certifier(store: &SharedStore, ledger: &SharedLedger, max_batch: u32) -> Certifier {
+    Certifier::new(
+        store.clone(),
+        ledger.clone(),
+        CertifierConfig {
+            max_batch,
+            ..CertifierConfig::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn measurements_and_grant_decisions_are_certified_once_with_proofs_that_verify() {
+    let (db, ledger) = setup().await;
+    let ids = measurements(&db.store, "prod1", 10).await;
+    grant(&db.store, "cons1", "prod1").await;
+    let c = certifier(&db.store, &ledger, 50_000);
+
+    let batches = c.round().await.unwrap();
+    assert_eq!(batches.len(), 1);
+    let b = &batches[0];
+    // 10 measurements and the request and acceptance of the grant; user creations are not
+    // grant decisions.
+    assert_eq!((b.leaf_count, b.measurement_count), (12, 10));
+    let anchor = b.anchor.unwrap();
+    assert_eq!(anchor.contract, ledger.contract());
+    assert_eq!(
+        ledger.anchored_at(b.root).await.unwrap(),
+        anchor.block_number
+    );
+    assert_eq!(
+        db.store
+            .batch(BatchKey::Transaction(anchor.tx_hash))
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        b.seq
+    );
+
+    let prover = Prover::new(db.store.clone());
+    for &id in &ids {
+        let m = db.store.measurement(id).await.unwrap().unwrap();
+        let ProofState::Ready(bundle) = prover.measurement(id, Some(&m.payload)).await.unwrap()
+        else {
+            panic!("measurement {id} has no proof");
+        };
+        assert_eq!(bundle.transaction, anchor.tx_hash);
+        let verdict = bundle.verify_offline(None);
+        assert!(verdict.valid, "{verdict:?}");
+        assert_eq!(
+            verdict.checks[1].outcome,
+            Outcome::Passed,
+            "the embedded payload is checked"
+        );
+        let on_chain = check_with_ledger(&ledger, &bundle).await;
+        assert_eq!(on_chain.outcome, Outcome::Passed, "{on_chain:?}");
+        assert!(
+            ledger
+                .verify(bundle.root, &bundle.proof, bundle.leaf)
+                .await
+                .unwrap()
+        );
+    }
+    // The audit entries' leaves are in the same tree.
+    let leaves = db.store.batch_leaves(b.seq).await.unwrap().unwrap();
+    let tree = MerkleTree::new(&leaves.leaves).unwrap();
+    let audit = db.store.batch_audit_entries(b).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    for e in &audit {
+        let (values, payload) = db.store.audit_leaf(e.id).await.unwrap().unwrap();
+        assert!(
+            values.topic.starts_with("audit/subscription."),
+            "{}",
+            values.topic
+        );
+        assert_eq!(values.payload_hash, alloy_primitives::keccak256(&payload));
+        let i = leaves.index_of(ItemKind::Audit, e.id).unwrap();
+        assert_eq!(leaves.leaves[i], values.leaf());
+        assert!(
+            ledger
+                .verify(b.root, &tree.proof(i).unwrap(), values.leaf())
+                .await
+                .unwrap()
+        );
+    }
+
+    // Nothing new: no batch, no transaction.
+    let head = ledger.head().await.unwrap();
+    assert!(c.round().await.unwrap().is_empty());
+    assert_eq!(ledger.head().await.unwrap(), head);
+    // New measurements go in the next batch only.
+    let more = measurements(&db.store, "prod1", 3).await;
+    let next = c.round().await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].measurement_count, 3);
+    assert_eq!(next[0].measurements_after, *ids.last().unwrap());
+    assert_eq!(
+        db.store
+            .batch_of(ItemKind::Measurement, more[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        next[0].seq
+    );
+    assert_eq!(
+        db.store
+            .batch_of(ItemKind::Measurement, ids[9])
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        b.seq
+    );
+    let status = db.store.certification_status().await.unwrap();
+    assert_eq!(status.unbatched_measurements, 0);
+    assert_eq!(status.certified_measurements, 13);
+}
+
+#[tokio::test]
+async fn batches_hold_at_most_max_batch_leaves() {
+    let (db, ledger) = setup().await;
+    measurements(&db.store, "prod1", 10).await;
+    let batches = certifier(&db.store, &ledger, 4).round().await.unwrap();
+    let sizes: Vec<u32> = batches.iter().map(|b| b.leaf_count).collect();
+    assert_eq!(sizes, [4, 4, 2]);
+    assert!(batches.iter().all(|b| b.anchor.is_some()));
+}
+
+#[tokio::test]
+async fn a_measurement_is_pending_until_its_batch_is_anchored() {
+    let (db, ledger) = setup().await;
+    let ids = measurements(&db.store, "prod1", 2).await;
+    let prover = Prover::new(db.store.clone());
+    assert!(matches!(
+        prover.measurement(ids[0], None).await.unwrap(),
+        ProofState::Pending
+    ));
+    assert!(matches!(
+        prover.measurement(999, None).await.unwrap(),
+        ProofState::Unknown
+    ));
+    write_batch(&db.store).await;
+    assert!(matches!(
+        prover.measurement(ids[0], None).await.unwrap(),
+        ProofState::Pending
+    ));
+    certifier(&db.store, &ledger, 100).round().await.unwrap();
+    assert!(matches!(
+        prover.measurement(ids[0], None).await.unwrap(),
+        ProofState::Ready(_)
+    ));
+}
+
+/// What the certifier writes before it sends the anchor: the state a crash leaves behind.
+async fn write_batch(store: &SharedStore) -> bal_scd::Batch {
+    let p = store.pending_items(50_000).await.unwrap();
+    let leaves: Vec<B256> = p.items.iter().map(|i| i.values.leaf()).collect();
+    store
+        .create_batch(&NewBatch {
+            root: MerkleTree::new(&leaves).unwrap().root(),
+            measurement_count: p
+                .items
+                .iter()
+                .filter(|i| i.kind == ItemKind::Measurement)
+                .count() as u32,
+            items: p.items.iter().map(|i| i.id).collect(),
+            leaves,
+            measurements_after: p.measurements_after,
+            measurements_upto: p.measurements_upto,
+            audit_after: p.audit_after,
+            audit_upto: p.audit_upto,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_in_the_middle_of_a_batch_loses_nothing_and_anchors_nothing_twice() {
+    let (db, ledger) = setup().await;
+
+    // 1. Crash after the batch was written, before its anchor was sent.
+    let first = measurements(&db.store, "prod1", 5).await;
+    let b1 = write_batch(&db.store).await;
+    // 2. Crash after the anchor went through, before its receipt was recorded.
+    measurements(&db.store, "prod1", 4).await;
+    let b2 = write_batch(&db.store).await;
+    let sent = ledger
+        .anchor(b2.root, b2.leaf_count, batch_id(b2.seq))
+        .await
+        .unwrap();
+    // 3. More stored meanwhile, in no batch yet.
+    let late = measurements(&db.store, "prod1", 3).await;
+    drop(ledger);
+
+    // The restart: a new process opens the same database.
+    let store = bal_scd::connect(&db.url).await.unwrap();
+    let chain = EmbeddedChain::open(store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+        .await
+        .unwrap();
+    let head_before = chain.head().await.unwrap();
+    let ledger: SharedLedger = Arc::new(chain);
+    let done = certifier(&store, &ledger, 50_000).round().await.unwrap();
+    let seqs: Vec<i64> = done.iter().map(|b| b.seq).collect();
+    assert_eq!(seqs, [b1.seq, b2.seq, b2.seq + 1]);
+    // b1 and the new batch were sent; b2's anchor was recognised, not sent again.
+    assert_eq!(ledger.head().await.unwrap(), head_before + 2);
+    assert_eq!(done[1].anchor.unwrap().tx_hash, sent.tx_hash);
+    assert_eq!(done[2].measurement_count, late.len() as u32);
+    // Every measurement has exactly one batch, and a proof.
+    let prover = Prover::new(store.clone());
+    for id in first[0]..=*late.last().unwrap() {
+        let ProofState::Ready(bundle) = prover.measurement(id, None).await.unwrap() else {
+            panic!("measurement {id} is not certified");
+        };
+        assert!(
+            ledger
+                .verify(bundle.root, &bundle.proof, bundle.leaf)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(store.unanchored_batches().await.unwrap().is_empty());
+}
+
+/// A chain that is down until told otherwise.
+struct Flaky {
+    inner: SharedLedger,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl Ledger for Flaky {
+    fn chain_id(&self) -> u64 {
+        self.inner.chain_id()
+    }
+    fn contract(&self) -> Address {
+        self.inner.contract()
+    }
+    fn operator(&self) -> Address {
+        self.inner.operator()
+    }
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    async fn anchor(&self, root: B256, n: u32, id: B256) -> LedgerResult<Anchor> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable("connection refused".into()));
+        }
+        self.inner.anchor(root, n, id).await
+    }
+    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable("connection refused".into()));
+        }
+        self.inner.anchored_at(root).await
+    }
+    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
+        self.inner.verify(root, proof, leaf).await
+    }
+    async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {
+        self.inner.anchor_in_block(root, block).await
+    }
+    async fn head(&self) -> LedgerResult<u64> {
+        self.inner.head().await
+    }
+}
+
+#[tokio::test]
+async fn a_chain_outage_pauses_certification_and_it_resumes_after() {
+    let (db, real) = setup().await;
+    let flaky = Arc::new(Flaky {
+        inner: real.clone(),
+        down: AtomicBool::new(true),
+    });
+    let ledger: SharedLedger = flaky.clone();
+    let c = certifier(&db.store, &ledger, 50_000);
+    let ids = measurements(&db.store, "prod1", 4).await;
+    let err = c.round().await.unwrap_err();
+    assert!(err.to_string().contains("unavailable"), "{err}");
+    assert_eq!(db.store.unanchored_batches().await.unwrap().len(), 1);
+    // Still down, more data: the pending batch blocks nothing from being stored.
+    let more = measurements(&db.store, "prod1", 2).await;
+    assert!(c.round().await.is_err());
+    flaky.down.store(false, Ordering::SeqCst);
+    let done = c.round().await.unwrap();
+    assert_eq!(done.len(), 2);
+    assert_eq!(done.iter().map(|b| b.measurement_count).sum::<u32>(), 6);
+    let prover = Prover::new(db.store.clone());
+    for id in ids.iter().chain(&more) {
+        assert!(matches!(
+            prover.measurement(*id, None).await.unwrap(),
+            ProofState::Ready(_)
+        ));
+    }
+    assert!(c.health().lock().unwrap().batches_anchored >= 2);
+}
