@@ -6,7 +6,7 @@
 //! - [`accounts`]: creating users (password hash + wallet) and changing passwords, shared by the
 //!   API and the `bal user` commands.
 //! - [`error`]: the JSON error type every handler returns.
-//! - `routes`: one module per resource.
+//! - `routes`: one module per resource, and `POST /rpc` for the embedded chain.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -15,12 +15,15 @@ pub mod error;
 mod routes;
 pub mod views;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use bal_ledger::certifier::CertifierHealth;
+use bal_ledger::proofs::Prover;
+use bal_ledger::{EmbeddedChain, SharedLedger};
 use bal_scd::SharedStore;
 
 use crate::accounts::AccountKeys;
@@ -66,15 +69,31 @@ pub struct AppState {
     pub keys: Arc<AccountKeys>,
     pub limiter: Arc<LoginLimiter>,
     pub config: Arc<ApiConfig>,
+    pub certification: Arc<Certification>,
+}
+
+/// The chain side: where batches are anchored, proofs, and the certifier's health.
+pub struct Certification {
+    pub ledger: SharedLedger,
+    /// The embedded chain, when it is the ledger: `POST /rpc` serves it.
+    pub embedded: Option<Arc<EmbeddedChain>>,
+    pub prover: Prover,
+    pub health: Arc<Mutex<CertifierHealth>>,
 }
 
 impl AppState {
-    pub fn new(store: SharedStore, keys: AccountKeys, config: ApiConfig) -> Self {
+    pub fn new(
+        store: SharedStore,
+        keys: AccountKeys,
+        config: ApiConfig,
+        certification: Certification,
+    ) -> Self {
         Self {
             store,
             keys: Arc::new(keys),
             limiter: Arc::new(LoginLimiter::new(config.login_limits.clone())),
             config: Arc::new(config),
+            certification: Arc::new(certification),
         }
     }
 }
@@ -91,6 +110,7 @@ impl AppState {
         (name = "users", description = "User administration (admin)"),
         (name = "subscriptions", description = "Producers and consumers' grants"),
         (name = "measurements", description = "Uploads, history and live streams"),
+        (name = "certification", description = "Merkle batches anchored on Ethereum, proofs and their verification"),
         (name = "audit", description = "The append-only audit log (admin)"),
         (name = "health", description = "Liveness and readiness"),
     )
@@ -120,6 +140,7 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .merge(
             routes::measurements::router().layer(DefaultBodyLimit::max(config.ingest_body_limit)),
         )
+        .merge(routes::certification::router())
         .merge(routes::audit::router())
         .merge(routes::health::router())
 }
@@ -131,6 +152,7 @@ pub fn router(state: AppState) -> Router {
     let (api, openapi) = documented_routes(&state.config).split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
+        .route("/rpc", axum::routing::post(routes::rpc::rpc))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)

@@ -103,12 +103,17 @@ impl Prover {
         })))
     }
 
-    /// The leaf index of a measurement in its batch.
-    pub async fn leaf_index(&self, batch: &Batch, id: i64) -> StoreResult<Option<usize>> {
+    /// The leaf index of an item in its batch.
+    pub async fn leaf_index(
+        &self,
+        batch: &Batch,
+        kind: ItemKind,
+        id: i64,
+    ) -> StoreResult<Option<usize>> {
         Ok(self
             .batch_tree(batch.seq)
             .await?
-            .and_then(|e| e.1.index_of(ItemKind::Measurement, id)))
+            .and_then(|e| e.1.index_of(kind, id)))
     }
 
     pub fn store(&self) -> &SharedStore {

@@ -9,13 +9,18 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
-use bal_api::AppState;
 use bal_api::accounts::{self, AccountKeys, FirstAdmin};
+use bal_api::{AppState, Certification};
+use bal_ledger::embedded::DEFAULT_CHAIN_ID;
+use bal_ledger::node::{NodeChain, NodeConfig};
+use bal_ledger::proofs::Prover;
+use bal_ledger::{Certifier, CertifierConfig, EmbeddedChain, SharedLedger};
 use bal_mqtt::{BrokerConfig, EmbeddedBroker, Ingest, MosquittoBroker};
 use bal_scd::SharedStore;
 use bal_wallet::{MasterKey, Sealer};
@@ -40,6 +45,7 @@ pub struct Application {
     first_admin: FirstAdmin,
     broker: Broker,
     ingest_writer: tokio::task::JoinHandle<()>,
+    certifier: Certifier,
 }
 
 /// The MQTT side: the broker inside `bal`, or the adapter of an external Mosquitto.
@@ -142,6 +148,59 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<(SharedStore, Acc
     Ok((store, AccountKeys { master, broker }))
 }
 
+/// The chain certification uses: the embedded one, or the node at `chain.rpc_url`.
+pub async fn open_ledger(
+    settings: &Settings,
+    store: &SharedStore,
+) -> anyhow::Result<(SharedLedger, Option<Arc<EmbeddedChain>>)> {
+    let c = &settings.chain;
+    let signer = bal_ledger::operator::load(
+        c.operator_key.as_ref().map(|k| k.expose()),
+        &settings.data_dir.join("operator.key"),
+    )
+    .context("chain.operator_key (BAL_CHAIN__OPERATOR_KEY)")?;
+    let contract = c
+        .contract
+        .as_deref()
+        .map(|a| {
+            bal_core::WalletAddress::parse(a)
+                .map(|w| w.address())
+                .map_err(|e| anyhow::anyhow!("chain.contract: {e}"))
+        })
+        .transpose()?;
+    match &c.rpc_url {
+        Some(url) => {
+            let chain = NodeChain::connect(
+                NodeConfig {
+                    url: url.expose(),
+                    ca: c.ca_file.as_deref(),
+                    signer,
+                    chain_id: c.chain_id,
+                    contract,
+                },
+                store,
+            )
+            .await?;
+            Ok((Arc::new(chain), None))
+        }
+        None => {
+            anyhow::ensure!(
+                contract.is_none(),
+                "chain.contract applies to chain.rpc_url only: the embedded chain deploys its own"
+            );
+            let chain = EmbeddedChain::open(
+                store.clone(),
+                signer,
+                c.chain_id.unwrap_or(DEFAULT_CHAIN_ID),
+            )
+            .await
+            .context("cannot open the embedded chain")?;
+            let chain = Arc::new(chain);
+            Ok((chain.clone(), Some(chain)))
+        }
+    }
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listen = settings.http.listen;
@@ -189,6 +248,22 @@ impl Application {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
 
+        let (ledger, embedded) = open_ledger(&settings, &store).await?;
+        let certifier = Certifier::new(
+            store.clone(),
+            ledger.clone(),
+            CertifierConfig {
+                window: Duration::from_millis(settings.certify.batch_window_ms.max(1)),
+                max_batch: settings.certify.max_batch.max(1),
+            },
+        );
+        let certification = Certification {
+            ledger,
+            embedded,
+            prover: Prover::new(store.clone()),
+            health: certifier.health(),
+        };
+
         let (ingest, ingest_writer) = Ingest::start(store.clone(), INGEST_BATCH);
         let started = Broker::start(&settings, files.as_ref(), store.clone(), &keys, ingest).await;
         let broker = match started {
@@ -198,7 +273,7 @@ impl Application {
                 return Err(e);
             }
         };
-        let state = AppState::new(store, keys, settings.api_config());
+        let state = AppState::new(store, keys, settings.api_config(), certification);
         Ok(Self {
             listener,
             local_addr,
@@ -208,6 +283,7 @@ impl Application {
             first_admin,
             broker,
             ingest_writer,
+            certifier,
         })
     }
 
@@ -262,7 +338,8 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_grants(self.state.store.clone(), stop_rx.clone()));
-        tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx));
+        tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx.clone()));
+        tasks.spawn(self.certifier.run(stop_rx));
 
         let handle = Handle::new();
         let app = bal_api::router(self.state).into_make_service_with_connect_info::<SocketAddr>();

@@ -8,6 +8,7 @@
 //! - [`bench`]: `bal bench`, the ingest benchmark against a pass-through baseline.
 //! - [`demo`]: `bal demo`, the BAL with demo users, grants and simulated devices.
 //! - [`devices`]: simulated MQTT devices, for the demo and the benchmark.
+//! - [`verify`]: `bal verify`, checking a proof bundle without the BAL.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -17,3 +18,4 @@ pub mod demo;
 pub mod devices;
 pub mod settings;
 pub mod tls;
+pub mod verify;

@@ -35,6 +35,9 @@ enum Command {
     Demo,
     /// Measures MQTT ingest (QoS 1 and 0) against a raw pass-through broker, in one run.
     Bench(bal::bench::BenchArgs),
+    /// Verifies a proof bundle offline, and its anchor with --rpc. Exit 0 valid, 1 invalid,
+    /// 2 usage or I/O error.
+    Verify(bal::verify::VerifyArgs),
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -152,7 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     username,
                     password_stdin,
                 }) => bal::cli::passwd(&settings, &username, password_stdin).await,
-                Command::Config(_) | Command::Bench(_) => unreachable!("handled above"),
+                Command::Config(_) | Command::Bench(_) | Command::Verify(_) => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -160,7 +165,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 2, as `bal verify` documents; help and version exit 0.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if let Command::Verify(args) = cli.command {
+        return bal::verify::run(args).await;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -39,6 +39,8 @@ pub struct Settings {
     pub keys: KeySettings,
     pub auth: AuthSettings,
     pub ingest: IngestSettings,
+    pub chain: ChainSettings,
+    pub certify: CertifySettings,
     pub log: LogSettings,
     /// The first admin's password, used only when no admin exists yet (`BAL_ADMIN_PASSWORD`).
     pub admin_password: Option<Secret>,
@@ -163,6 +165,39 @@ pub struct IngestSettings {
     pub max_payload_bytes: usize,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainSettings {
+    /// An Ethereum node's JSON-RPC (`http(s)://`). Unset: the embedded chain.
+    pub rpc_url: Option<Secret>,
+    /// With `rpc_url` over `https://` behind a private CA: that CA, PEM.
+    pub ca_file: Option<PathBuf>,
+    /// The embedded chain's id; with `rpc_url`, the id the node must report (unset: any).
+    pub chain_id: Option<u64>,
+    /// The hex key that signs anchors. Unset: `<data_dir>/operator.key`, created once.
+    pub operator_key: Option<Secret>,
+    /// The certification contract. Unset: deployed on first use and remembered.
+    pub contract: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertifySettings {
+    /// How often stored measurements are batched and anchored, in milliseconds.
+    pub batch_window_ms: u64,
+    /// The most leaves in one Merkle batch.
+    pub max_batch: u32,
+}
+
+impl Default for CertifySettings {
+    fn default() -> Self {
+        Self {
+            batch_window_ms: 1000,
+            max_batch: 50_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -187,6 +222,8 @@ impl Default for Settings {
             keys: KeySettings::default(),
             auth: AuthSettings::default(),
             ingest: IngestSettings::default(),
+            chain: ChainSettings::default(),
+            certify: CertifySettings::default(),
             log: LogSettings::default(),
             admin_password: None,
         }
@@ -335,6 +372,28 @@ failed_login_window_secs = 900
 # Largest single measurement payload, over MQTT or HTTPS, in bytes.     BAL_INGEST__MAX_PAYLOAD_BYTES
 max_payload_bytes = 262144
 
+[chain]
+# An Ethereum node's JSON-RPC, e.g. http://127.0.0.1:8545. Unset: the embedded chain, whose
+# blocks live in the database and whose JSON-RPC is served at POST /rpc.  BAL_CHAIN__RPC_URL
+# rpc_url = "https://besu.example.org:8545"
+# With an https:// rpc_url behind a private CA: that CA, PEM.            BAL_CHAIN__CA_FILE
+# ca_file = "/etc/bal/chain-ca.pem"
+# The embedded chain's id (default 4342092, "BAL"); with rpc_url, the id the node must
+# report.                                                               BAL_CHAIN__CHAIN_ID
+# chain_id = 4342092
+# The hex key that signs anchors. Unset: <data_dir>/operator.key, created once with mode 0600.
+#                                                                       BAL_CHAIN__OPERATOR_KEY
+# operator_key = "0x..."
+# The certification contract. Unset: deployed on first use and remembered.
+#                                                                       BAL_CHAIN__CONTRACT
+# contract = "0x..."
+
+[certify]
+# Stored measurements are batched and anchored this often, in ms.       BAL_CERTIFY__BATCH_WINDOW_MS
+batch_window_ms = 1000
+# The most leaves (measurements and grant decisions) in one batch.      BAL_CERTIFY__MAX_BATCH
+max_batch = 50000
+
 [log]
 # "text" or "json". Levels come from RUST_LOG (default: info).          BAL_LOG__FORMAT
 format = "text"
@@ -342,7 +401,7 @@ format = "text"
 
 /// The top-level keys an environment variable may set; other `BAL_*` variables (such as a
 /// shell's `BAL_HOME`) are not settings and are ignored rather than refused.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
     "data_dir",
     "http",
     "mqtt",
@@ -351,6 +410,8 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "keys",
     "auth",
     "ingest",
+    "chain",
+    "certify",
     "log",
     "admin_password",
 ];

@@ -2,8 +2,10 @@
 
 pub mod audit;
 pub mod auth;
+pub mod certification;
 pub mod health;
 pub mod measurements;
+pub mod rpc;
 pub mod subscriptions;
 pub mod users;
 

@@ -1,8 +1,10 @@
 //! The API behaviour suite: each test starts the real application on port 0 with its own
 //! database and drives it over HTTPS, as a client would.
 
+mod anvil;
 mod audit;
 mod auth;
+mod certification;
 mod cli;
 mod demo;
 mod helpers;
