@@ -30,11 +30,14 @@ pub enum ProofState {
 /// milliseconds, and proofs are asked for in bursts of the same batch.
 const CACHED_TREES: usize = 8;
 
+/// A batch's tree with the items it was built from.
+type CachedTree = Arc<(MerkleTree, BatchLeaves)>;
+
 /// Builds proof bundles from the SCD.
 pub struct Prover {
     store: SharedStore,
     /// Recently used batch trees, oldest first.
-    cache: Mutex<VecDeque<(i64, Arc<(MerkleTree, BatchLeaves)>)>>,
+    cache: Mutex<VecDeque<(i64, CachedTree)>>,
 }
 
 impl Prover {
@@ -45,7 +48,7 @@ impl Prover {
         }
     }
 
-    async fn batch_tree(&self, seq: i64) -> StoreResult<Option<Arc<(MerkleTree, BatchLeaves)>>> {
+    async fn batch_tree(&self, seq: i64) -> StoreResult<Option<CachedTree>> {
         if let Some((_, t)) = self
             .cache
             .lock()
