@@ -319,6 +319,21 @@ impl Application {
         self.broker.embedded().and_then(EmbeddedBroker::tls_addr)
     }
 
+    /// Where certification happens, for people: the chain and the contract, and for the
+    /// embedded chain where its JSON-RPC is served.
+    pub fn chain_summary(&self) -> String {
+        let l = &self.state.certification.ledger;
+        let place = match self.state.certification.embedded {
+            Some(_) => format!("embedded, JSON-RPC at {}/rpc", self.base_url()),
+            None => l.describe(),
+        };
+        format!(
+            "{place}; chain id {}, contract {}",
+            l.chain_id(),
+            l.contract()
+        )
+    }
+
     /// What start-up did about the first admin (so `serve` can print a generated password).
     pub fn first_admin(&self) -> &FirstAdmin {
         &self.first_admin

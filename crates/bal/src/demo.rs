@@ -247,6 +247,7 @@ fn print_welcome(
     if let Some(ca) = &ca {
         println!("  CA to trust   {ca}");
     }
+    println!("  Chain         {}", app.chain_summary());
     println!();
     println!("Users (passwords are kept in the data folder, demo-passwords.json):");
     for (user, role) in std::iter::once(("admin", "admin"))
@@ -284,6 +285,12 @@ fn print_welcome(
             a.port(),
             pw("producer1")
         );
+    }
+    if let Some(ca) = &ca {
+        println!(
+            "  save GET {base}/api/measurements/<id>/proof as proof.json (README, \"Certification\"), then"
+        );
+        println!("  bal verify proof.json --rpc {base}/rpc --ca {ca}");
     }
     if let (Some(a), Some(ca)) = (app.mqtts_addr(), &ca) {
         println!(

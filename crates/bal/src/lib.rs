@@ -6,6 +6,7 @@
 //! - [`app`]: opens the database and keys, binds the listener, serves until shutdown.
 //! - [`cli`]: the `bal user ...` commands.
 //! - [`bench`]: `bal bench`, the ingest benchmark against a pass-through baseline.
+//! - [`bench_certify`]: `bal bench-certify`, certification against one transaction per reading.
 //! - [`demo`]: `bal demo`, the BAL with demo users, grants and simulated devices.
 //! - [`devices`]: simulated MQTT devices, for the demo and the benchmark.
 //! - [`verify`]: `bal verify`, checking a proof bundle without the BAL.
@@ -13,6 +14,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_certify;
 pub mod cli;
 pub mod demo;
 pub mod devices;

@@ -35,6 +35,9 @@ enum Command {
     Demo,
     /// Measures MQTT ingest (QoS 1 and 0) against a raw pass-through broker, in one run.
     Bench(bal::bench::BenchArgs),
+    /// Measures certification: end-to-end rate and latency, transactions and gas against one
+    /// transaction per measurement, proofs verified per second.
+    BenchCertify(bal::bench_certify::CertifyBenchArgs),
     /// Verifies a proof bundle offline, and its anchor with --rpc. Exit 0 valid, 1 invalid,
     /// 2 usage or I/O error.
     Verify(bal::verify::VerifyArgs),
@@ -114,6 +117,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(ca) = app.ca_path() {
         println!("CA to trust:  {}", ca.display());
     }
+    println!("Chain:        {}", app.chain_summary());
     tracing::info!(address = %app.local_addr(), "listening");
     app.run_until(shutdown_signal()).await
 }
@@ -135,6 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             bal::bench::run(args).await
         }
+        Command::BenchCertify(args) => {
+            init_logging(LogFormat::Text);
+            bal::bench_certify::run(args).await
+        }
         Command::Config(ConfigCommand::Openapi) => {
             println!("{}", bal_api::openapi().to_pretty_json()?);
             Ok(())
@@ -155,7 +163,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     username,
                     password_stdin,
                 }) => bal::cli::passwd(&settings, &username, password_stdin).await,
-                Command::Config(_) | Command::Bench(_) | Command::Verify(_) => {
+                Command::Config(_)
+                | Command::Bench(_)
+                | Command::BenchCertify(_)
+                | Command::Verify(_) => {
                     unreachable!("handled above")
                 }
             }
