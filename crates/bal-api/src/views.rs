@@ -132,6 +132,22 @@ pub struct MeasurementView {
     /// Numeric fields read from the payload, for charts and queries.
     #[schema(value_type = Option<Object>)]
     pub fields: Option<Fields>,
+    /// Where this reading is certified (single-reading answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certification: Option<CertificationView>,
+}
+
+/// A reading's certification: its batch, its leaf, and the anchor once the batch is on chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificationView {
+    /// `pending` (not in an anchored batch yet) or `anchored`.
+    #[schema(example = "anchored")]
+    pub status: &'static str,
+    pub batch: Option<i64>,
+    pub leaf_index: Option<usize>,
+    pub root: Option<String>,
+    pub transaction: Option<String>,
+    pub block_number: Option<u64>,
 }
 
 impl From<&Measurement> for MeasurementView {
@@ -151,6 +167,7 @@ impl From<&Measurement> for MeasurementView {
             payload_json: json,
             payload_text: text,
             fields: m.fields.clone(),
+            certification: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bal_core::{NewMeasurement, Role, Topic, Username};
-use bal_scd::{Change, MeasurementCursor, MeasurementQuery, User};
+use bal_scd::{Change, ItemKind, MeasurementCursor, MeasurementQuery, User};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::views::MeasurementView;
+use crate::views::{CertificationView, MeasurementView};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -268,7 +268,7 @@ async fn list_measurements(
     }))
 }
 
-/// One reading.
+/// One reading, with where it is certified (batch, leaf, root, transaction, block).
 #[utoipa::path(get, path = "/api/measurements/{id}", tag = "measurements",
     security(("bearer" = [])),
     params(("id" = i64, Path)),
@@ -286,7 +286,41 @@ async fn get_measurement(
         .await?
         .ok_or(ApiError::NotFound("measurement"))?;
     authorize_read(&state, &caller.user, &m.producer).await?;
-    Ok(Json(MeasurementView::from(&m)))
+    let mut view = MeasurementView::from(&m);
+    view.certification = Some(certification_of(&state, id).await?);
+    Ok(Json(view))
+}
+
+/// Where a reading is certified: its batch and leaf, and the anchor once there is one.
+async fn certification_of(state: &AppState, id: i64) -> Result<CertificationView, ApiError> {
+    let Some(batch) = state.store.batch_of(ItemKind::Measurement, id).await? else {
+        return Ok(CertificationView {
+            status: "pending",
+            batch: None,
+            leaf_index: None,
+            root: None,
+            transaction: None,
+            block_number: None,
+        });
+    };
+    let leaf_index = state
+        .certification
+        .prover
+        .leaf_index(&batch, ItemKind::Measurement, id)
+        .await?;
+    let anchor = batch.anchor.as_ref();
+    Ok(CertificationView {
+        status: if anchor.is_some() {
+            "anchored"
+        } else {
+            "pending"
+        },
+        batch: Some(batch.seq),
+        leaf_index,
+        root: Some(batch.root.to_string()),
+        transaction: anchor.map(|a| a.tx_hash.to_string()),
+        block_number: anchor.map(|a| a.block_number),
+    })
 }
 
 #[derive(Deserialize, IntoParams)]

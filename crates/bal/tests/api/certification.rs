@@ -147,6 +147,17 @@ async fn a_reading_gets_a_proof_that_verifies_and_forgeries_do_not() {
 
     // The reading shows where it was certified.
     let tx = tx_of(&bundle);
+    let one = json_ok(
+        app.get(&format!("/api/measurements/{}", ids[1]), &p1).await,
+        StatusCode::OK,
+    )
+    .await;
+    let cert = &one["certification"];
+    assert_eq!(cert["status"], "anchored", "{one}");
+    assert_eq!(cert["transaction"], tx);
+    assert_eq!(cert["root"], bundle["root"]);
+    assert_eq!(cert["block_number"], bundle["block_number"]);
+    assert!(cert["leaf_index"].is_u64());
     let data = by_tx(&app, &p1, &tx).await;
     assert_eq!(data["transaction"], tx);
     assert_eq!(data["root"], bundle["root"]);
