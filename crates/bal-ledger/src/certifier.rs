@@ -70,6 +70,12 @@ pub fn batch_id(seq: i64) -> B256 {
 /// The longest pause between retries while the chain is out.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The pause after a failed round: doubling from the batch window up to [`MAX_BACKOFF`] (or
+/// the window itself, when that is longer).
+fn backoff(pause: Duration, window: Duration) -> Duration {
+    (pause * 2).clamp(window, MAX_BACKOFF.max(window))
+}
+
 impl Certifier {
     pub fn new(store: SharedStore, ledger: SharedLedger, config: CertifierConfig) -> Self {
         Self {
@@ -106,7 +112,7 @@ impl Certifier {
                 Err(e) => {
                     tracing::warn!(error = %e, chain = %self.ledger.describe(), "certification paused; retrying");
                     self.health.lock().expect("health lock").last_error = Some(e.to_string());
-                    (pause * 2).clamp(self.config.window, MAX_BACKOFF)
+                    backoff(pause, self.config.window)
                 }
             };
         }
@@ -205,5 +211,21 @@ impl Certifier {
         h.leaves_anchored += u64::from(batch.leaf_count);
         batch.anchor = Some(record);
         Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_and_never_panics_on_long_windows() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(1), s(1)), s(2));
+        assert_eq!(backoff(s(20), s(1)), s(30));
+        assert_eq!(backoff(s(30), s(1)), s(30));
+        // A window longer than the cap (it once made `clamp` panic and stopped certifying).
+        assert_eq!(backoff(s(60), s(60)), s(60));
+        assert_eq!(backoff(Duration::from_millis(1), s(45)), s(45));
     }
 }

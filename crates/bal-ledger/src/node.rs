@@ -59,30 +59,67 @@ pub fn read_only(url: &str, ca: Option<&Path>) -> anyhow::Result<DynProvider> {
         .erased())
 }
 
-/// The URL without user name or password, for logs.
+/// The URL as logs may show it: scheme, host and port only. Node providers put API keys in the
+/// user name, the password, the path or the query.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = if u.path() != "/" || u.query().is_some() || !u.username().is_empty() {
+                "/..."
+            } else {
+                ""
+            };
+            format!("{}://{host}{port}{rest}", u.scheme())
         }
         Err(_) => "<invalid URL>".to_owned(),
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Unavailable(e.to_string())
+/// Replaces the secret URL in error texts (HTTP client errors quote the URL they failed on).
+#[derive(Clone)]
+struct Scrubber {
+    /// The URL as given and as the HTTP client prints it.
+    secrets: Vec<String>,
+    shown: String,
 }
 
-/// Reads a JSON-RPC error as a contract revert when it carries revert data.
-fn rpc_error(e: alloy_transport::TransportError) -> LedgerError {
-    match e.as_error_resp().and_then(|p| p.as_revert_data()) {
-        Some(data) => match contract::already_anchored(&data) {
-            Some(block) => LedgerError::AlreadyAnchored(block),
-            None => LedgerError::Reverted(contract::revert_reason(&data)),
-        },
-        None => unavailable(e),
+impl Scrubber {
+    fn new(url: &str) -> Self {
+        let mut secrets = vec![url.to_owned()];
+        if let Ok(u) = url::Url::parse(url) {
+            secrets.push(u.to_string());
+        }
+        // Longest first, so a prefix never leaves the rest of a longer form behind.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self {
+            secrets,
+            shown: redact(url),
+        }
+    }
+
+    fn text(&self, e: impl std::fmt::Display) -> String {
+        let mut text = e.to_string();
+        for s in &self.secrets {
+            text = text.replace(s.as_str(), &self.shown);
+        }
+        text
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> LedgerError {
+        LedgerError::Unavailable(self.text(e))
+    }
+
+    /// Reads a JSON-RPC error as a contract revert when it carries revert data.
+    fn rpc(&self, e: alloy_transport::TransportError) -> LedgerError {
+        match e.as_error_resp().and_then(|p| p.as_revert_data()) {
+            Some(data) => match contract::already_anchored(&data) {
+                Some(block) => LedgerError::AlreadyAnchored(block),
+                None => LedgerError::Reverted(contract::revert_reason(&data)),
+            },
+            None => self.unavailable(e),
+        }
     }
 }
 
@@ -92,6 +129,7 @@ pub struct NodeChain {
     contract: Address,
     operator: Address,
     url: String,
+    scrub: Scrubber,
     /// One anchor in flight at a time, so that nonces follow each other.
     order: Mutex<()>,
 }
@@ -111,19 +149,33 @@ pub struct NodeConfig<'a> {
 impl NodeChain {
     pub async fn connect(config: NodeConfig<'_>, store: &SharedStore) -> anyhow::Result<Self> {
         let url_shown = redact(config.url);
+        let scrub = Scrubber::new(config.url);
         let url: reqwest13::Url = config
             .url
             .parse()
             .with_context(|| format!("chain.rpc_url {url_shown:?} is not a URL"))?;
         let operator = config.signer.address();
+        // The nonce is asked of the node for every transaction (anchors are sent one at a
+        // time): a cached nonce would never recover from a send that failed halfway.
         let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .with_gas_estimation()
+            .with_simple_nonce_management()
+            .fetch_chain_id()
             .wallet(EthereumWallet::from(config.signer))
-            .connect_reqwest(http_client(config.ca)?, url)
-            .erased();
-        let chain_id = provider
-            .get_chain_id()
-            .await
-            .with_context(|| format!("cannot reach the chain at {url_shown} (chain.rpc_url)"))?;
+            .connect_reqwest(http_client(config.ca)?, url);
+        // Receipts are polled twice a second (alloy's default for remote nodes is 7 s, which
+        // alone would break the latency target).
+        provider
+            .client()
+            .set_poll_interval(Duration::from_millis(500));
+        let provider = provider.erased();
+        let chain_id = provider.get_chain_id().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the chain at {url_shown} (chain.rpc_url): {}",
+                scrub.text(e)
+            )
+        })?;
         if let Some(expected) = config.chain_id
             && expected != chain_id
         {
@@ -137,17 +189,18 @@ impl NodeChain {
             contract: Address::ZERO,
             operator,
             url: url_shown.clone(),
+            scrub,
             order: Mutex::new(()),
         };
         chain.contract = match config.contract {
             Some(address) => {
-                if chain.provider.get_code_at(address).await?.is_empty() {
+                if chain.code_at(address).await?.is_empty() {
                     anyhow::bail!("chain.contract {address} has no code on chain {chain_id}");
                 }
                 address
             }
             None => match store.chain_contract(chain_id).await? {
-                Some(address) if !chain.provider.get_code_at(address).await?.is_empty() => address,
+                Some(address) if !chain.code_at(address).await?.is_empty() => address,
                 remembered => {
                     if let Some(gone) = remembered {
                         tracing::warn!(
@@ -175,6 +228,13 @@ impl NodeChain {
         Ok(chain)
     }
 
+    async fn code_at(&self, address: Address) -> anyhow::Result<Bytes> {
+        self.provider
+            .get_code_at(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read code at {address}: {}", self.scrub.text(e)))
+    }
+
     async fn deploy(&self) -> anyhow::Result<Address> {
         let tx =
             TransactionRequest::default().with_deploy_code(contract::creation_bytecode().clone());
@@ -182,11 +242,21 @@ impl NodeChain {
             .provider
             .send_transaction(tx)
             .await
-            .context("cannot deploy the certification contract")?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot deploy the certification contract: {}",
+                    self.scrub.text(e)
+                )
+            })?
             .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
             .await
-            .context("no receipt for the certification contract's deployment")?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "no receipt for the certification contract's deployment: {}",
+                    self.scrub.text(e)
+                )
+            })?;
         let address = receipt
             .contract_address()
             .filter(|_| receipt.status())
@@ -199,8 +269,12 @@ impl NodeChain {
         let tx = TransactionRequest::default()
             .with_to(self.contract)
             .with_input(Bytes::from(call.abi_encode()));
-        let out = self.provider.call(tx).await.map_err(rpc_error)?;
-        C::abi_decode_returns(&out).map_err(unavailable)
+        let out = self
+            .provider
+            .call(tx)
+            .await
+            .map_err(|e| self.scrub.rpc(e))?;
+        C::abi_decode_returns(&out).map_err(|e| self.scrub.unavailable(e))
     }
 
     pub fn provider(&self) -> &DynProvider {
@@ -241,16 +315,19 @@ impl Ledger for NodeChain {
             ));
         // A dry run first: a revert (already anchored, not allowed) comes back with its reason
         // instead of costing a failed transaction.
-        self.provider.call(tx.clone()).await.map_err(rpc_error)?;
+        self.provider
+            .call(tx.clone())
+            .await
+            .map_err(|e| self.scrub.rpc(e))?;
         let receipt = self
             .provider
             .send_transaction(tx)
             .await
-            .map_err(rpc_error)?
+            .map_err(|e| self.scrub.rpc(e))?
             .with_timeout(Some(RECEIPT_TIMEOUT))
             .get_receipt()
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.scrub.unavailable(e))?;
         if !receipt.status() {
             // Lost a race (the same root mined meanwhile) or out of gas: say which.
             return Err(match self.anchored_at(root).await? {
@@ -266,7 +343,7 @@ impl Ledger for NodeChain {
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(block_number))
             .await
-            .map_err(unavailable)?
+            .map_err(|e| self.scrub.unavailable(e))?
         {
             Some(b) => b.header.timestamp,
             None => 0,
@@ -299,7 +376,11 @@ impl Ledger for NodeChain {
             .topic1(root)
             .from_block(block)
             .to_block(block);
-        let logs = self.provider.get_logs(&filter).await.map_err(unavailable)?;
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| self.scrub.unavailable(e))?;
         let Some(tx_hash) = logs.first().and_then(|l| l.transaction_hash) else {
             return Ok(None);
         };
@@ -307,12 +388,12 @@ impl Ledger for NodeChain {
             .provider
             .get_transaction_receipt(tx_hash)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.scrub.unavailable(e))?;
         let header = self
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(block))
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.scrub.unavailable(e))?;
         Ok(match (receipt, header) {
             (Some(r), Some(b)) => Some(Anchor {
                 tx_hash,
@@ -325,6 +406,32 @@ impl Ledger for NodeChain {
     }
 
     async fn head(&self) -> LedgerResult<u64> {
-        self.provider.get_block_number().await.map_err(unavailable)
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| self.scrub.unavailable(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_node_urls_never_reach_logs() {
+        let url = "https://user:pw@mainnet.example.io/v3/SECRETKEY?token=T0K";
+        let shown = redact(url);
+        assert_eq!(shown, "https://mainnet.example.io/...");
+        let scrub = Scrubber::new(url);
+        // How reqwest words a failure: the URL as it parsed it.
+        let parsed = url::Url::parse(url).unwrap();
+        let err = format!("error sending request for url ({parsed}): connection refused");
+        let text = scrub.text(err);
+        assert!(
+            !text.contains("SECRETKEY") && !text.contains("pw@") && !text.contains("T0K"),
+            "{text}"
+        );
+        assert!(text.contains("https://mainnet.example.io/..."), "{text}");
+        assert_eq!(redact("http://127.0.0.1:8545"), "http://127.0.0.1:8545");
     }
 }

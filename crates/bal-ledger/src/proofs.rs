@@ -163,12 +163,14 @@ fn judge(bundle: &ProofBundle, anchored_at: u64, verified: bool) -> Check {
     )
 }
 
-/// Checks the anchor against the BAL's own ledger, when the bundle names it.
+/// Checks the anchor against the BAL's own ledger. A bundle naming another chain or contract
+/// fails: anyone can deploy a look-alike contract and anchor a forged root in it, so only the
+/// BAL's own contract vouches for its data.
 pub async fn check_with_ledger(ledger: &SharedLedger, bundle: &ProofBundle) -> Check {
     if bundle.chain_id != ledger.chain_id() || bundle.contract != ledger.contract() {
         return Check::new(
             "anchor",
-            Outcome::Skipped,
+            Outcome::Failed,
             format!(
                 "the bundle names contract {} on chain {}; this BAL certifies on contract {} on chain {}",
                 bundle.contract,

@@ -1,7 +1,9 @@
 //! `bal verify BUNDLE.json [--payload FILE] [--rpc URL] [--ca FILE]`: checks a `bal-proof/1`
 //! bundle without the BAL — the payload's hash, the leaf, the proof up to the root and, with
 //! `--rpc`, that the bundle's contract on that chain anchored the root in the stated block and
-//! accepts the proof. Exit status: 0 valid, 1 invalid (with the reason), 2 usage or I/O error.
+//! accepts the proof. `--contract` pins the contract the verifier trusts: anyone can deploy a
+//! look-alike and anchor a forged root in it. Exit status: 0 valid, 1 invalid (with the
+//! reason), 2 usage or I/O error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +24,10 @@ pub struct VerifyArgs {
     /// A PEM CA to trust for an `https://` endpoint (e.g. a BAL's generated `ca.pem`).
     #[arg(long, requires = "rpc")]
     pub ca: Option<PathBuf>,
+    /// The certification contract you trust (its address, as the BAL's operator publishes
+    /// it); a bundle naming another contract is invalid.
+    #[arg(long)]
+    pub contract: Option<String>,
 }
 
 pub const VALID: u8 = 0;
@@ -51,7 +57,33 @@ async fn verdict(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         .as_ref()
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()?;
-    let verdict = bundle.verify_offline(payload.as_deref());
+    let trusted = args
+        .contract
+        .as_deref()
+        .map(|c| {
+            c.parse::<alloy_primitives::Address>()
+                .with_context(|| format!("--contract {c:?} is not an address"))
+        })
+        .transpose()?;
+    let mut verdict = bundle.verify_offline(payload.as_deref());
+    if let Some(trusted) = trusted {
+        verdict = verdict.with(if trusted == bundle.contract {
+            Check::new(
+                "contract",
+                Outcome::Passed,
+                format!("{trusted} is the contract you trust"),
+            )
+        } else {
+            Check::new(
+                "contract",
+                Outcome::Failed,
+                format!(
+                    "the bundle names contract {}, not {trusted}",
+                    bundle.contract
+                ),
+            )
+        });
+    }
     let anchor = match &args.rpc {
         None => Check::new(
             "anchor",
@@ -82,8 +114,15 @@ fn print(v: &Verdict) {
         };
         println!("{mark} {:<13} {}", c.name, c.detail);
     }
+    let unchecked: Vec<&str> = v
+        .checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Skipped)
+        .map(|c| c.name.as_str())
+        .collect();
     match &v.reason {
-        None => println!("VALID"),
+        None if unchecked.is_empty() => println!("VALID"),
+        None => println!("VALID (not checked: {})", unchecked.join(", ")),
         Some(r) => println!("INVALID: {r}"),
     }
 }

@@ -258,7 +258,7 @@ async fn get_by_transaction(
     }
     let mut grant_decisions = Vec::new();
     if p.cursor.is_none() {
-        let mine: Option<Vec<String>> = match caller.role {
+        let mine: Option<std::collections::HashSet<String>> = match caller.role {
             Role::Admin => None,
             role => {
                 let query = SubscriptionQuery {

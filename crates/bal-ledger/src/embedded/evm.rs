@@ -17,8 +17,12 @@ use revm::{Context, DatabaseCommit, ExecuteEvm, MainBuilder, MainContext};
 /// The hard fork the embedded chain follows.
 pub const SPEC: SpecId = SpecId::PRAGUE;
 
-/// Gas limit of each block, and of an `eth_call`.
+/// Gas limit of each block.
 pub const BLOCK_GAS_LIMIT: u64 = 30_000_000;
+
+/// Gas limit of an `eth_call`: far above what `verify` of the deepest proof needs (about
+/// 60 000), far below what would let an anonymous `/rpc` caller keep a core busy.
+pub const CALL_GAS_LIMIT: u64 = 2_000_000;
 
 /// What a transaction did.
 #[derive(Debug)]
@@ -97,12 +101,14 @@ impl World {
             access_list: tx.access_list().cloned().unwrap_or_default(),
             ..TxEnv::default()
         };
-        self.run(block, env, false)
+        let cfg = self.cfg(false);
+        run(&mut self.db, cfg, block, env)
     }
 
-    /// An `eth_call`: runs `data` against `to` and throws the changes away.
+    /// An `eth_call`: runs `data` against `to` on a scratch layer over the state, thrown away
+    /// after, so that calls neither change the state nor grow its cache.
     pub fn call(
-        &mut self,
+        &self,
         block: &BlockEnv,
         from: Address,
         to: Address,
@@ -110,46 +116,14 @@ impl World {
     ) -> Result<Outcome, String> {
         let env = TxEnv {
             caller: from,
-            gas_limit: BLOCK_GAS_LIMIT,
+            gas_limit: CALL_GAS_LIMIT,
             gas_price: 0,
             kind: TxKind::Call(to),
             data,
             chain_id: Some(self.chain_id),
             ..TxEnv::default()
         };
-        self.run(block, env, true)
-    }
-
-    fn run(&mut self, block: &BlockEnv, env: TxEnv, for_call: bool) -> Result<Outcome, String> {
-        let cfg = self.cfg(for_call);
-        let mut evm = Context::mainnet()
-            .with_db(&mut self.db)
-            .with_cfg(cfg)
-            .with_block(block.clone())
-            .build_mainnet();
-        let done = evm.transact(env).map_err(|e| e.to_string())?;
-        let gas_used = done.result.tx_gas_used();
-        let (success, logs, output, created) = match done.result {
-            ExecutionResult::Success { logs, output, .. } => match output {
-                Output::Call(b) => (true, logs, b, None),
-                Output::Create(b, a) => (true, logs, b, a),
-            },
-            ExecutionResult::Revert { output, .. } => (false, Vec::new(), output, None),
-            ExecutionResult::Halt { reason, .. } => (
-                false,
-                Vec::new(),
-                Bytes::from(format!("{reason:?}").into_bytes()),
-                None,
-            ),
-        };
-        Ok(Outcome {
-            success,
-            gas_used,
-            logs,
-            output,
-            created,
-            changes: done.state,
-        })
+        run(CacheDB::new(&self.db), self.cfg(true), block, env)
     }
 
     /// Applies the changes of an executed transaction.
@@ -213,4 +187,44 @@ pub fn changed_rows(changes: &EvmState) -> (Vec<ChainAccount>, Vec<StorageSlot>)
         }
     }
     (accounts, storage)
+}
+
+/// Runs one transaction on `db` without committing it.
+fn run<DB: revm::Database>(
+    db: DB,
+    cfg: CfgEnv,
+    block: &BlockEnv,
+    env: TxEnv,
+) -> Result<Outcome, String>
+where
+    DB::Error: std::fmt::Display,
+{
+    let mut evm = Context::mainnet()
+        .with_db(db)
+        .with_cfg(cfg)
+        .with_block(block.clone())
+        .build_mainnet();
+    let done = evm.transact(env).map_err(|e| e.to_string())?;
+    let gas_used = done.result.tx_gas_used();
+    let (success, logs, output, created) = match done.result {
+        ExecutionResult::Success { logs, output, .. } => match output {
+            Output::Call(b) => (true, logs, b, None),
+            Output::Create(b, a) => (true, logs, b, a),
+        },
+        ExecutionResult::Revert { output, .. } => (false, Vec::new(), output, None),
+        ExecutionResult::Halt { reason, .. } => (
+            false,
+            Vec::new(),
+            Bytes::from(format!("{reason:?}").into_bytes()),
+            None,
+        ),
+    };
+    Ok(Outcome {
+        success,
+        gas_used,
+        logs,
+        output,
+        created,
+        changes: done.state,
+    })
 }

@@ -97,7 +97,7 @@ impl EmbeddedChain {
             order: Mutex::new(()),
         };
         if tip.is_none() {
-            chain.mine(Vec::new()).await?;
+            chain.mine(None).await?;
         }
         chain.contract = match store.chain_contract(chain_id).await? {
             Some(address) => address,
@@ -161,54 +161,51 @@ impl EmbeddedChain {
         self.submit(tx).await
     }
 
-    /// Mines a block holding `tx` (any valid signed transaction, e.g. from `eth_sendRawTransaction`
-    /// in tests), files it, and returns what it did.
+    /// Mines a block holding `tx` (any valid signed transaction, e.g. another account's in the
+    /// tests), files it, and returns what it did.
     pub async fn submit(&self, tx: TxEnvelope) -> LedgerResult<Mined> {
-        let mut mined = self.mine(vec![tx]).await?;
-        Ok(mined.pop().expect("one transaction in, one out"))
+        Ok(self
+            .mine(Some(tx))
+            .await?
+            .expect("a block with a transaction"))
     }
 
-    async fn mine(&self, txs: Vec<TxEnvelope>) -> LedgerResult<Vec<Mined>> {
+    /// Seals a block with at most one transaction (blocks are sealed on demand) and files it;
+    /// only once the SCD holds the block is its state applied in memory, so a failure leaves
+    /// memory exactly as the SCD is.
+    async fn mine(&self, tx: Option<TxEnvelope>) -> LedgerResult<Option<Mined>> {
         let mut inner = self.inner.lock().await;
         let env = next_env(inner.tip.as_ref(), now_secs());
-        let mut included = Vec::with_capacity(txs.len());
-        let mut changes = Vec::with_capacity(txs.len());
-        let mut outputs = Vec::with_capacity(txs.len());
-        for tx in txs {
-            let executed = tx
-                .recover_signer()
-                .map_err(|e| e.to_string())
-                .and_then(|sender| Ok((sender, inner.world.execute(&env, &tx)?)));
-            let (sender, out) = match executed {
-                Ok(done) => done,
-                Err(e) => {
-                    self.reload(&mut inner).await?;
-                    return Err(LedgerError::Reverted(format!("invalid transaction: {e}")));
-                }
-            };
-            // Later transactions of the block see the earlier ones' state.
-            inner.world.commit(out.changes.clone());
-            changes.push(out.changes);
-            outputs.push((out.output, out.success));
-            included.push(Included {
-                tx,
-                sender,
+        let executed = match tx {
+            None => None,
+            Some(tx) => {
+                let sender = tx
+                    .recover_signer()
+                    .map_err(|e| LedgerError::Reverted(format!("invalid transaction: {e}")))?;
+                let out = inner
+                    .world
+                    .execute(&env, &tx)
+                    .map_err(|e| LedgerError::Reverted(format!("invalid transaction: {e}")))?;
+                Some((tx, sender, out))
+            }
+        };
+        let included: Vec<Included> = executed
+            .iter()
+            .map(|(tx, sender, out)| Included {
+                tx: tx.clone(),
+                sender: *sender,
                 success: out.success,
                 gas_used: out.gas_used,
-                logs: out.logs,
+                logs: out.logs.clone(),
                 created: out.created,
-            });
-        }
+            })
+            .collect();
         let (block, transactions, logs) = seal(inner.tip.as_ref(), &env, &included);
-        let mut accounts = Vec::new();
-        let mut storage = Vec::new();
-        for c in &changes {
-            let (a, s) = evm::changed_rows(c);
-            accounts.extend(a);
-            storage.extend(s);
-        }
-        let filed = self
-            .store
+        let (accounts, storage) = executed
+            .as_ref()
+            .map(|(_, _, out)| evm::changed_rows(&out.changes))
+            .unwrap_or_default();
+        self.store
             .chain_append(&NewChainBlock {
                 block: block.clone(),
                 transactions: transactions.clone(),
@@ -216,40 +213,28 @@ impl EmbeddedChain {
                 accounts,
                 storage,
             })
-            .await;
-        if let Err(e) = filed {
-            self.reload(&mut inner).await?;
-            return Err(unavailable(e));
-        }
+            .await
+            .map_err(unavailable)?;
         inner.tip = Some(Tip::from(&block));
-        Ok(transactions
-            .iter()
-            .zip(included)
-            .zip(outputs)
-            .map(|((t, inc), (output, success))| Mined {
+        Ok(executed.map(|(_, _, out)| {
+            let t = &transactions[0];
+            let mined = Mined {
                 tx_hash: t.hash,
                 block_number: block.number,
                 block_time: block.timestamp,
-                success,
-                gas_used: inc.gas_used,
-                output,
-                created: inc.created,
-            })
-            .collect())
-    }
-
-    /// Throws away what was executed but not filed: back to the state the SCD holds.
-    async fn reload(&self, inner: &mut Inner) -> LedgerResult<()> {
-        let state = self.store.chain_state().await.map_err(unavailable)?;
-        inner.world = World::new(self.chain_id);
-        inner.world.restore(&state.accounts, &state.storage);
-        inner.tip = state.head.as_ref().map(Tip::from);
-        Ok(())
+                success: out.success,
+                gas_used: out.gas_used,
+                output: out.output,
+                created: out.created,
+            };
+            inner.world.commit(out.changes);
+            mined
+        }))
     }
 
     /// An `eth_call` against the latest state.
     pub async fn call(&self, from: Address, to: Address, data: Bytes) -> LedgerResult<Bytes> {
-        let mut inner = self.inner.lock().await;
+        let inner = self.inner.lock().await;
         let env = next_env(inner.tip.as_ref(), now_secs());
         let out = inner
             .world

@@ -23,8 +23,13 @@ use crate::LedgerError;
 /// The most logs one `eth_getLogs` returns, as nodes cap it too.
 pub const MAX_LOGS: u32 = 10_000;
 
-/// The most requests in one batch.
-const MAX_BATCH: usize = 100;
+/// The widest block range of an `eth_getLogs` that does not name a root (topic 1, which is
+/// indexed): a scan of every block of a long-lived chain would keep the database busy.
+pub const MAX_LOG_RANGE: u64 = 100_000;
+
+/// The most requests in one batch: with `MAX_LOGS` per call, this bounds what one HTTP request
+/// can make the server hold.
+const MAX_BATCH: usize = 20;
 
 /// A JSON-RPC error object.
 #[derive(Debug)]
@@ -418,6 +423,15 @@ async fn get_logs(chain: &EmbeddedChain, f: &Filter) -> RpcResult {
         if !t.is_empty() {
             topics[i] = Some(t.iter().copied().collect());
         }
+    }
+    let to = to.min(tip);
+    if topics[1].is_none() && to.saturating_sub(from) >= MAX_LOG_RANGE {
+        return Err(RpcError::new(
+            -32005,
+            format!(
+                "block range wider than {MAX_LOG_RANGE}: narrow it, or filter by root (topic 1)"
+            ),
+        ));
     }
     let logs = chain
         .store()

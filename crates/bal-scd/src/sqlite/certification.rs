@@ -132,7 +132,7 @@ fn measurement_leaf_from_row(row: &SqliteRow) -> StoreResult<LeafValues> {
 /// Audit entries of grant decisions joined with their grant's topic and producer's wallet.
 const AUDIT_LEAF_SELECT: &str = "SELECT a.id, a.at, a.actor, a.action, a.object, a.detail, \
      s.topic, u.wallet FROM audit_log a \
-     JOIN subscriptions s ON a.object = 'subscription:' || s.id \
+     JOIN subscriptions s ON s.id = substr(a.object, 14) AND a.object LIKE 'subscription:%' \
      JOIN users u ON u.username = s.producer \
      WHERE a.action LIKE 'subscription.%'";
 

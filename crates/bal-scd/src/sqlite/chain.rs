@@ -254,7 +254,7 @@ impl ChainStore for SqliteStore {
             "SELECT block_number, log_index, tx_index, tx_hash, address, topic0, topic1, topic2, \
              topic3, data FROM chain_logs WHERE block_number >= ",
         );
-        sql.push_bind(f.from_block as i64)
+        sql.push_bind(f.from_block.min(i64::MAX as u64) as i64)
             .push(" AND block_number <= ")
             .push_bind(f.to_block.min(i64::MAX as u64) as i64);
         if !f.addresses.is_empty() {

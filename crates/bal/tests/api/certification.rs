@@ -135,6 +135,17 @@ async fn a_reading_gets_a_proof_that_verifies_and_forgeries_do_not() {
     )
     .await;
     assert!(v["reason"].as_str().unwrap().starts_with("proof"), "{v}");
+    // A bundle naming a look-alike contract is not vouched for by this BAL.
+    let mut forged = bundle.clone();
+    forged["contract"] = json!("0x000000000000000000000000000000000000dEaD");
+    let v = json_ok(
+        app.post("/api/certification/verify", &p1, json!({"bundle": forged}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().starts_with("anchor"), "{v}");
     // A bundle that is not one: a clear 4xx, not a verdict.
     let r = app
         .post(
@@ -461,6 +472,28 @@ async fn standard_ethereum_tools_and_bal_verify_check_a_proof_against_the_embedd
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("VALID"));
     assert!(text(&out).contains("ok   anchor"), "{}", text(&out));
+    let contract = bundle["contract"].as_str().unwrap();
+    let out = bal(&[
+        "verify",
+        p,
+        "--contract",
+        contract,
+        "--rpc",
+        &rpc,
+        "--ca",
+        ca,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = bal(&[
+        "verify",
+        p,
+        "--contract",
+        "0x000000000000000000000000000000000000dEaD",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("INVALID: contract"), "{}", text(&out));
     let payload = write(dir.path(), "payload.bin", br#"{"kW":3.2}"#);
     let out = bal(&["verify", p, "--payload", payload.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
