@@ -7,6 +7,7 @@
 //!   API and the `bal user` commands.
 //! - [`error`]: the JSON error type every handler returns.
 //! - `routes`: one module per resource, and `POST /rpc` for the embedded chain.
+//! - [`web`]: the dashboard, HTML pages for browsers at `/`.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod error;
 mod routes;
 pub mod views;
+pub mod web;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub struct ApiConfig {
     /// The largest single measurement payload, in bytes.
     pub max_payload_bytes: usize,
     pub login_limits: LimiterConfig,
+    /// Session cookies carry `Secure` (true whenever the server speaks HTTPS).
+    pub secure_cookies: bool,
+    /// How MQTT is served, as the admin's health section says it.
+    pub broker: String,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +64,8 @@ impl Default for ApiConfig {
             ingest_body_limit: 32 * 1024 * 1024,
             max_payload_bytes: 256 * 1024,
             login_limits: LimiterConfig::default(),
+            secure_cookies: true,
+            broker: "embedded (inside bal)".to_owned(),
         }
     }
 }
@@ -153,6 +161,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .route("/rpc", axum::routing::post(routes::rpc::rpc))
+        .merge(web::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)

@@ -12,7 +12,7 @@ use alloy_rpc_types_eth::TransactionRequest;
 use alloy_signer::SignerSync;
 use alloy_sol_types::SolCall;
 use bal_core::merkle::{LeafValues, MerkleTree};
-use bal_ledger::contract::{anchorCall, isAnchorerCall, setAnchorerCall};
+use bal_ledger::contract::{anchorCall, isAnchorerCall, ownerCall, setAnchorerCall};
 use bal_ledger::embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
 use bal_ledger::node::{NodeChain, NodeConfig};
 use bal_ledger::{Ledger, LedgerError};
@@ -125,9 +125,22 @@ async fn the_contract_on_the_embedded_chain() {
         .unwrap();
     behaves(&chain).await;
 
-    // Only anchorers anchor; only the owner names anchorers.
+    // The deployer owns the contract and is its first anchorer; a stranger is neither.
     let stranger = signer(ANVIL_KEY_1).address();
     let contract = chain.contract();
+    let view = |data: Vec<u8>| chain.call(Address::ZERO, contract, data.into());
+    let owner = view(ownerCall {}.abi_encode()).await.unwrap();
+    assert_eq!(
+        ownerCall::abi_decode_returns(&owner).unwrap(),
+        chain.operator()
+    );
+    let is = |a: Address| isAnchorerCall { anchorer: a }.abi_encode();
+    let op = view(is(chain.operator())).await.unwrap();
+    assert!(isAnchorerCall::abi_decode_returns(&op).unwrap());
+    let st = view(is(stranger)).await.unwrap();
+    assert!(!isAnchorerCall::abi_decode_returns(&st).unwrap());
+
+    // Only anchorers anchor; only the owner names anchorers.
     let (t, _) = tree(3);
     let anchor = anchorCall {
         root: t.root(),

@@ -498,6 +498,14 @@ impl Settings {
                 window: Duration::from_secs(self.auth.failed_login_window_secs),
                 ..bal_api::LimiterConfig::default()
             },
+            secure_cookies: self.http.tls,
+            broker: match self.broker.kind {
+                BrokerKind::Embedded => "embedded (inside bal)".to_owned(),
+                BrokerKind::Mosquitto => format!(
+                    "Mosquitto at {}, kept in line with the database",
+                    self.broker.url
+                ),
+            },
         }
     }
 }

@@ -63,9 +63,31 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let address = peer.ip();
-    let attempt = begin_attempt(&state, &req.username, address)?;
-    let credentials = match Username::parse(&req.username) {
+    let session = authenticate(&state, &req.username, req.password, peer.ip()).await?;
+    Ok(Json(LoginResponse {
+        token: session.token,
+        expires_at: session.expires_at,
+        user: UserView::from(&session.user),
+    }))
+}
+
+/// A new session.
+pub(crate) struct NewSession {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: bal_scd::User,
+}
+
+/// Checks a username and password under the login limits and opens a session: the one login
+/// of the API and the dashboard.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    username: &str,
+    password: String,
+    address: std::net::IpAddr,
+) -> Result<NewSession, ApiError> {
+    let attempt = begin_attempt(state, username, address)?;
+    let credentials = match Username::parse(username) {
         Ok(name) => state.store.credentials(&name).await?,
         Err(_) => None,
     };
@@ -74,9 +96,9 @@ async fn login(
     // first login after the switch, none after (see `keep_broker_secret`).
     let needs_copy =
         state.keys.broker.is_some() && credentials.as_ref().is_some_and(|c| !c.has_broker_secret);
-    let plain = needs_copy.then(|| zeroize::Zeroizing::new(req.password.clone()));
+    let plain = needs_copy.then(|| zeroize::Zeroizing::new(password.clone()));
     // Unknown users are checked against a dummy hash: same time, same answer.
-    if !password::verify(req.password, phc).await? {
+    if !password::verify(password, phc).await? {
         let delay = attempt.failed();
         tracing::warn!(%address, "failed login");
         tokio::time::sleep(delay).await;
@@ -115,11 +137,11 @@ async fn login(
         .await;
     }
     tracing::info!(username = %user.username, "login");
-    Ok(Json(LoginResponse {
+    Ok(NewSession {
         token,
         expires_at,
-        user: UserView::from(&user),
-    }))
+        user,
+    })
 }
 
 /// Ends the caller's session; its token stops working at once.

@@ -190,7 +190,7 @@ pub struct TransactionParams {
 }
 
 /// Whose readings `caller` may read now: `None` for all.
-async fn readable_producers(
+pub(crate) async fn readable_producers(
     state: &AppState,
     caller: &User,
 ) -> Result<Option<Vec<Username>>, ApiError> {

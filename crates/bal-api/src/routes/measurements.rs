@@ -352,9 +352,23 @@ async fn stream(
     let caller = caller.user;
     let producer = producer_param(&caller, p.producer)?;
     // Listen before checking, so nothing committed in between is missed.
-    let mut changes = state.store.changes();
+    let changes = state.store.changes();
     authorize_read(&state, &caller, &producer).await?;
-    let events = async_stream::stream! {
+    let events = live_readings(state, caller, session, producer, changes);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// `measurement` events with each new reading of `producer`, for as long as `caller` may read
+/// them and its session lasts; then one `end` event. `changes` must be taken before access
+/// was checked, so that nothing committed in between is missed.
+pub(crate) fn live_readings(
+    state: AppState,
+    caller: User,
+    session: [u8; 32],
+    producer: Username,
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream::stream! {
         let mut recheck = tokio::time::interval(RECHECK);
         loop {
             tokio::select! {
@@ -388,6 +402,5 @@ async fn stream(
             }
         }
         yield Ok(Event::default().event("end").data("access ended"));
-    };
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    }
 }

@@ -4,6 +4,7 @@
 mod anvil;
 mod audit;
 mod auth;
+mod browser;
 mod certification;
 mod cli;
 mod demo;
@@ -16,3 +17,4 @@ mod mqtt_client;
 mod server;
 mod subscriptions;
 mod users;
+mod web;
