@@ -235,6 +235,7 @@ fn print_welcome(
     let ca = app.ca_path().map(|p| p.display().to_string());
     println!();
     println!("Platone BAL demo is running. Stop it with Ctrl-C.");
+    println!("  Dashboard     {base}/           (log in with a user below)");
     println!("  REST API      {base}/api        (docs: {base}/api/docs)");
     if mosquitto {
         println!("  MQTT          mqtt://{mqtt} (Mosquitto, driven by the BAL)");

@@ -103,6 +103,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         FirstAdmin::Created => println!("first start: created user 'admin' (BAL_ADMIN_PASSWORD)"),
         FirstAdmin::Exists => {}
     }
+    println!("Dashboard:    {}/", app.base_url());
     println!("BAL API:      {}/api", app.base_url());
     println!("API docs:     {}/api/docs", app.base_url());
     if let Some(a) = app.mqtt_addr() {

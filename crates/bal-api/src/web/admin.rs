@@ -82,6 +82,14 @@ pub async fn show(
         .map(|h| h.clone())
         .unwrap_or_default();
     let now = Utc::now();
+    // The certification rate: readings in the batches anchored during the last minute.
+    let recent = state.store.batches(None, 200).await?;
+    let last_minute: u64 = recent
+        .iter()
+        .filter_map(|b| b.anchor.map(|a| (a, b.measurement_count)))
+        .filter(|(a, _)| now - a.anchored_at <= chrono::Duration::minutes(1))
+        .map(|(_, n)| u64::from(n))
+        .sum();
 
     let body = html! {
         section aria-labelledby="health-h" {
@@ -100,6 +108,9 @@ pub async fn show(
                 dt { "Certification backlog" } dd {
                     (status.unbatched_measurements) " readings not yet in a batch, "
                     (status.pending_batches) " batches waiting for their anchor"
+                }
+                dt { "Certification rate" } dd #rate {
+                    (last_minute) " readings certified in the last minute"
                 }
                 dt { "Certified" } dd {
                     (status.certified_measurements) " readings in " (status.anchored_batches) " anchored batches; "

@@ -129,8 +129,15 @@ fn draw<DB: DrawingBackend>(
             let t = DateTime::from_timestamp_millis(*x as i64).unwrap_or_default();
             if span_ms > 36.0 * 3_600_000.0 {
                 t.format("%m-%d %H:%M").to_string()
-            } else {
+            } else if span_ms > 60_000.0 {
                 t.format("%H:%M:%S").to_string()
+            } else {
+                // Readings seconds apart: tenths tell the ticks apart.
+                format!(
+                    "{}.{}",
+                    t.format("%H:%M:%S"),
+                    t.timestamp_subsec_millis() / 100
+                )
             }
         })
         .draw()?;

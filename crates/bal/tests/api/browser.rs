@@ -276,6 +276,8 @@ async fn every_role_logs_in_sees_its_pages_and_is_refused_the_others() {
 
     for (width, height, suffix) in [(1280, 900, ""), (390, 844, "-phone")] {
         let b = driver.browser(width, height).await;
+        b.goto(app.url("/login")).await.unwrap();
+        shot(&b, &format!("login{suffix}")).await;
         // A wrong password: a clear message on the login page.
         login(&b, &app, "admin", "wrong-password-here").await;
         assert!(
@@ -295,6 +297,7 @@ async fn every_role_logs_in_sees_its_pages_and_is_refused_the_others() {
 
         login(&b, &app, "producer1", PASSWORD).await;
         assert!(text_of(&b, "h1").await.contains("Requests"));
+        shot(&b, &format!("producer-requests{suffix}")).await;
         b.goto(app.url("/data/producer1")).await.unwrap();
         assert!(text_of(&b, "#history").await.contains("230.1"));
         shot(&b, &format!("producer-data{suffix}")).await;
@@ -318,6 +321,7 @@ async fn every_role_logs_in_sees_its_pages_and_is_refused_the_others() {
 
         login(&b, &app, "consumer1", PASSWORD).await;
         assert!(text_of(&b, "h1").await.contains("Producers"));
+        shot(&b, &format!("consumer-producers{suffix}")).await;
         for path in ["/admin", "/producer", "/data/producer1"] {
             b.goto(app.url(path)).await.unwrap();
             assert!(text_of(&b, "h1").await.contains("Forbidden"), "{path}");

@@ -93,6 +93,32 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
         .await
         .unwrap();
     assert!(!page["items"].as_array().unwrap().is_empty(), "{page}");
+    // The demo's readings get certified: a proof for the first, within a few seconds.
+    let first = page["items"][0]["id"].as_i64().unwrap();
+    let mut bundle = Value::Null;
+    for _ in 0..50 {
+        let r = client
+            .get(format!("{base}/api/measurements/{first}/proof"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            bundle = r.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bundle["format"], "bal-proof/1", "a proof of a demo reading");
+    // The printed dashboard URL serves the login page.
+    let dashboard = field("Dashboard");
+    let login_page = client
+        .get(format!("{dashboard}login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login_page.status(), StatusCode::OK);
+    assert!(login_page.text().await.unwrap().contains("Log in"));
     let denied = client
         .get(format!("{base}/api/measurements?producer=producer3"))
         .bearer_auth(&token)

@@ -315,6 +315,15 @@ async fn the_whole_grant_flow_works_by_forms_and_pages_follow_the_apis_rules() {
         "the chart draws the three readings"
     );
     assert!(data.body.contains("p_kw (kW)"));
+    // Whatever a crafted link puts in the page comes back escaped, never as markup.
+    let crafted = c
+        .get("/data/producer1?field=%3Cscript%3Ealert(1)%3C/script%3E&done=%3Cb%3Ex")
+        .await;
+    assert_eq!(crafted.status, StatusCode::OK);
+    assert!(
+        !crafted.body.contains("<script>alert"),
+        "the field name is escaped"
+    );
     let svg = c.get("/data/producer1/chart.svg?field=p_kw").await;
     assert!(svg.body.starts_with("<svg data-points=\"3\""));
     let csv = c.get("/data/producer1/history.csv").await;
