@@ -292,14 +292,21 @@ impl Application {
         self.local_addr
     }
 
-    /// The base URL clients use; `localhost` when bound to every address or loopback.
+    /// The base URL clients use: the loopback address of the bound family when bound to every
+    /// address or loopback. Not `localhost`: it resolves to `::1` first, where another program
+    /// may hold the same port number as this IPv4 listener (seen in CI: a browser's port).
     pub fn base_url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let ip = self.local_addr.ip();
-        let host = if ip.is_unspecified() || ip.is_loopback() {
-            "localhost".to_owned()
-        } else {
-            ip.to_string()
+        let host = match ip {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => {
+                "127.0.0.1".to_owned()
+            }
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() || v6.is_loopback() => {
+                "[::1]".to_owned()
+            }
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         };
         format!("{scheme}://{host}:{}", self.local_addr.port())
     }

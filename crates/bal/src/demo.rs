@@ -243,7 +243,7 @@ fn print_welcome(
         println!("  MQTT          mqtt://{mqtt}");
     }
     if let Some(a) = app.mqtts_addr() {
-        println!("  MQTT over TLS mqtts://localhost:{}", a.port());
+        println!("  MQTT over TLS mqtts://127.0.0.1:{}", a.port());
     }
     if let Some(ca) = &ca {
         println!("  CA to trust   {ca}");
@@ -295,7 +295,7 @@ fn print_welcome(
     }
     if let (Some(a), Some(ca)) = (app.mqtts_addr(), &ca) {
         println!(
-            "  mosquitto_sub --cafile {ca} -h localhost -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
+            "  mosquitto_sub --cafile {ca} -h 127.0.0.1 -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
             a.port(),
             passwords
                 .get("consumer1")

@@ -6,7 +6,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn admin_logs_in_over_https_and_sees_itself() {
     let app = spawn_app().await;
-    assert!(app.base.starts_with("https://localhost:"));
+    assert!(app.base.starts_with("https://127.0.0.1:"), "{}", app.base);
     let r = app.login("admin", ADMIN_PASSWORD).await;
     let body = json_ok(r, StatusCode::OK).await;
     assert_eq!(body["user"]["username"], "admin");
