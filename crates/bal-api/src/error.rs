@@ -116,6 +116,8 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(msg) => ApiError::Conflict(msg),
             StoreError::Grant(g) => g.into(),
+            // The database is unreachable: 503, nothing was half-written, retry later.
+            StoreError::Unavailable(_) => ApiError::Unavailable(anyhow::Error::new(e)),
             StoreError::Config(_) | StoreError::Backend(_) => ApiError::internal(e),
         }
     }

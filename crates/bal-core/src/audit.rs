@@ -3,9 +3,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, SecondsFormat, Utc};
+
 use crate::serde_via_str;
-use crate::subscription::GrantAction;
-use crate::user::Username;
+use crate::subscription::{GrantAction, SubscriptionStatus};
+use crate::topic::Topic;
+use crate::user::{Role, Username};
+use crate::wallet::WalletAddress;
 
 /// The author of a change: a logged-in user, or the BAL itself (expiry, first-start set-up).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -130,9 +134,225 @@ impl fmt::Display for AuditAction {
 
 serde_via_str!(AuditAction);
 
+/// What an audit entry says about its change: the typed form of the `detail` column.
+///
+/// Audit entries of grant decisions are certified (their bytes go into a Merkle leaf), so the
+/// stored text must be the same whatever the backend and whatever `serde_json` features other
+/// crates switch on (`preserve_order` changes the key order of a `serde_json::Value`).
+/// [`AuditDetail::canonical_json`] writes it by hand, in one fixed key order: the order the
+/// first release wrote through `serde_json` with `preserve_order` on, so that entries written
+/// before and after read the same. The stored text is never re-encoded: proofs rebuild the
+/// payload from the text exactly as it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditDetail {
+    UserCreated {
+        role: Role,
+        topic: Option<Topic>,
+        wallet: WalletAddress,
+    },
+    PasswordChanged,
+    UserDeleted {
+        role: Role,
+        ended_subscriptions: usize,
+    },
+    SubscriptionRequested {
+        consumer: Username,
+        topic: Topic,
+    },
+    /// A subscription's status changed (a decision, an expiry, or a deleted user's grants).
+    Transition {
+        from: SubscriptionStatus,
+        to: SubscriptionStatus,
+        consumer: Username,
+        topic: Topic,
+        expires_at: Option<DateTime<Utc>>,
+        reason: Option<String>,
+    },
+}
+
+impl AuditDetail {
+    /// The JSON text stored and certified for this detail.
+    pub fn canonical_json(&self) -> String {
+        let mut out = CanonicalObject::default();
+        match self {
+            AuditDetail::UserCreated {
+                role,
+                topic,
+                wallet,
+            } => {
+                out.string("role", role.as_str());
+                out.optional_string("topic", topic.as_ref().map(Topic::as_str), true);
+                out.string("wallet", &wallet.to_string());
+            }
+            AuditDetail::PasswordChanged => {}
+            AuditDetail::UserDeleted {
+                role,
+                ended_subscriptions,
+            } => {
+                out.string("role", role.as_str());
+                out.number("ended_subscriptions", *ended_subscriptions as u64);
+            }
+            AuditDetail::SubscriptionRequested { consumer, topic } => {
+                out.string("consumer", consumer.as_str());
+                out.string("topic", topic.as_str());
+            }
+            AuditDetail::Transition {
+                from,
+                to,
+                consumer,
+                topic,
+                expires_at,
+                reason,
+            } => {
+                out.string("from", from.as_str());
+                out.string("to", to.as_str());
+                out.string("consumer", consumer.as_str());
+                out.string("topic", topic.as_str());
+                let expires = expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+                out.optional_string("expires_at", expires.as_deref(), false);
+                out.optional_string("reason", reason.as_deref(), false);
+            }
+        }
+        out.finish()
+    }
+}
+
+/// A JSON object written key by key in the order given.
+#[derive(Default)]
+struct CanonicalObject {
+    text: String,
+}
+
+impl CanonicalObject {
+    fn key(&mut self, key: &str) {
+        self.text.push(if self.text.is_empty() { '{' } else { ',' });
+        push_json_string(&mut self.text, key);
+        self.text.push(':');
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        push_json_string(&mut self.text, value);
+    }
+
+    /// `null` for `None` when `keep_null`, otherwise the key is left out.
+    fn optional_string(&mut self, key: &str, value: Option<&str>, keep_null: bool) {
+        match value {
+            Some(v) => self.string(key, v),
+            None if keep_null => {
+                self.key(key);
+                self.text.push_str("null");
+            }
+            None => {}
+        }
+    }
+
+    fn number(&mut self, key: &str, value: u64) {
+        self.key(key);
+        self.text.push_str(&value.to_string());
+    }
+
+    fn finish(mut self) -> String {
+        if self.text.is_empty() {
+            self.text.push('{');
+        }
+        self.text.push('}');
+        self.text
+    }
+}
+
+/// Appends `s` as a JSON string, escaped as `serde_json` escapes (RFC 8259: quote, backslash
+/// and control characters; everything else as UTF-8).
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_details_are_the_bytes_the_first_release_wrote() {
+        // Copied from a database made by release 0.1.0 (crates/bal/tests/fixtures).
+        let wallet = WalletAddress::parse("0x522592E711F18D78F95F6355EA34BAF4f2Bd115B").unwrap();
+        let topic = Topic::parse("platone/producer1").unwrap();
+        let consumer = Username::parse("consumer1").unwrap();
+        let created = AuditDetail::UserCreated {
+            role: Role::Producer,
+            topic: Some(topic.clone()),
+            wallet,
+        };
+        assert_eq!(
+            created.canonical_json(),
+            r#"{"role":"producer","topic":"platone/producer1","wallet":"0x522592E711F18D78F95F6355EA34BAF4f2Bd115B"}"#
+        );
+        let admin = AuditDetail::UserCreated {
+            role: Role::Admin,
+            topic: None,
+            wallet,
+        };
+        assert!(admin.canonical_json().contains(r#""topic":null,"#));
+        let accepted = AuditDetail::Transition {
+            from: SubscriptionStatus::Requested,
+            to: SubscriptionStatus::Accepted,
+            consumer: consumer.clone(),
+            topic: topic.clone(),
+            expires_at: None,
+            reason: None,
+        };
+        assert_eq!(
+            accepted.canonical_json(),
+            r#"{"from":"requested","to":"accepted","consumer":"consumer1","topic":"platone/producer1"}"#
+        );
+        let requested = AuditDetail::SubscriptionRequested { consumer, topic };
+        assert_eq!(
+            requested.canonical_json(),
+            r#"{"consumer":"consumer1","topic":"platone/producer1"}"#
+        );
+        assert_eq!(AuditDetail::PasswordChanged.canonical_json(), "{}");
+    }
+
+    #[test]
+    fn canonical_details_match_serde_json_for_optional_fields_and_escapes() {
+        let at = DateTime::from_timestamp_millis(1_764_000_000_123).unwrap();
+        let detail = AuditDetail::Transition {
+            from: SubscriptionStatus::Accepted,
+            to: SubscriptionStatus::Revoked,
+            consumer: Username::parse("consumer1").unwrap(),
+            topic: Topic::parse("platone/producer1").unwrap(),
+            expires_at: Some(at),
+            reason: Some("user \"deleted\"\n\u{1}".into()),
+        };
+        let text = detail.canonical_json();
+        // Valid JSON whose values are what serde_json would write for each field.
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["expires_at"], serde_json::json!(at));
+        assert_eq!(parsed["reason"], serde_json::json!("user \"deleted\"\n\u{1}"));
+        assert!(text.starts_with(r#"{"from":"accepted","to":"revoked","consumer""#));
+        assert!(text.contains(r#","expires_at":"2025-11-24T16:00:00.123Z","reason":"#), "{text}");
+        let deleted = AuditDetail::UserDeleted {
+            role: Role::Consumer,
+            ended_subscriptions: 2,
+        };
+        assert_eq!(
+            deleted.canonical_json(),
+            r#"{"role":"consumer","ended_subscriptions":2}"#
+        );
+    }
 
     #[test]
     fn the_system_actor_never_collides_with_a_username() {

@@ -22,7 +22,7 @@ pub mod topic;
 pub mod user;
 pub mod wallet;
 
-pub use audit::{Actor, AuditAction};
+pub use audit::{Actor, AuditAction, AuditDetail};
 pub use measurement::{Fields, Measurement, NewMeasurement};
 pub use subscription::{GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus};
 pub use topic::{FilterScope, Topic, TopicError};

@@ -145,10 +145,8 @@ impl Certifier {
                     measurement_count,
                     items: pending.items.iter().map(|i| i.id).collect(),
                     leaves,
-                    measurements_after: pending.measurements_after,
-                    measurements_upto: pending.measurements_upto,
-                    audit_after: pending.audit_after,
-                    audit_upto: pending.audit_upto,
+                    measurements: pending.measurements,
+                    audit: pending.audit,
                     created_at: Utc::now(),
                 })
                 .await?;

@@ -123,7 +123,9 @@ async fn measurements_and_grant_decisions_are_certified_once_with_proofs_that_ve
     let next = c.round().await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].measurement_count, 3);
-    assert_eq!(next[0].measurements_after, *ids.last().unwrap());
+    // The new batch starts where the last one ended, and covers only the new rows.
+    let first = db.store.batch_of(ItemKind::Measurement, ids[0]).await.unwrap().unwrap();
+    assert_eq!(next[0].measurements.after, first.measurements.upto);
     assert_eq!(
         db.store
             .batch_of(ItemKind::Measurement, more[0])
@@ -196,10 +198,8 @@ async fn write_batch(store: &SharedStore) -> bal_scd::Batch {
                 .count() as u32,
             items: p.items.iter().map(|i| i.id).collect(),
             leaves,
-            measurements_after: p.measurements_after,
-            measurements_upto: p.measurements_upto,
-            audit_after: p.audit_after,
-            audit_upto: p.audit_upto,
+            measurements: p.measurements,
+                    audit: p.audit,
             created_at: chrono::Utc::now(),
         })
         .await
@@ -225,7 +225,7 @@ async fn a_restart_in_the_middle_of_a_batch_loses_nothing_and_anchors_nothing_tw
     drop(ledger);
 
     // The restart: a new process opens the same database.
-    let store = bal_scd::connect(&db.url).await.unwrap();
+    let store = db.reopen().await;
     let chain = EmbeddedChain::open(store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();

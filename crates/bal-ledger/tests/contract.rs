@@ -231,7 +231,7 @@ async fn the_embedded_chain_survives_a_restart() {
         let a = chain.anchor(t.root(), 5, B256::ZERO).await.unwrap();
         (chain.contract(), a, chain.head().await.unwrap())
     };
-    let store = bal_scd::connect(&db.url).await.unwrap();
+    let store = db.reopen().await;
     let chain = EmbeddedChain::open(store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();

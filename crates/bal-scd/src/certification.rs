@@ -1,5 +1,17 @@
 //! What the SCD keeps of certification: Merkle batches, their anchors, and the items in them.
-//! See `migrations/sqlite/0004_certification.sql` for how a batch covers its items.
+//!
+//! A batch covers a span of items in the backend's certification order, from the mark after
+//! the previous batch's last item to its own last item. Certification needs no write per item
+//! on the ingest path; what makes a span safe with concurrent writers is that it only ever
+//! ends at an item after which no earlier item can still commit:
+//! - SQLite: one writer at a time assigns ids in commit order; the mark is `(0, id)`.
+//! - PostgreSQL: every row carries the id of the transaction that wrote it (`xid`, a column
+//!   default of `pg_current_xact_id()`); the order is `(xid, id)`, and `pending_items` only
+//!   takes rows whose `xid` is below the horizon `pg_snapshot_xmin(pg_current_snapshot())`:
+//!   every transaction below it has ended, so no row can appear later inside a span already
+//!   batched. (A claim column on the audit row is impossible, the log being append-only, and a
+//!   side table of claims would cost a write per measurement.) The price: a transaction left
+//!   open holds certification back until it ends; the BAL's own transactions are short.
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
@@ -25,15 +37,42 @@ pub struct PendingItem {
     pub values: LeafValues,
 }
 
-/// The next items to certify, and the watermarks a batch of them moves to.
+/// A position in the certification order of one kind of item: `(xid, id)`, compared in that
+/// order (`xid` is 0 on SQLite).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mark {
+    pub xid: i64,
+    pub id: i64,
+}
+
+/// The items of one kind a batch covers: those after `after`, up to and including `upto`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub after: Mark,
+    pub upto: Mark,
+}
+
+impl Span {
+    /// An empty span starting where `mark` is.
+    pub fn at(mark: Mark) -> Self {
+        Self {
+            after: mark,
+            upto: mark,
+        }
+    }
+
+    pub fn contains(&self, mark: Mark) -> bool {
+        self.after < mark && mark <= self.upto
+    }
+}
+
+/// The next items to certify, and the spans a batch of them covers.
 #[derive(Debug, Clone, Default)]
 pub struct PendingItems {
     /// Measurements first (by id), then audit entries (by id).
     pub items: Vec<PendingItem>,
-    pub measurements_after: i64,
-    pub measurements_upto: i64,
-    pub audit_after: i64,
-    pub audit_upto: i64,
+    pub measurements: Span,
+    pub audit: Span,
 }
 
 /// A batch about to be written: `items` and `leaves` in the tree's input order.
@@ -43,10 +82,8 @@ pub struct NewBatch {
     pub measurement_count: u32,
     pub items: Vec<i64>,
     pub leaves: Vec<B256>,
-    pub measurements_after: i64,
-    pub measurements_upto: i64,
-    pub audit_after: i64,
-    pub audit_upto: i64,
+    pub measurements: Span,
+    pub audit: Span,
     pub created_at: DateTime<Utc>,
 }
 
@@ -72,10 +109,8 @@ pub struct Batch {
     pub root: B256,
     pub leaf_count: u32,
     pub measurement_count: u32,
-    pub measurements_after: i64,
-    pub measurements_upto: i64,
-    pub audit_after: i64,
-    pub audit_upto: i64,
+    pub measurements: Span,
+    pub audit: Span,
     pub created_at: DateTime<Utc>,
     /// `None` while pending.
     pub anchor: Option<AnchorRecord>,
@@ -123,12 +158,17 @@ pub struct CertificationStatus {
 }
 
 /// The certification part of the SCD.
+///
+/// Guarantees, on every backend and with any number of writers (processes included): every
+/// committed measurement and grant decision is in exactly one batch (spans continue each other
+/// without gap or overlap, and never end before an item that can still commit); a batch is
+/// written before its anchor is sent and its anchor recorded once.
 #[async_trait]
 pub trait CertificationStore: Send + Sync {
     /// Up to `max` items not in any batch yet, measurements before audit entries of grant
     /// decisions; leaf values carry the producer's wallet as of now (wallets never change).
     async fn pending_items(&self, max: u32) -> StoreResult<PendingItems>;
-    /// Writes a batch. `Conflict` when its watermarks do not continue the last batch's (another
+    /// Writes a batch. `Conflict` when its spans do not continue the last batch's (another
     /// certifier got there first).
     async fn create_batch(&self, batch: &NewBatch) -> StoreResult<Batch>;
     /// Batches not anchored yet, oldest first.
@@ -140,7 +180,8 @@ pub trait CertificationStore: Send + Sync {
     async fn batch_leaves(&self, seq: i64) -> StoreResult<Option<BatchLeaves>>;
     /// The batch an item is in, if it is in one yet.
     async fn batch_of(&self, kind: ItemKind, id: i64) -> StoreResult<Option<Batch>>;
-    /// The measurements of a batch from `producers` (all when `None`), by id, after `after`.
+    /// The measurements of a batch from `producers` (all when `None`), by id, with ids above
+    /// `after`.
     async fn batch_measurements(
         &self,
         batch: &Batch,

@@ -137,14 +137,21 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
 }
 
 /// Opens the data folder, the database and the keys: what `serve` and `bal user` share.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<(SharedStore, AccountKeys)> {
+/// `migrate` says whether this command may bring an outdated schema up to date.
+pub async fn open_store(
+    settings: &Settings,
+    migrate: bal_scd::Migrate,
+) -> anyhow::Result<(SharedStore, AccountKeys)> {
     ensure_data_dir(&settings.data_dir)?;
     let master = master_key(settings)?;
     // Only an external broker needs the passwords back (see `bal_wallet::sealed`).
     let broker = (settings.broker.kind == BrokerKind::Mosquitto).then(|| Sealer::new(&master));
-    let store = bal_scd::connect(&settings.database_url())
-        .await
-        .context("cannot open the database (database.url)")?;
+    let store = bal_scd::connect(
+        &settings.database_url(),
+        &settings.connect_options(migrate),
+    )
+    .await
+    .context("cannot open the database (database.url)")?;
     Ok((store, AccountKeys { master, broker }))
 }
 
@@ -221,7 +228,13 @@ impl Application {
                  a loopback mqtt.listen, or set mqtt.allow_plain_remote = true"
             );
         }
-        let (store, keys) = open_store(&settings).await?;
+        // serve and demo migrate on start unless the operator says otherwise.
+        let migrate = if settings.database.auto_migrate {
+            bal_scd::Migrate::Auto
+        } else {
+            bal_scd::Migrate::Refuse
+        };
+        let (store, keys) = open_store(&settings, migrate).await?;
         let admin_password = settings
             .admin_password
             .as_ref()

@@ -54,7 +54,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 pub async fn run(args: CertifyBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let store = bal_scd::connect(&url).await?;
+    let store = bal_scd::connect(&url, &Default::default()).await?;
     let signer = bal_ledger::operator::load(
         args.operator_key.as_deref(),
         &dir.path().join("operator.key"),

@@ -46,7 +46,7 @@ pub async fn add(
     let username = Username::parse(username).with_context(|| format!("username {username:?}"))?;
     let role: Role = role.parse().with_context(|| format!("role {role:?}"))?;
     let (password, generated) = password(password_stdin)?;
-    let (store, key) = open_store(settings).await?;
+    let (store, key) = open_store(settings, bal_scd::Migrate::Refuse).await?;
     let user = accounts::create_user(
         store.as_ref(),
         &key,
@@ -69,7 +69,7 @@ pub async fn add(
 }
 
 pub async fn list(settings: &Settings) -> anyhow::Result<()> {
-    let (store, _) = open_store(settings).await?;
+    let (store, _) = open_store(settings, bal_scd::Migrate::Refuse).await?;
     let users = store.users().await?;
     println!("{:<32}  {:<8}  {:<42}  TOPIC", "USERNAME", "ROLE", "WALLET");
     for u in users {
@@ -93,7 +93,7 @@ pub async fn passwd(
 ) -> anyhow::Result<()> {
     let username = Username::parse(username).with_context(|| format!("username {username:?}"))?;
     let (password, generated) = password(password_stdin)?;
-    let (store, keys) = open_store(settings).await?;
+    let (store, keys) = open_store(settings, bal_scd::Migrate::Refuse).await?;
     accounts::change_password(
         store.as_ref(),
         &keys,

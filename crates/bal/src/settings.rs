@@ -135,11 +135,30 @@ mod optional_address {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// Unset: `sqlite://<data_dir>/bal.db`.
+    /// Unset: `sqlite://<data_dir>/bal.db`. `postgres://` or `postgresql://` for PostgreSQL
+    /// (it may carry a password: a secret).
     pub url: Option<Secret>,
+    /// The most connections this process holds (PostgreSQL).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it is refused with 503.
+    pub acquire_timeout_ms: u64,
+    /// Whether `serve` and `demo` bring an outdated schema up to date on start; every other
+    /// command refuses one (`bal db migrate` migrates alone).
+    pub auto_migrate: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_ms: 3000,
+            auto_migrate: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -351,8 +370,16 @@ admin_username = "bal-admin"
 reconcile_secs = 30
 
 [database]
-# sqlite://PATH. Unset: sqlite://<data_dir>/bal.db                      BAL_DATABASE__URL
-# url = "sqlite:///var/lib/bal/bal.db"
+# sqlite://PATH or postgres://USER:PASSWORD@HOST/DB (TLS: ?sslmode=verify-full&sslrootcert=ca.pem).
+# Unset: sqlite://<data_dir>/bal.db                                     BAL_DATABASE__URL
+# url = "postgres://bal@db.example/bal?sslmode=verify-full&sslrootcert=/etc/bal/db-ca.pem"
+# Most connections this process holds (PostgreSQL).                     BAL_DATABASE__MAX_CONNECTIONS
+max_connections = 10
+# Wait for a free connection before answering 503, in ms.               BAL_DATABASE__ACQUIRE_TIMEOUT_MS
+acquire_timeout_ms = 3000
+# serve and demo migrate an outdated schema on start; other commands    BAL_DATABASE__AUTO_MIGRATE
+# refuse one. false: only `bal db migrate` migrates.
+auto_migrate = true
 
 [keys]
 # Encrypts every user's wallet key at rest (16+ characters).            BAL_KEYS__MASTER_KEY
@@ -479,6 +506,15 @@ impl Settings {
         })
     }
 
+    /// How to open the database; `migrate` says whether this command may migrate it.
+    pub fn connect_options(&self, migrate: bal_scd::Migrate) -> bal_scd::ConnectOptions {
+        bal_scd::ConnectOptions {
+            max_connections: self.database.max_connections,
+            acquire_timeout: Duration::from_millis(self.database.acquire_timeout_ms),
+            migrate,
+        }
+    }
+
     pub fn database_url(&self) -> String {
         match &self.database.url {
             Some(url) => url.expose().to_owned(),
@@ -570,6 +606,7 @@ mod tests {
             },
             database: DatabaseSettings {
                 url: Some(Secret("postgres://bal:dbpass@db/bal".into())),
+                ..DatabaseSettings::default()
             },
             ..Settings::default()
         };

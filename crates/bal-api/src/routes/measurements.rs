@@ -209,12 +209,8 @@ pub struct MeasurementPage {
 }
 
 fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
-    let bad = || ApiError::BadRequest("malformed cursor".into());
-    let (t, id) = raw.split_once('-').ok_or_else(bad)?;
-    Ok(MeasurementCursor {
-        received_at_ms: t.parse().map_err(|_| bad())?,
-        id: id.parse().map_err(|_| bad())?,
-    })
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
 }
 
 fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiError> {
@@ -225,8 +221,11 @@ fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiErr
     }
 }
 
-/// A producer's readings, oldest first (reception is stamped at commit, so this is commit
-/// order), by time range and cursor.
+/// A producer's readings in commit order (oldest first), by time range and cursor. A reader
+/// paging while readings arrive sees every reading exactly once: on SQLite the order is also
+/// reception-time order; on PostgreSQL, where writers commit concurrently, a page holds only
+/// readings of transactions older than every one still running, ordered by transaction, so
+/// reception times may interleave by the length of a transaction.
 #[utoipa::path(get, path = "/api/measurements", tag = "measurements",
     security(("bearer" = [])),
     params(ListParams),
@@ -254,17 +253,10 @@ async fn list_measurements(
         after,
         limit,
     };
-    let items = state.store.measurements(&query).await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last())
-        .flatten()
-        .map(|m| {
-            let c = MeasurementCursor::after(m);
-            format!("{}-{}", c.received_at_ms, c.id)
-        });
+    let page = state.store.measurements(&query).await?;
     Ok(Json(MeasurementPage {
-        items: items.iter().map(MeasurementView::from).collect(),
-        next_cursor,
+        items: page.items.iter().map(MeasurementView::from).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
     }))
 }
 

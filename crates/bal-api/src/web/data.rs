@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bal_core::{Measurement, Username};
-use bal_scd::{ItemKind, MeasurementCursor, MeasurementQuery};
+use bal_scd::{ItemKind, MeasurementQuery};
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -67,7 +67,8 @@ async fn latest(state: &AppState, producer: &Username) -> Result<Vec<Measurement
             after: None,
             limit: LIVE_MAX,
         })
-        .await?;
+        .await?
+        .items;
     // Oldest first: keep the newest when there are more.
     if rows.len() > 600 {
         rows.drain(..rows.len() - 600);
@@ -80,16 +81,8 @@ pub struct DataQuery {
     field: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    /// `<received_at_ms>:<id>` of the last row of the previous page.
+    /// The cursor after the last row of the previous page.
     after: Option<String>,
-}
-
-fn cursor(raw: Option<&str>) -> Option<MeasurementCursor> {
-    let (ms, id) = raw?.split_once(':')?;
-    Some(MeasurementCursor {
-        received_at_ms: ms.parse().ok()?,
-        id: id.parse().ok()?,
-    })
 }
 
 fn payload_text(m: &Measurement) -> String {
@@ -122,23 +115,22 @@ pub async fn show(
         .or_else(|| fields.first().cloned())
         .unwrap_or_default();
     let svg = chart::svg(&field, &chart::points(&recent, &field), 800, 360);
-    let rows = state
+    let history = state
         .store
         .measurements(&MeasurementQuery {
             producer: producer.clone(),
             from: Some(from),
             to,
-            after: cursor(q.after.as_deref()),
+            after: q.after.as_deref().and_then(|c| c.parse().ok()),
             limit: PAGE,
         })
         .await?;
+    let rows = history.items;
     let mut certified = Vec::with_capacity(rows.len());
     for m in &rows {
         certified.push(certification(&state, m.id).await?);
     }
-    let next = (rows.len() == PAGE as usize)
-        .then(|| rows.last().map(MeasurementCursor::after))
-        .flatten();
+    let next = history.next;
     let range = |extra: &str| {
         let mut qs = format!("from={}", local(&from));
         if let Some(t) = to {
@@ -184,7 +176,7 @@ pub async fn show(
             a #csv href={ "/data/" (producer) "/history.csv?" (range("")) } download { "Download CSV" }
             (history_table(&rows, &certified))
             @if let Some(c) = next {
-                p { a href={ "/data/" (producer) "?" (range(&format!("&after={}:{}", c.received_at_ms, c.id))) } { "Next page" } }
+                p { a href={ "/data/" (producer) "?" (range(&format!("&after={c}"))) } { "Next page" } }
             }
         }
     };
@@ -316,7 +308,8 @@ pub async fn csv(
             after: None,
             limit: CSV_MAX,
         })
-        .await?;
+        .await?
+        .items;
     let mut out = String::from("id,received_at,topic,payload_hash,payload\n");
     for m in &rows {
         out.push_str(&format!(

@@ -15,17 +15,23 @@ use chrono::Utc;
 pub const ANVIL_KEY_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 pub const ANVIL_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 
+/// A fresh SCD on the backend `BAL_TEST_DATABASE` names.
 pub struct Db {
     pub store: SharedStore,
-    pub url: String,
-    pub dir: tempfile::TempDir,
+    pub database: bal_scd::testing::TestDatabase,
+}
+
+impl Db {
+    /// The same database opened again, as a restarted process would.
+    pub async fn reopen(&self) -> SharedStore {
+        self.database.store().await
+    }
 }
 
 pub async fn db() -> Db {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("bal.db").display());
-    let store = bal_scd::connect(&url).await.unwrap();
-    Db { store, url, dir }
+    let database = bal_scd::testing::TestDatabase::new().await;
+    let store = database.store().await;
+    Db { store, database }
 }
 
 pub fn signer(hex: &str) -> PrivateKeySigner {

@@ -7,12 +7,26 @@ use bal_core::{Measurement, Username, WalletAddress};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, corrupt, get, measurement_from_row, ms, parse, time};
+use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row, parse};
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
-    NewBatch, PendingItem, PendingItems,
+    Mark, NewBatch, PendingItem, PendingItems, Span,
 };
+use crate::error::corrupt;
+use crate::rows::{measurement_columns, ms, time};
 use crate::{AuditEntry, StoreError, StoreResult};
+
+/// On SQLite ids are assigned in commit order (one writer), so a mark is the id alone.
+fn mark(id: i64) -> Mark {
+    Mark { xid: 0, id }
+}
+
+fn span(row: &SqliteRow, after: &str, upto: &str) -> StoreResult<Span> {
+    Ok(Span {
+        after: mark(get(row, after)?),
+        upto: mark(get(row, upto)?),
+    })
+}
 
 const BATCH_COLUMNS: &str = "seq, root, leaf_count, measurement_count, measurements_after, \
      measurements_upto, audit_after, audit_upto, created_at, chain_id, contract, tx_hash, \
@@ -54,10 +68,8 @@ fn batch_from_row(row: &SqliteRow) -> StoreResult<Batch> {
         root: b256(row, "root")?,
         leaf_count: u64_of(row, "leaf_count")? as u32,
         measurement_count: u64_of(row, "measurement_count")? as u32,
-        measurements_after: get(row, "measurements_after")?,
-        measurements_upto: get(row, "measurements_upto")?,
-        audit_after: get(row, "audit_after")?,
-        audit_upto: get(row, "audit_upto")?,
+        measurements: span(row, "measurements_after", "measurements_upto")?,
+        audit: span(row, "audit_after", "audit_upto")?,
         created_at: time(get(row, "created_at")?)?,
         anchor,
     })
@@ -69,26 +81,13 @@ async fn watermarks(store: &SqliteStore) -> StoreResult<(i64, i64)> {
         "SELECT measurements_upto, audit_upto FROM cert_batches ORDER BY seq DESC LIMIT 1",
     )
     .fetch_optional(&store.pool)
-    .await
-    .map_err(StoreError::backend)?;
+    .await?;
     Ok(row.unwrap_or((0, 0)))
 }
 
 fn wallet(row: &SqliteRow) -> StoreResult<Address> {
     let w: WalletAddress = parse(row, "wallet")?;
     Ok(w.address())
-}
-
-fn audit_entry_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
-    let detail: String = get(row, "detail")?;
-    Ok(AuditEntry {
-        id: get(row, "id")?,
-        at: time(get(row, "at")?)?,
-        actor: parse(row, "actor")?,
-        action: parse(row, "action")?,
-        object: get(row, "object")?,
-        detail: serde_json::from_str(&detail).map_err(|_| corrupt("audit detail is not JSON"))?,
-    })
 }
 
 /// The certified values of an audit entry row joined with its grant and producer.
@@ -146,8 +145,7 @@ impl CertificationStore for SqliteStore {
         .bind(a_after)
         .bind(i64::from(max))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         let room = i64::from(max) - audit_rows.len() as i64;
         let measurement_rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{MEASUREMENT_LEAF_SELECT} WHERE m.id > ? ORDER BY m.id LIMIT ?"
@@ -155,18 +153,15 @@ impl CertificationStore for SqliteStore {
         .bind(m_after)
         .bind(room)
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         let mut pending = PendingItems {
             items: Vec::with_capacity(audit_rows.len() + measurement_rows.len()),
-            measurements_after: m_after,
-            measurements_upto: m_after,
-            audit_after: a_after,
-            audit_upto: a_after,
+            measurements: Span::at(mark(m_after)),
+            audit: Span::at(mark(a_after)),
         };
         for row in &measurement_rows {
             let values = measurement_leaf_from_row(row)?;
-            pending.measurements_upto = values.id as i64;
+            pending.measurements.upto = mark(values.id as i64);
             pending.items.push(PendingItem {
                 kind: ItemKind::Measurement,
                 id: values.id as i64,
@@ -175,7 +170,7 @@ impl CertificationStore for SqliteStore {
         }
         for row in &audit_rows {
             let (values, _) = audit_leaf_from_row(row)?;
-            pending.audit_upto = values.id as i64;
+            pending.audit.upto = mark(values.id as i64);
             pending.items.push(PendingItem {
                 kind: ItemKind::Audit,
                 id: values.id as i64,
@@ -191,9 +186,8 @@ impl CertificationStore for SqliteStore {
             "SELECT measurements_upto, audit_upto FROM cert_batches ORDER BY seq DESC LIMIT 1",
         )
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::backend)?;
-        if last.unwrap_or((0, 0)) != (b.measurements_after, b.audit_after) {
+        .await?;
+        if last.unwrap_or((0, 0)) != (b.measurements.after.id, b.audit.after.id) {
             return Err(StoreError::Conflict(
                 "another batch was written meanwhile".into(),
             ));
@@ -208,18 +202,17 @@ impl CertificationStore for SqliteStore {
         .bind(b.root.as_slice())
         .bind(b.leaves.len() as i64)
         .bind(i64::from(b.measurement_count))
-        .bind(b.measurements_after)
-        .bind(b.measurements_upto)
-        .bind(b.audit_after)
-        .bind(b.audit_upto)
+        .bind(b.measurements.after.id)
+        .bind(b.measurements.upto.id)
+        .bind(b.audit.after.id)
+        .bind(b.audit.upto.id)
         .bind(items)
         .bind(leaves)
         .bind(ms(b.created_at))
         .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         let batch = batch_from_row(&row)?;
-        tx.commit().await.map_err(StoreError::backend)?;
+        tx.commit(&self.feed).await?;
         Ok(batch)
     }
 
@@ -228,8 +221,7 @@ impl CertificationStore for SqliteStore {
             "SELECT {BATCH_COLUMNS} FROM cert_batches WHERE tx_hash IS NULL ORDER BY seq"
         )))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .iter()
         .map(batch_from_row)
         .collect()
@@ -249,8 +241,7 @@ impl CertificationStore for SqliteStore {
         .bind(ms(a.anchored_at))
         .bind(seq)
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
                 "batch {seq} is unknown or already anchored"
@@ -267,8 +258,7 @@ impl CertificationStore for SqliteStore {
                 )))
                 .bind(seq)
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::backend)?
+                .await?
                 .as_ref()
                 .map(batch_from_row)
                 .transpose();
@@ -281,8 +271,7 @@ impl CertificationStore for SqliteStore {
         )))
         .bind(value)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .as_ref()
         .map(batch_from_row)
         .transpose()
@@ -295,8 +284,7 @@ impl CertificationStore for SqliteStore {
         .bind(before.unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .iter()
         .map(batch_from_row)
         .collect()
@@ -308,8 +296,7 @@ impl CertificationStore for SqliteStore {
         )
         .bind(seq)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         Ok(row.map(|(items, leaves, count)| BatchLeaves {
             items: items
                 .chunks_exact(8)
@@ -336,8 +323,7 @@ impl CertificationStore for SqliteStore {
             .bind(id)
             .bind(id)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .as_ref()
             .map(batch_from_row)
             .transpose()
@@ -358,9 +344,9 @@ impl CertificationStore for SqliteStore {
             measurement_columns!(),
             " FROM measurements WHERE id > "
         ));
-        sql.push_bind(after.unwrap_or(0).max(batch.measurements_after))
+        sql.push_bind(after.unwrap_or(0).max(batch.measurements.after.id))
             .push(" AND id <= ")
-            .push_bind(batch.measurements_upto);
+            .push_bind(batch.measurements.upto.id);
         if let Some(p) = producers {
             sql.push(" AND producer IN (");
             let mut list = sql.separated(", ");
@@ -372,8 +358,7 @@ impl CertificationStore for SqliteStore {
         sql.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
         sql.build()
             .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .iter()
             .map(measurement_from_row)
             .collect()
@@ -383,11 +368,10 @@ impl CertificationStore for SqliteStore {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "{AUDIT_LEAF_SELECT} AND a.id > ? AND a.id <= ? ORDER BY a.id"
         )))
-        .bind(batch.audit_after)
-        .bind(batch.audit_upto)
+        .bind(batch.audit.after.id)
+        .bind(batch.audit.upto.id)
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .iter()
         .map(audit_entry_from_row)
         .collect()
@@ -399,8 +383,7 @@ impl CertificationStore for SqliteStore {
         )))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .as_ref()
         .map(measurement_leaf_from_row)
         .transpose()
@@ -412,8 +395,7 @@ impl CertificationStore for SqliteStore {
         )))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .as_ref()
         .map(audit_leaf_from_row)
         .transpose()
@@ -431,8 +413,7 @@ impl CertificationStore for SqliteStore {
         )
         .bind(m_upto)
         .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         Ok(CertificationStatus {
             unbatched_measurements: u64_of(&row, "unbatched")?,
             pending_batches: u64_of(&row, "pending")?,
@@ -446,8 +427,7 @@ impl CertificationStore for SqliteStore {
             sqlx::query_as("SELECT contract FROM chain_contracts WHERE chain_id = ?")
                 .bind(chain_id as i64)
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::backend)?;
+                .await?;
         row.map(|(c,)| address(&c, "contract")).transpose()
     }
 
@@ -460,8 +440,7 @@ impl CertificationStore for SqliteStore {
         .bind(contract.as_slice())
         .bind(ms(chrono::Utc::now()))
         .execute(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, corrupt, get};
+use super::{SqliteStore, get};
+use crate::error::corrupt;
 use crate::chain::{
     BlockKey, ChainAccount, ChainState, ChainStore, LogFilter, NewChainBlock, StorageSlot,
     StoredBlock, StoredLog, StoredTransaction,
@@ -65,15 +66,13 @@ impl ChainStore for SqliteStore {
             "SELECT number, hash, timestamp, header FROM chain_blocks ORDER BY number DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .as_ref()
         .map(block_from_row)
         .transpose()?;
         let accounts = sqlx::query("SELECT address, nonce, balance, code FROM chain_accounts")
             .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .iter()
             .map(|row| {
                 let balance: Vec<u8> = get(row, "balance")?;
@@ -87,8 +86,7 @@ impl ChainStore for SqliteStore {
             .collect::<StoreResult<_>>()?;
         let storage = sqlx::query("SELECT address, slot, value FROM chain_storage")
             .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .iter()
             .map(|row| {
                 let slot: B256 = col(row, "slot")?;
@@ -111,8 +109,7 @@ impl ChainStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let head: (Option<i64>,) = sqlx::query_as("SELECT MAX(number) FROM chain_blocks")
             .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         let expected = head.0.map_or(0, |n| n as u64 + 1);
         if b.block.number != expected {
             return Err(StoreError::Conflict(format!(
@@ -128,8 +125,7 @@ impl ChainStore for SqliteStore {
         .bind(b.block.timestamp as i64)
         .bind(&b.block.header[..])
         .execute(&mut *tx)
-        .await
-        .map_err(StoreError::backend)?;
+        .await?;
         for t in &b.transactions {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO chain_transactions ({TX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -143,8 +139,7 @@ impl ChainStore for SqliteStore {
             .bind(t.gas_used as i64)
             .bind(t.contract_address.as_ref().map(|a| a.to_vec()))
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         }
         for l in &b.logs {
             let topic = |i: usize| l.topics.get(i).map(|t| t.to_vec());
@@ -163,8 +158,7 @@ impl ChainStore for SqliteStore {
             .bind(topic(3))
             .bind(&l.data[..])
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         }
         for a in &b.accounts {
             sqlx::query(
@@ -178,8 +172,7 @@ impl ChainStore for SqliteStore {
             .bind(word(&a.balance).to_vec())
             .bind(a.code.as_deref())
             .execute(&mut *tx)
-            .await
-            .map_err(StoreError::backend)?;
+            .await?;
         }
         for s in &b.storage {
             if s.value.is_zero() {
@@ -198,10 +191,9 @@ impl ChainStore for SqliteStore {
                 .bind(word(&s.value).to_vec())
                 .execute(&mut *tx)
                 .await
-            }
-            .map_err(StoreError::backend)?;
+            }?;
         }
-        tx.commit().await.map_err(StoreError::backend)
+        tx.commit(&self.feed).await
     }
 
     async fn chain_block(&self, key: BlockKey) -> StoreResult<Option<StoredBlock>> {
@@ -216,8 +208,7 @@ impl ChainStore for SqliteStore {
             .bind(h.to_vec()),
         };
         q.fetch_optional(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .as_ref()
             .map(block_from_row)
             .transpose()
@@ -229,8 +220,7 @@ impl ChainStore for SqliteStore {
         )))
         .bind(number as i64)
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .iter()
         .map(tx_from_row)
         .collect()
@@ -242,8 +232,7 @@ impl ChainStore for SqliteStore {
         )))
         .bind(hash.to_vec())
         .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::backend)?
+        .await?
         .as_ref()
         .map(tx_from_row)
         .transpose()
@@ -287,8 +276,7 @@ impl ChainStore for SqliteStore {
             .push_bind(i64::from(f.limit));
         sql.build()
             .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?
+            .await?
             .iter()
             .map(|row| {
                 let mut topics = Vec::new();

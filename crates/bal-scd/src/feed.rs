@@ -1,0 +1,76 @@
+//! The change feed: what changed, announced after the change is committed, so that live
+//! deliveries (MQTT sessions, server-sent event streams, the broker's reconciliation) follow the
+//! database without polling it.
+//!
+//! Every backend publishes through [`ChangeFeed::publish`], once its transaction has committed,
+//! and nowhere else. On SQLite the feed is in-process. On PostgreSQL the same transaction also
+//! sends a `NOTIFY` carrying ids only (never payloads: NOTIFY's 8 000-byte limit), which every
+//! other process's listener turns back into changes by reading the committed rows; see
+//! `postgres::listener`.
+
+use std::sync::Arc;
+
+use bal_core::{Measurement, Subscription, Username};
+use tokio::sync::broadcast;
+
+/// One committed change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A user was created.
+    UserCreated(Username),
+    /// A user's sealed broker password was stored (without a password change).
+    BrokerSecret(Username),
+    /// A subscription changed status (decision, expiry, or its user was deleted).
+    Subscription(Subscription),
+    /// A user was deleted.
+    UserDeleted(Username),
+    /// A user's password changed (its sessions ended).
+    PasswordChanged(Username),
+    /// Measurements were committed (duplicates that were not stored again are left out).
+    Measurements(Arc<[Measurement]>),
+    /// Changes may have been missed (another process's notifications were lost while the
+    /// listener reconnected): re-check everything, as for a lagged receiver.
+    Resync,
+}
+
+/// Room for bursts of changes before a slow listener starts missing some (it is told, and
+/// re-reads the database).
+const CHANGE_BUFFER: usize = 4096;
+
+/// The committed changes of this process and, on PostgreSQL, of every other process on the
+/// same database.
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    sender: broadcast::Sender<Change>,
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChangeFeed {
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(CHANGE_BUFFER);
+        Self { sender }
+    }
+
+    /// Changes committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.sender.subscribe()
+    }
+
+    /// Whether anyone listens (measurements are only copied into a change when someone does).
+    pub fn has_listeners(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
+    /// Announces changes that are committed. The one place changes enter the feed.
+    pub(crate) fn publish(&self, changes: impl IntoIterator<Item = Change>) {
+        for change in changes {
+            // Nobody listening is fine: the change is in the database either way.
+            let _ = self.sender.send(change);
+        }
+    }
+}

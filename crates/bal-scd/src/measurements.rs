@@ -1,0 +1,122 @@
+//! Measurements: ingest and history.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use bal_core::{Measurement, NewMeasurement, Username};
+use chrono::{DateTime, Utc};
+
+use crate::StoreResult;
+
+/// Filters for reading measurements, in the backend's page order (see [`MeasurementCursor`]).
+#[derive(Debug, Clone)]
+pub struct MeasurementQuery {
+    pub producer: Username,
+    /// Only measurements received at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only measurements received before this time.
+    pub to: Option<DateTime<Utc>>,
+    /// Only measurements after this position: the cursor of the previous page.
+    pub after: Option<MeasurementCursor>,
+    pub limit: u32,
+}
+
+/// A position in a producer's history: `<key>-<id>`, opaque to clients.
+///
+/// Pages come in **commit order**, so that a reader paging while writers commit sees every row
+/// exactly once:
+/// - SQLite has one writer at a time; reception times are stamped from the database's clock
+///   under its write lock and never go backwards, so `key` is the reception time (ms) and the
+///   order is also time order.
+/// - PostgreSQL commits concurrently, and a lower id or an earlier time can commit after a
+///   higher one. `key` is the id of the transaction that wrote the row, and a page only holds
+///   rows of transactions older than every transaction still running (`pg_snapshot_xmin`), so
+///   no row can later appear before a position already returned. Rows of one transaction are
+///   ordered by id. Reception times are the database's clock at commit and follow this order
+///   to within the length of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeasurementCursor {
+    pub key: i64,
+    pub id: i64,
+}
+
+impl fmt::Display for MeasurementCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.key, self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed cursor")]
+pub struct MalformedCursor;
+
+impl FromStr for MeasurementCursor {
+    type Err = MalformedCursor;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, id) = s.split_once('-').ok_or(MalformedCursor)?;
+        Ok(Self {
+            key: key.parse().map_err(|_| MalformedCursor)?,
+            id: id.parse().map_err(|_| MalformedCursor)?,
+        })
+    }
+}
+
+/// One page of history.
+#[derive(Debug, Clone, Default)]
+pub struct MeasurementPage {
+    pub items: Vec<Measurement>,
+    /// Where the next page starts; `None` when this page was not full.
+    pub next: Option<MeasurementCursor>,
+}
+
+/// Measurements.
+///
+/// Guarantees, on every backend and with any number of writers (processes included):
+/// - a batch is stored all or nothing, and its ids are returned in order;
+/// - reception times come from the database's clock, not a process's;
+/// - a redelivered item (MQTT DUP) whose origin and payload hash match one of the producer's
+///   latest rows of the last 15 minutes is not stored again: it gets that row's id. There is no
+///   unique key on the origin, since packet ids wrap within minutes at 200 msg/s;
+/// - history pages never skip or repeat a row (see [`MeasurementCursor`]).
+#[async_trait]
+pub trait MeasurementStore: Send + Sync {
+    /// Stores a batch in one transaction, all or nothing; returns one id per item, in order.
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>>;
+    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>>;
+    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage>;
+}
+
+/// How far back a redelivery is looked for: longer than a client takes to reconnect and resend
+/// after a BAL restart. Older duplicates are stored again (and still carry their origin).
+pub(crate) const REDELIVERY_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// At most this many of the producer's latest rows are searched per redelivery, so that a
+/// reconnect storm of a busy producer cannot hold a writer for long (each lookup is a few
+/// milliseconds); it also keeps a reused packet id from matching a message long gone by.
+pub(crate) const REDELIVERY_SCAN_ROWS: i64 = 50_000;
+
+/// The measurements a batch stored (leaving out redeliveries that were not stored again), as
+/// the change feed announces them.
+pub(crate) fn committed(
+    batch: &[NewMeasurement],
+    ids: &[i64],
+    stored: &[bool],
+    received_at: DateTime<Utc>,
+) -> Vec<bal_core::Measurement> {
+    batch
+        .iter()
+        .zip(ids)
+        .zip(stored)
+        .filter(|(_, is_new)| **is_new)
+        .map(|((m, &id), _)| bal_core::Measurement {
+            id,
+            producer: m.producer.clone(),
+            topic: m.topic.clone(),
+            received_at,
+            payload: m.payload.clone(),
+            payload_hash: m.payload_hash,
+            fields: m.fields.clone(),
+        })
+        .collect()
+}

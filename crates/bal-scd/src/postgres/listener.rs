@@ -1,0 +1,235 @@
+//! Other processes' changes: `LISTEN bal_changes`, and each notification turned back into a
+//! [`Change`] by reading the committed rows it names.
+//!
+//! A notification is `<origin>|<kind>|<data>`: the sending process's origin (its own are
+//! skipped: they were published locally at commit), a kind, and names or ids. NOTIFY payloads
+//! are limited to 8 000 bytes, so ids are sent as ranges and split over several notifications.
+//! When the listening connection is lost, notifications sent meanwhile are gone: once it is
+//! back, [`Change::Resync`] tells every follower to re-check everything.
+
+use std::time::Duration;
+
+use bal_core::{SubscriptionId, Username};
+use sqlx::postgres::{PgListener, PgPool};
+
+use super::CHANNEL;
+use crate::{Change, ChangeFeed};
+
+/// What one notification says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    UserCreated(String),
+    BrokerSecret(String),
+    Subscription(String),
+    UserDeleted(String),
+    PasswordChanged(String),
+    Measurements(Vec<i64>),
+}
+
+impl Notice {
+    /// The notice for a change of users or grants (measurements are noticed by id).
+    pub(crate) fn of(change: &Change) -> Option<Self> {
+        Some(match change {
+            Change::UserCreated(u) => Notice::UserCreated(u.to_string()),
+            Change::BrokerSecret(u) => Notice::BrokerSecret(u.to_string()),
+            Change::Subscription(s) => Notice::Subscription(s.id.to_string()),
+            Change::UserDeleted(u) => Notice::UserDeleted(u.to_string()),
+            Change::PasswordChanged(u) => Notice::PasswordChanged(u.to_string()),
+            Change::Measurements(_) | Change::Resync => return None,
+        })
+    }
+}
+
+/// Below NOTIFY's limit of 8 000 bytes, with room for the origin and kind.
+const MAX_PAYLOAD: usize = 7_000;
+
+/// The payloads of `notices`, each under the size limit.
+pub(crate) fn payloads(origin: &str, notices: &[Notice]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in notices {
+        let (kind, data) = match n {
+            Notice::UserCreated(u) => ("user", u.clone()),
+            Notice::BrokerSecret(u) => ("secret", u.clone()),
+            Notice::Subscription(id) => ("sub", id.clone()),
+            Notice::UserDeleted(u) => ("deleted", u.clone()),
+            Notice::PasswordChanged(u) => ("password", u.clone()),
+            Notice::Measurements(ids) => {
+                for chunk in id_ranges(ids, MAX_PAYLOAD) {
+                    out.push(format!("{origin}|m|{chunk}"));
+                }
+                continue;
+            }
+        };
+        out.push(format!("{origin}|{kind}|{data}"));
+    }
+    out
+}
+
+/// `ids` (ascending runs become `a-b`) as comma-separated lists of at most `max` bytes each.
+fn id_ranges(ids: &[i64], max: usize) -> Vec<String> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut chunks = vec![String::new()];
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        let item = if i == j {
+            sorted[i].to_string()
+        } else {
+            format!("{}-{}", sorted[i], sorted[j])
+        };
+        let current = chunks.last_mut().expect("one chunk");
+        if !current.is_empty() && current.len() + 1 + item.len() > max {
+            chunks.push(item);
+        } else {
+            if !current.is_empty() {
+                current.push(',');
+            }
+            current.push_str(&item);
+        }
+        i = j + 1;
+    }
+    chunks.retain(|c| !c.is_empty());
+    chunks
+}
+
+/// The ids a list made by [`id_ranges`] names; `None` when it is malformed.
+fn parse_ranges(text: &str) -> Option<Vec<i64>> {
+    let mut ids = Vec::new();
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 1_000_000 {
+                    return None;
+                }
+                ids.extend(a..=b);
+            }
+            None => ids.push(part.parse().ok()?),
+        }
+    }
+    Some(ids)
+}
+
+/// Stops the listener task when dropped (with its store).
+pub(crate) struct Handle(tokio::task::JoinHandle<()>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) fn spawn(pool: PgPool, feed: ChangeFeed, origin: String) -> Handle {
+    Handle(tokio::spawn(listen(pool, feed, origin)))
+}
+
+async fn listen(pool: PgPool, feed: ChangeFeed, origin: String) {
+    let mut listener = loop {
+        match start(&pool).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot listen for other processes' changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if let Some(change) = read(&pool, &origin, n.payload()).await {
+                    feed.publish([change]);
+                }
+            }
+            // The connection was lost: what was sent meanwhile is gone.
+            Ok(None) | Err(_) => {
+                tracing::warn!("lost the change listener's connection; reconnecting");
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    match listener.listen(CHANNEL).await {
+                        Ok(()) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(800)).await,
+                    }
+                }
+                tracing::info!("change listener reconnected; re-checking everything");
+                feed.publish([Change::Resync]);
+            }
+        }
+    }
+}
+
+async fn start(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// The change a notification from another process names, read from the database. `None` for
+/// this process's own notifications and for rows gone meanwhile; a malformed notification or a
+/// failed read becomes [`Change::Resync`], so nothing is silently missed.
+async fn read(pool: &PgPool, origin: &str, payload: &str) -> Option<Change> {
+    let mut parts = payload.splitn(3, '|');
+    let (from, kind, data) = (parts.next()?, parts.next()?, parts.next()?);
+    if from == origin {
+        return None;
+    }
+    let name = || Username::parse(data).ok();
+    let change = match kind {
+        "user" => name().map(Change::UserCreated),
+        "secret" => name().map(Change::BrokerSecret),
+        "deleted" => name().map(Change::UserDeleted),
+        "password" => name().map(Change::PasswordChanged),
+        "sub" => match data.parse::<SubscriptionId>() {
+            Ok(id) => match super::grants::subscription_by_id(pool, id).await {
+                Ok(found) => return found.map(Change::Subscription),
+                Err(_) => Some(Change::Resync),
+            },
+            Err(_) => None,
+        },
+        "m" => match parse_ranges(data) {
+            Some(ids) => match super::measurements::by_ids(pool, &ids).await {
+                Ok(rows) if rows.is_empty() => return None,
+                Ok(rows) => Some(Change::Measurements(rows.into())),
+                Err(_) => Some(Change::Resync),
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    Some(change.unwrap_or_else(|| {
+        tracing::warn!(kind, "malformed change notification; re-checking everything");
+        Change::Resync
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_travel_as_ranges_and_split_under_the_limit() {
+        let ids: Vec<i64> = (1..=5).chain([7]).chain(10..=12).collect();
+        assert_eq!(id_ranges(&ids, 100), vec!["1-5,7,10-12".to_owned()]);
+        assert_eq!(parse_ranges("1-5,7,10-12").unwrap(), ids);
+        // Every other id: no runs, many chunks, each under the limit, nothing lost.
+        let sparse: Vec<i64> = (0..20_000).map(|i| 1_000_000_000 + 2 * i).collect();
+        let chunks = id_ranges(&sparse, MAX_PAYLOAD);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= MAX_PAYLOAD));
+        let back: Vec<i64> = chunks.iter().flat_map(|c| parse_ranges(c).unwrap()).collect();
+        assert_eq!(back, sparse);
+        let payloads = payloads("o", &[Notice::Measurements(sparse)]);
+        assert!(payloads.iter().all(|p| p.len() < 8000));
+    }
+
+    #[test]
+    fn malformed_ranges_are_refused() {
+        for bad in ["", "x", "5-1", "1-99999999", "1,,2"] {
+            assert_eq!(parse_ranges(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! [`MeasurementStore`] on PostgreSQL.
+
+use async_trait::async_trait;
+use bal_core::{Measurement, NewMeasurement};
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use super::{PgStore, get, measurement_from_row};
+use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, committed};
+use crate::rows::{measurement_columns, ms, time};
+use crate::{
+    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
+    StoreResult,
+};
+
+#[async_trait]
+impl MeasurementStore for PgStore {
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.begin_write().await?;
+        // One round trip for the database's clock and an id for every item (ids of items that
+        // turn out to be redeliveries are left unused: sequences have gaps anyway).
+        let (stamp, mut free): (i64, Vec<i64>) = sqlx::query_as(
+            "SELECT bal_now_ms(), ARRAY(SELECT nextval(pg_get_serial_sequence('measurements', 'id')) \
+             FROM generate_series(1, $1))",
+        )
+        .bind(batch.len() as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        free.sort_unstable();
+        free.reverse();
+        let mut ids = Vec::with_capacity(batch.len());
+        // Whether each item was stored now (false: a redelivery of a stored measurement).
+        let mut new = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<(i64, &NewMeasurement)> = Vec::with_capacity(batch.len());
+        // Runs of new measurements go in one UNNEST insert each; a redelivery is looked up
+        // first, in order, so it sees the rows inserted before it in the same batch.
+        for m in batch {
+            if let (Some(origin), true) = (m.origin, m.redelivered) {
+                insert_rows(&mut tx, &fresh, stamp).await?;
+                fresh.clear();
+                let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT id, payload_hash FROM ( \
+                         SELECT id, payload_hash, origin, received_at FROM measurements \
+                         WHERE producer = $1 ORDER BY received_at DESC, id DESC LIMIT $2) AS latest \
+                     WHERE origin = $3 AND received_at >= $4 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(m.producer.as_str())
+                .bind(REDELIVERY_SCAN_ROWS)
+                .bind(origin)
+                .bind(stamp - REDELIVERY_WINDOW_MS)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
+                    ids.push(id);
+                    new.push(false);
+                    continue;
+                }
+            }
+            let id = free
+                .pop()
+                .ok_or_else(|| crate::error::corrupt("fewer ids than items"))?;
+            fresh.push((id, m));
+            ids.push(id);
+            new.push(true);
+        }
+        insert_rows(&mut tx, &fresh, stamp).await?;
+        let stored: Vec<i64> = ids.iter().zip(&new).filter(|(_, n)| **n).map(|(i, _)| *i).collect();
+        if !stored.is_empty() {
+            tx.notify_measurements(&stored);
+            if self.feed.has_listeners() {
+                let rows = committed(batch, &ids, &new, time(stamp)?);
+                tx.announce(Change::Measurements(rows.into()));
+            }
+        }
+        tx.commit(self).await?;
+        Ok(ids)
+    }
+
+    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(measurement_from_row)
+        .transpose()
+    }
+
+    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
+        // Commit order: by writing transaction, and only transactions older than every one
+        // still running, so a later commit never lands behind the cursor.
+        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            ", xid FROM measurements WHERE xid < bal_xid_horizon() AND producer = "
+        ));
+        sql.push_bind(query.producer.as_str());
+        if let Some(from) = query.from {
+            sql.push(" AND received_at >= ").push_bind(ms(from));
+        }
+        if let Some(to) = query.to {
+            sql.push(" AND received_at < ").push_bind(ms(to));
+        }
+        if let Some(c) = query.after {
+            sql.push(" AND (xid, id) > (")
+                .push_bind(c.key)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        sql.push(" ORDER BY xid, id LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        let items = rows
+            .iter()
+            .map(measurement_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let next = match rows.last() {
+            Some(row) if rows.len() == query.limit as usize => Some(MeasurementCursor {
+                key: get(row, "xid")?,
+                id: get(row, "id")?,
+            }),
+            _ => None,
+        };
+        Ok(MeasurementPage { items, next })
+    }
+}
+
+/// Measurements by id, in id order (for other processes' notifications).
+pub(super) async fn by_ids(pool: &PgPool, ids: &[i64]) -> StoreResult<Vec<Measurement>> {
+    sqlx::query(concat!(
+        "SELECT ",
+        measurement_columns!(),
+        " FROM measurements WHERE id = ANY($1) ORDER BY id"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(measurement_from_row)
+    .collect()
+}
+
+/// Inserts `rows` (with their allocated ids) in one statement of arrays: one round trip and
+/// one plan whatever the batch size.
+async fn insert_rows(
+    conn: &mut PgConnection,
+    rows: &[(i64, &NewMeasurement)],
+    received_at_ms: i64,
+) -> StoreResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut producers = Vec::with_capacity(rows.len());
+    let mut topics = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut hashes = Vec::with_capacity(rows.len());
+    let mut fields = Vec::with_capacity(rows.len());
+    let mut origins = Vec::with_capacity(rows.len());
+    for (id, m) in rows {
+        ids.push(*id);
+        producers.push(m.producer.as_str());
+        topics.push(m.topic.as_str());
+        payloads.push(&m.payload[..]);
+        hashes.push(m.payload_hash.as_slice());
+        fields.push(
+            m.fields
+                .as_ref()
+                .map(|f| serde_json::to_string(f).map_err(StoreError::backend))
+                .transpose()?,
+        );
+        origins.push(m.origin);
+    }
+    sqlx::query(
+        "INSERT INTO measurements \
+         (id, producer, topic, received_at, payload, payload_hash, fields, origin) \
+         SELECT u.id, u.producer, u.topic, $8, u.payload, u.payload_hash, u.fields, u.origin \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[], \
+                     $7::bigint[]) AS u(id, producer, topic, payload, payload_hash, fields, origin)",
+    )
+    .bind(ids)
+    .bind(producers)
+    .bind(topics)
+    .bind(payloads)
+    .bind(hashes)
+    .bind(fields)
+    .bind(origins)
+    .bind(received_at_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The PostgreSQL backend: for production, and for several BAL processes on one database.
+//!
+//! PostgreSQL commits concurrently, so nothing here leans on a single writer:
+//! - read-then-write transactions lock the rows they read (`SELECT ... FOR UPDATE`), so two
+//!   decisions on one grant, two deletions of the last admins, or a login racing a password
+//!   change are serialised on the rows that matter and each sees the other's result;
+//! - certification and history paging order rows by the id of the transaction that wrote them
+//!   and only go up to the oldest transaction still running (see `crate::certification`);
+//! - reception times are the database's clock;
+//! - every committed change is also sent with `NOTIFY` in its own transaction (so it is
+//!   delivered if and only if the change commits), carrying ids only; [`listener`] turns other
+//!   processes' notifications back into changes.
+//!
+//! TLS is set in the URL (`sslmode=require`, or `verify-full` with `sslrootcert=...`).
+//! PostgreSQL's SQL stays in this module.
+
+mod accounts;
+mod certification;
+mod chain;
+mod grants;
+mod listener;
+mod measurements;
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use bal_core::{Actor, AuditAction, AuditDetail};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Postgres};
+use tokio::sync::broadcast;
+
+use crate::rows::row_mapping;
+use crate::schema::{self, Plan, SchemaStatus};
+use crate::{Backend, Change, ChangeFeed, ConnectOptions, Store, StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+row_mapping!(PgRow, Postgres);
+
+/// The channel every BAL process on the database listens on.
+const CHANNEL: &str = "bal_changes";
+
+pub struct PgStore {
+    pool: PgPool,
+    feed: ChangeFeed,
+    /// Tells this process's own notifications from other processes'.
+    origin: String,
+    /// Stops the listener with the store.
+    _listener: listener::Handle,
+}
+
+impl PgStore {
+    /// Connects to the database at `url`; an outdated schema is migrated or refused as
+    /// `options.migrate` says. Unreachable servers, wrong credentials and a schema too new are
+    /// errors here, before anything is served.
+    pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Config(format!("invalid PostgreSQL URL: {}", scrub(&e.to_string())))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        let status = schema_status(&pool).await?;
+        if schema::plan(&MIGRATOR, &status, options.migrate, "PostgreSQL")? == Plan::Migrate {
+            MIGRATOR.run(&pool).await?;
+        }
+        let feed = ChangeFeed::new();
+        let origin = format!("{:016x}", rand_u64());
+        let handle = listener::spawn(pool.clone(), feed.clone(), origin.clone());
+        Ok(Self {
+            pool,
+            feed,
+            origin,
+            _listener: handle,
+        })
+    }
+
+    /// The schema as this binary sees it.
+    pub async fn schema(&self) -> StoreResult<SchemaStatus> {
+        schema_status(&self.pool).await
+    }
+
+    async fn begin_write(&self) -> StoreResult<Write> {
+        Ok(Write {
+            tx: self.pool.begin().await?,
+            changes: Vec::new(),
+            notices: Vec::new(),
+        })
+    }
+}
+
+async fn schema_status(pool: &PgPool) -> StoreResult<SchemaStatus> {
+    let has = |table: &'static str| {
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(pool)
+    };
+    let applied = if has("_sqlx_migrations").await? {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let min_binary = if has("bal_schema").await? {
+        sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'min_binary'")
+            .fetch_optional(pool)
+            .await?
+    } else {
+        None
+    };
+    Ok(SchemaStatus {
+        applied,
+        latest_known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
+        min_binary,
+    })
+}
+
+/// Removes anything that looks like a password from a message about a URL.
+fn scrub(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://<redacted>{}", &text[..s], &text[at..]),
+        _ => text.to_owned(),
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A write transaction, the changes it will announce in this process once committed, and the
+/// notifications it sends to the others (delivered by PostgreSQL at commit, or never).
+pub(crate) struct Write {
+    tx: sqlx::Transaction<'static, Postgres>,
+    changes: Vec<Change>,
+    notices: Vec<listener::Notice>,
+}
+
+impl Write {
+    /// Announces a change of users or grants, here and to the other processes.
+    pub(crate) fn announce(&mut self, change: Change) {
+        self.notices.extend(listener::Notice::of(&change));
+        self.changes.push(change);
+    }
+
+    /// Tells the other processes which measurements were stored (by id: they read the rows).
+    pub(crate) fn notify_measurements(&mut self, ids: &[i64]) {
+        self.notices.push(listener::Notice::Measurements(ids.to_vec()));
+    }
+
+    /// Sends the notifications, commits, then publishes what was announced.
+    pub(crate) async fn commit(mut self, store: &PgStore) -> StoreResult<()> {
+        if !self.notices.is_empty() {
+            let payloads = listener::payloads(&store.origin, &self.notices);
+            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .bind(CHANNEL)
+                .bind(payloads)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        store.feed.publish(self.changes);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+async fn append_audit(
+    conn: &mut PgConnection,
+    at: DateTime<Utc>,
+    actor: &Actor,
+    action: AuditAction,
+    object: &str,
+    detail: &AuditDetail,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, object, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(crate::rows::ms(at))
+    .bind(actor.to_string())
+    .bind(action.as_str())
+    .bind(object)
+    .bind(detail.canonical_json())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_messages_lose_their_password() {
+        let s = super::scrub("error with postgres://bal:hunter2@db.example/bal");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("db.example"), "{s}");
+    }
+}

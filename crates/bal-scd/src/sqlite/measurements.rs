@@ -1,0 +1,164 @@
+//! [`MeasurementStore`] on SQLite.
+
+use async_trait::async_trait;
+use bal_core::{Measurement, NewMeasurement};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::{SqliteStore, measurement_from_row};
+use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
+use crate::rows::{measurement_columns, ms, time};
+use crate::measurements::committed;
+use crate::{
+    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
+    StoreResult,
+};
+
+#[async_trait]
+impl MeasurementStore for SqliteStore {
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+        let mut tx = self.begin_write().await?;
+        let stamp = tx.stamp().await?;
+        let mut ids = Vec::with_capacity(batch.len());
+        // Whether each item was stored now (false: a redelivery of a stored measurement).
+        let mut new = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<&NewMeasurement> = Vec::with_capacity(batch.len());
+        // Runs of new measurements go in multi-row INSERTs; a redelivery is looked up first,
+        // in order, so it sees the rows inserted before it in the same batch.
+        for m in batch {
+            if let (Some(origin), true) = (m.origin, m.redelivered) {
+                insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
+                new.resize(ids.len(), true);
+                fresh.clear();
+                let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT id, payload_hash FROM ( \
+                         SELECT id, payload_hash, origin, received_at \
+                         FROM measurements INDEXED BY measurements_by_producer_time \
+                         WHERE producer = ? ORDER BY received_at DESC, id DESC LIMIT ?) \
+                     WHERE origin = ? AND received_at >= ? ORDER BY id DESC LIMIT 1",
+                )
+                .bind(m.producer.as_str())
+                .bind(REDELIVERY_SCAN_ROWS)
+                .bind(origin)
+                .bind(stamp - REDELIVERY_WINDOW_MS)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
+                    ids.push(id);
+                    new.push(false);
+                    continue;
+                }
+            }
+            fresh.push(m);
+        }
+        insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
+        new.resize(ids.len(), true);
+        if self.feed.has_listeners() {
+            let stored = committed(batch, &ids, &new, time(stamp)?);
+            if !stored.is_empty() {
+                tx.announce(Change::Measurements(stored.into()));
+            }
+        }
+        tx.commit(&self.feed).await?;
+        Ok(ids)
+    }
+
+    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(measurement_from_row)
+        .transpose()
+    }
+
+    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
+        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            measurement_columns!(),
+            " FROM measurements WHERE producer = "
+        ));
+        sql.push_bind(query.producer.as_str());
+        if let Some(from) = query.from {
+            sql.push(" AND received_at >= ").push_bind(ms(from));
+        }
+        if let Some(to) = query.to {
+            sql.push(" AND received_at < ").push_bind(ms(to));
+        }
+        if let Some(c) = query.after {
+            sql.push(" AND (received_at, id) > (")
+                .push_bind(c.key)
+                .push(", ")
+                .push_bind(c.id)
+                .push(")");
+        }
+        sql.push(" ORDER BY received_at, id LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let items = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(measurement_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Reception times are stamped in commit order here (see `Write::stamp`).
+        let next = (items.len() == query.limit as usize)
+            .then(|| items.last())
+            .flatten()
+            .map(|m| MeasurementCursor {
+                key: ms(m.received_at),
+                id: m.id,
+            });
+        Ok(MeasurementPage { items, next })
+    }
+}
+
+/// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32 766.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Inserts `rows` with multi-row INSERTs and appends their ids to `ids`, in order. Inside the
+/// write transaction nobody else inserts, so one statement's AUTOINCREMENT ids are consecutive
+/// and end at `last_insert_rowid`.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[&NewMeasurement],
+    received_at_ms: i64,
+    ids: &mut Vec<i64>,
+) -> StoreResult<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut fields = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            fields.push(
+                m.fields
+                    .as_ref()
+                    .map(|f| serde_json::to_string(f).map_err(StoreError::backend))
+                    .transpose()?,
+            );
+        }
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO measurements \
+             (producer, topic, received_at, payload, payload_hash, fields, origin) ",
+        );
+        sql.push_values(chunk.iter().zip(fields), |mut row, (m, f)| {
+            row.push_bind(m.producer.as_str())
+                .push_bind(m.topic.as_str())
+                .push_bind(received_at_ms)
+                .push_bind(&m.payload[..])
+                .push_bind(m.payload_hash.as_slice())
+                .push_bind(f)
+                .push_bind(m.origin);
+        });
+        let done = sql
+            .build()
+            .execute(&mut *conn)
+            .await?;
+        let last = done.last_insert_rowid();
+        let first = last - chunk.len() as i64 + 1;
+        ids.extend(first..=last);
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The SQLite backend: one file in WAL mode, the BAL's embedded default.
+//!
+//! Writes open `BEGIN IMMEDIATE` transactions so that two writers (tasks or processes) queue on
+//! the file lock instead of failing halfway with `SQLITE_BUSY` when a read lock would have to be
+//! upgraded. That single writer is what the read-then-write transactions and the certification
+//! spans rely on here; the PostgreSQL backend gets the same guarantees with row locks and
+//! transaction ids. SQLite's SQL stays in this module.
+
+mod accounts;
+mod certification;
+mod chain;
+mod grants;
+mod measurements;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqliteConnection};
+use tokio::sync::broadcast;
+
+use crate::rows::row_mapping;
+use crate::schema::{self, Plan, SchemaStatus};
+use crate::{Backend, Change, ChangeFeed, ConnectOptions, Store, StoreError, StoreResult};
+use bal_core::{Actor, AuditAction, AuditDetail};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+row_mapping!(SqliteRow, Sqlite);
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    feed: ChangeFeed,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Opens the database at `url` (creating an empty one if needed); an outdated schema is
+    /// migrated or refused as `options.migrate` says.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL loses nothing on a process crash (kill -9); only an OS crash or
+            // power cut can drop the last commits. FULL would fsync on every commit.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(options.acquire_timeout.max(Duration::from_secs(10)))
+            .connect_with(connect)
+            .await?;
+        let store = Self {
+            pool,
+            feed: ChangeFeed::new(),
+        };
+        let status = store.schema().await?;
+        if schema::plan(&MIGRATOR, &status, options.migrate, "SQLite")? == Plan::Migrate {
+            MIGRATOR.run(&store.pool).await?;
+        }
+        Ok(store)
+    }
+
+    /// The schema as this binary sees it.
+    pub async fn schema(&self) -> StoreResult<SchemaStatus> {
+        let has = |table: &'static str| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+            )
+            .bind(table)
+            .fetch_one(&self.pool)
+        };
+        let applied = if has("_sqlx_migrations").await? > 0 {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let min_binary = if has("bal_schema").await? > 0 {
+            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'min_binary'")
+                .fetch_optional(&self.pool)
+                .await?
+        } else {
+            None
+        };
+        Ok(SchemaStatus {
+            applied,
+            latest_known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
+            min_binary,
+        })
+    }
+
+    async fn begin_write(&self) -> StoreResult<Write> {
+        Ok(Write {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            changes: Vec::new(),
+        })
+    }
+}
+
+/// A write transaction and the changes it will announce once committed.
+pub(crate) struct Write {
+    tx: sqlx::Transaction<'static, Sqlite>,
+    changes: Vec<Change>,
+}
+
+impl Write {
+    pub(crate) fn announce(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// Commits, then publishes what was announced: nothing reaches the feed unless committed.
+    pub(crate) async fn commit(self, feed: &ChangeFeed) -> StoreResult<()> {
+        self.tx.commit().await?;
+        feed.publish(self.changes);
+        Ok(())
+    }
+
+    /// The database's clock (ms) for rows committed now, never before the last stamp written
+    /// by any process: it is read and advanced under the write lock, so stamps follow commit
+    /// order even when the system clock steps back.
+    pub(crate) async fn stamp(&mut self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "UPDATE scd_clock SET last_ms = max(last_ms, CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+             RETURNING last_ms",
+        )
+        .fetch_one(&mut **self)
+        .await?)
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+async fn append_audit(
+    conn: &mut SqliteConnection,
+    at: DateTime<Utc>,
+    actor: &Actor,
+    action: AuditAction,
+    object: &str,
+    detail: &AuditDetail,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, object, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(crate::rows::ms(at))
+        .bind(actor.to_string())
+        .bind(action.as_str())
+        .bind(object)
+        .bind(detail.canonical_json())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+}
