@@ -341,9 +341,15 @@ mod tests {
         // Valid JSON whose values are what serde_json would write for each field.
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["expires_at"], serde_json::json!(at));
-        assert_eq!(parsed["reason"], serde_json::json!("user \"deleted\"\n\u{1}"));
+        assert_eq!(
+            parsed["reason"],
+            serde_json::json!("user \"deleted\"\n\u{1}")
+        );
         assert!(text.starts_with(r#"{"from":"accepted","to":"revoked","consumer""#));
-        assert!(text.contains(r#","expires_at":"2025-11-24T16:00:00.123Z","reason":"#), "{text}");
+        assert!(
+            text.contains(r#","expires_at":"2025-11-24T16:00:00.123Z","reason":"#),
+            "{text}"
+        );
         let deleted = AuditDetail::UserDeleted {
             role: Role::Consumer,
             ended_subscriptions: 2,

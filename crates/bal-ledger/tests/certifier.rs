@@ -124,7 +124,12 @@ async fn measurements_and_grant_decisions_are_certified_once_with_proofs_that_ve
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].measurement_count, 3);
     // The new batch starts where the last one ended, and covers only the new rows.
-    let first = db.store.batch_of(ItemKind::Measurement, ids[0]).await.unwrap().unwrap();
+    let first = db
+        .store
+        .batch_of(ItemKind::Measurement, ids[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next[0].measurements.after, first.measurements.upto);
     assert_eq!(
         db.store
@@ -199,7 +204,7 @@ async fn write_batch(store: &SharedStore) -> bal_scd::Batch {
             items: p.items.iter().map(|i| i.id).collect(),
             leaves,
             measurements: p.measurements,
-                    audit: p.audit,
+            audit: p.audit,
             created_at: chrono::Utc::now(),
         })
         .await

@@ -111,7 +111,14 @@ impl Default for ConnectOptions {
 /// The SCD as the BAL uses it: every aggregate's store, the change feed and a health check.
 #[async_trait]
 pub trait Store:
-    AccountStore + GrantStore + MeasurementStore + CertificationStore + ChainStore + Send + Sync + 'static
+    AccountStore
+    + GrantStore
+    + MeasurementStore
+    + CertificationStore
+    + ChainStore
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
     /// Fails when the database cannot answer: the readiness probe.
@@ -138,7 +145,12 @@ pub async fn migrate(url: &str, options: &ConnectOptions) -> StoreResult<SchemaS
         ..options.clone()
     };
     match Backend::of(url)? {
-        Backend::Sqlite => SqliteStore::connect_with(url, &options).await?.schema().await,
+        Backend::Sqlite => {
+            SqliteStore::connect_with(url, &options)
+                .await?
+                .schema()
+                .await
+        }
         Backend::Postgres => PgStore::connect(url, &options).await?.schema().await,
     }
 }

@@ -66,8 +66,27 @@ impl FromStr for MeasurementCursor {
 #[derive(Debug, Clone, Default)]
 pub struct MeasurementPage {
     pub items: Vec<Measurement>,
-    /// Where the next page starts; `None` when this page was not full.
+    /// Where the next page starts; `None` when this page was not full (the last page).
     pub next: Option<MeasurementCursor>,
+    /// After this page's last row, full page or not: where a reader following new rows
+    /// resumes. `None` for an empty page.
+    pub resume: Option<MeasurementCursor>,
+}
+
+impl MeasurementPage {
+    /// A page of `items` read with `limit`, whose last row is at `last`.
+    pub(crate) fn new(
+        items: Vec<Measurement>,
+        limit: u32,
+        last: Option<MeasurementCursor>,
+    ) -> Self {
+        let next = last.filter(|_| items.len() == limit as usize);
+        Self {
+            items,
+            next,
+            resume: last,
+        }
+    }
 }
 
 /// Measurements.

@@ -91,17 +91,12 @@ macro_rules! row_mapping {
                 payload_hash: alloy_primitives::B256::try_from(hash.as_slice())
                     .map_err(|_| $crate::error::corrupt("payload_hash"))?,
                 fields: fields
-                    .map(|f| {
-                        serde_json::from_str(&f)
-                            .map_err(|_| $crate::error::corrupt("fields"))
-                    })
+                    .map(|f| serde_json::from_str(&f).map_err(|_| $crate::error::corrupt("fields")))
                     .transpose()?,
             })
         }
 
-        pub(crate) fn audit_entry_from_row(
-            row: &$row,
-        ) -> $crate::StoreResult<$crate::AuditEntry> {
+        pub(crate) fn audit_entry_from_row(row: &$row) -> $crate::StoreResult<$crate::AuditEntry> {
             let detail: String = get(row, "detail")?;
             Ok($crate::AuditEntry {
                 id: get(row, "id")?,

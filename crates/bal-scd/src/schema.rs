@@ -54,7 +54,11 @@ pub(crate) const BINARY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn version_tuple(v: &str) -> Option<(u64, u64, u64)> {
     let mut parts = v.split(['.', '-', '+']).map(str::parse::<u64>);
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
 }
 
 /// Decides what to do with a database whose applied migrations and `min_binary` are given.
@@ -64,10 +68,7 @@ pub(crate) fn plan(
     migrate: Migrate,
     backend: &str,
 ) -> StoreResult<Plan> {
-    let newer = status
-        .applied
-        .iter()
-        .any(|v| !migrator.version_exists(*v));
+    let newer = status.applied.iter().any(|v| !migrator.version_exists(*v));
     if let Some(min) = &status.min_binary {
         let too_old = match (version_tuple(BINARY_VERSION), version_tuple(min)) {
             (Some(ours), Some(needed)) => ours < needed,
@@ -118,13 +119,19 @@ mod tests {
     #[test]
     fn an_empty_database_is_set_up_by_any_command() {
         let s = status(&[], None);
-        assert_eq!(plan(&MIGRATOR, &s, Migrate::Refuse, "sqlite").unwrap(), Plan::Migrate);
+        assert_eq!(
+            plan(&MIGRATOR, &s, Migrate::Refuse, "sqlite").unwrap(),
+            Plan::Migrate
+        );
     }
 
     #[test]
     fn an_outdated_schema_is_migrated_only_when_allowed() {
         let s = status(&[1, 2], Some("0.1.0"));
-        assert_eq!(plan(&MIGRATOR, &s, Migrate::Auto, "sqlite").unwrap(), Plan::Migrate);
+        assert_eq!(
+            plan(&MIGRATOR, &s, Migrate::Auto, "sqlite").unwrap(),
+            Plan::Migrate
+        );
         let err = plan(&MIGRATOR, &s, Migrate::Refuse, "sqlite").unwrap_err();
         assert!(err.to_string().contains("bal db migrate"), "{err}");
     }
@@ -133,9 +140,15 @@ mod tests {
     fn a_newer_schema_is_used_when_it_admits_this_binary_and_refused_otherwise() {
         let all: Vec<i64> = MIGRATOR.iter().map(|m| m.version).chain([9999]).collect();
         let ok = status(&all, Some("0.0.1"));
-        assert_eq!(plan(&MIGRATOR, &ok, Migrate::Refuse, "postgres").unwrap(), Plan::Use);
+        assert_eq!(
+            plan(&MIGRATOR, &ok, Migrate::Refuse, "postgres").unwrap(),
+            Plan::Use
+        );
         let too_new = status(&all, Some("99.0.0"));
         let err = plan(&MIGRATOR, &too_new, Migrate::Auto, "postgres").unwrap_err();
-        assert!(err.to_string().contains("needs bal 99.0.0 or newer"), "{err}");
+        assert!(
+            err.to_string().contains("needs bal 99.0.0 or newer"),
+            "{err}"
+        );
     }
 }

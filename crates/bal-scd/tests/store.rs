@@ -42,7 +42,9 @@ async fn scalar_text(db: &Db, sql: &str) -> Option<String> {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     match db.database.backend {
         Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db.database.url).await.unwrap();
+            let mut c = sqlx::SqliteConnection::connect(&db.database.url)
+                .await
+                .unwrap();
             sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
         }
         Backend::Postgres => {
@@ -367,6 +369,505 @@ async fn a_broker_secret_is_kept_only_for_the_password_just_verified_and_dies_wi
         db.store.broker_secrets().await.unwrap(),
         vec![(name("cons"), "sealed-c".to_owned())]
     );
-    let left = scalar_text(&db, "SELECT broker_secret FROM users WHERE username = 'prod'").await;
+    let left = scalar_text(
+        &db,
+        "SELECT broker_secret FROM users WHERE username = 'prod'",
+    )
+    .await;
     assert_eq!(left, None, "a deleted user's sealed password is wiped");
+}
+
+// ---- Races: each guarantee of the trait docs, with two pools on one database standing for
+// ---- two processes (on SQLite they queue on the file lock; on PostgreSQL on row locks).
+
+#[tokio::test]
+async fn two_concurrent_deletions_of_the_last_two_admins_leave_one() {
+    let db = db().await;
+    let other = db.database.store().await;
+    for round in 0..5 {
+        let (a, b) = (format!("admin-a{round}"), format!("admin-b{round}"));
+        for n in [&a, &b] {
+            db.store
+                .create_user(new_user(n, Role::Admin), &Actor::System, Utc::now())
+                .await
+                .unwrap();
+        }
+        // Leave exactly these two admins.
+        for u in db.store.users().await.unwrap() {
+            if u.role == Role::Admin && u.username.as_str() != a && u.username.as_str() != b {
+                db.store
+                    .delete_user(&u.username, &Actor::System, Utc::now())
+                    .await
+                    .unwrap();
+            }
+        }
+        let (s1, s2) = (db.store.clone(), other.clone());
+        let (na, nb) = (name(&a), name(&b));
+        let one =
+            tokio::spawn(async move { s1.delete_user(&na, &Actor::System, Utc::now()).await });
+        let two =
+            tokio::spawn(async move { s2.delete_user(&nb, &Actor::System, Utc::now()).await });
+        let results = [one.await.unwrap(), two.await.unwrap()];
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Conflict(_))))
+        );
+        let admins = db.store.users().await.unwrap();
+        assert_eq!(admins.iter().filter(|u| u.role == Role::Admin).count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn of_two_concurrent_decisions_on_one_grant_one_wins_with_one_audit_entry() {
+    let db = db().await;
+    seed(&db.store).await;
+    let other = db.database.store().await;
+    let producer = Actor::User(name("prod"));
+    for _ in 0..5 {
+        let sub = db
+            .store
+            .request_subscription(request(Utc::now()))
+            .await
+            .unwrap();
+        let (s1, s2, p1, p2) = (
+            db.store.clone(),
+            other.clone(),
+            producer.clone(),
+            producer.clone(),
+        );
+        let accept = GrantAction::Accept { expires_at: None };
+        let one = tokio::spawn(async move { s1.decide(sub.id, &accept, &p1, Utc::now()).await });
+        let two = tokio::spawn(async move {
+            s2.decide(sub.id, &GrantAction::Refuse, &p2, Utc::now())
+                .await
+        });
+        let results = [one.await.unwrap(), two.await.unwrap()];
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        let decisions = db
+            .store
+            .audit_log(&AuditQuery {
+                object: Some(format!("subscription:{}", sub.id)),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // The request and exactly one decision.
+        assert_eq!(decisions.len(), 2, "{decisions:?}");
+        let stored = db.store.subscription(sub.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, winners[0].status);
+        if stored.status == SubscriptionStatus::Accepted {
+            db.store
+                .decide(sub.id, &GrantAction::Revoke, &producer, Utc::now())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_session_survives_a_concurrent_password_change() {
+    let db = db().await;
+    seed(&db.store).await;
+    let other = db.database.store().await;
+    let mut hash = new_user("cons", Role::Consumer).password_hash;
+    for i in 0..20u8 {
+        let token = [i; 32];
+        let next = format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$round{i}");
+        let (s1, s2, old, new) = (db.store.clone(), other.clone(), hash.clone(), next.clone());
+        let login = tokio::spawn(async move {
+            let now = Utc::now();
+            s1.create_session(token, &name("cons"), &old, now, now + Duration::hours(1))
+                .await
+        });
+        let change = tokio::spawn(async move {
+            s2.set_password(&name("cons"), new, None, &Actor::System, Utc::now())
+                .await
+        });
+        login.await.unwrap().unwrap();
+        change.await.unwrap().unwrap();
+        // Whichever came first, the session made with the old password does not work.
+        assert_eq!(
+            db.store.session_user(token, Utc::now()).await.unwrap(),
+            None,
+            "round {i}"
+        );
+        hash = next;
+    }
+}
+
+#[tokio::test]
+async fn expiries_run_by_several_processes_are_written_once() {
+    let db = db().await;
+    seed(&db.store).await;
+    let t0 = Utc::now();
+    let mut grants = Vec::new();
+    for i in 0..6 {
+        let consumer = format!("cons{i}");
+        db.store
+            .create_user(new_user(&consumer, Role::Consumer), &Actor::System, t0)
+            .await
+            .unwrap();
+        let sub = db
+            .store
+            .request_subscription(Subscription::request(
+                name(&consumer),
+                &Topic::parse("platone/prod").unwrap(),
+                t0,
+            ))
+            .await
+            .unwrap();
+        let accept = GrantAction::Accept {
+            expires_at: Some(t0 + Duration::seconds(5)),
+        };
+        db.store
+            .decide(sub.id, &accept, &Actor::User(name("prod")), t0)
+            .await
+            .unwrap();
+        grants.push(sub.id);
+    }
+    let later = t0 + Duration::seconds(6);
+    let mut stores = vec![db.store.clone()];
+    for _ in 0..3 {
+        stores.push(db.database.store().await);
+    }
+    let runs: Vec<_> = stores
+        .into_iter()
+        .map(|s| tokio::spawn(async move { s.expire_due(later).await.unwrap().len() }))
+        .collect();
+    let mut total = 0;
+    for r in runs {
+        total += r.await.unwrap();
+    }
+    assert_eq!(
+        total,
+        grants.len(),
+        "each expiry is reported by exactly one run"
+    );
+    let expiries = db
+        .store
+        .audit_log(&AuditQuery {
+            action: Some(bal_core::AuditAction::SubscriptionExpired),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(expiries.len(), grants.len());
+}
+
+/// Writes a batch of everything pending, as the certifier does (the root is not checked by
+/// the store); `None` when nothing is pending.
+async fn batch_pending(store: &SharedStore) -> Option<bal_scd::Batch> {
+    let pending = store.pending_items(500).await.unwrap();
+    if pending.items.is_empty() {
+        return None;
+    }
+    let leaves: Vec<_> = pending.items.iter().map(|i| i.values.leaf()).collect();
+    let root = alloy_primitives::keccak256(leaves.iter().flat_map(|l| l.0).collect::<Vec<u8>>());
+    let measurement_count = pending
+        .items
+        .iter()
+        .filter(|i| i.kind == ItemKind::Measurement)
+        .count() as u32;
+    let batch = NewBatch {
+        root,
+        measurement_count,
+        items: pending.items.iter().map(|i| i.id).collect(),
+        leaves,
+        measurements: pending.measurements,
+        audit: pending.audit,
+        created_at: Utc::now(),
+    };
+    match store.create_batch(&batch).await {
+        Ok(b) => Some(b),
+        // Another certifier got there first: its batch covers these.
+        Err(StoreError::Conflict(_)) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn with_concurrent_writers_every_reading_and_decision_is_batched_once_and_paged_once() {
+    let db = db().await;
+    seed(&db.store).await;
+    let writers: Vec<SharedStore> = vec![db.database.store().await, db.database.store().await];
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers: two "processes", several tasks each, small batches.
+    let mut tasks = Vec::new();
+    for (w, store) in writers.iter().enumerate() {
+        for t in 0..3 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..40 {
+                    let batch: Vec<_> = (0..(1 + i % 4))
+                        .map(|k| reading(&format!("{w}/{t}/{i}/{k}"), None))
+                        .collect();
+                    ids.extend(store.insert_measurements(&batch).await.unwrap());
+                }
+                ids
+            }));
+        }
+    }
+    // A grant decision writer, for audit items.
+    let decider = {
+        let store = writers[0].clone();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                let sub = store
+                    .request_subscription(request(Utc::now()))
+                    .await
+                    .unwrap();
+                let p = Actor::User(name("prod"));
+                store
+                    .decide(sub.id, &GrantAction::Refuse, &p, Utc::now())
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // Two certifiers and a paging reader run all along.
+    let certifiers: Vec<_> = [db.store.clone(), db.database.store().await]
+        .into_iter()
+        .map(|store| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut batches = Vec::new();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    match batch_pending(&store).await {
+                        Some(b) => batches.push(b),
+                        None if finished => return batches,
+                        None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let store = db.store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = store
+                    .measurements(&MeasurementQuery {
+                        producer: name("prod"),
+                        from: None,
+                        to: None,
+                        after,
+                        limit: 7,
+                    })
+                    .await
+                    .unwrap();
+                seen.extend(page.items.iter().map(|m| m.id));
+                // A short page is the end for now; the next read resumes after its last row.
+                after = page.resume.or(after);
+                if page.next.is_none() {
+                    if finished {
+                        return seen;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+                }
+            }
+        })
+    };
+    let mut written = Vec::new();
+    for t in tasks {
+        written.extend(t.await.unwrap());
+    }
+    decider.await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut batches = Vec::new();
+    for c in certifiers {
+        batches.extend(c.await.unwrap());
+    }
+    // Whatever the certifiers left between their last look and `done`.
+    while let Some(b) = batch_pending(&db.store).await {
+        batches.push(b);
+    }
+    written.sort_unstable();
+
+    // Every reading is in exactly one batch's leaves, and found there by `batch_of`.
+    let mut batched = Vec::new();
+    for b in &batches {
+        let leaves = db.store.batch_leaves(b.seq).await.unwrap().unwrap();
+        batched.extend_from_slice(&leaves.items[..leaves.measurement_count as usize]);
+    }
+    batched.sort_unstable();
+    assert_eq!(batched, written, "every reading in exactly one batch");
+    for id in written.iter().step_by(17) {
+        let b = db
+            .store
+            .batch_of(ItemKind::Measurement, *id)
+            .await
+            .unwrap()
+            .unwrap();
+        let leaves = db.store.batch_leaves(b.seq).await.unwrap().unwrap();
+        assert!(leaves.index_of(ItemKind::Measurement, *id).is_some());
+    }
+    // Every grant decision (and request) is certified once too.
+    let audit_items: usize = batches
+        .iter()
+        .map(|b| (b.leaf_count - b.measurement_count) as usize)
+        .sum();
+    let certified_actions = db
+        .store
+        .audit_log(&AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action.as_str().starts_with("subscription."))
+        .count();
+    assert_eq!(audit_items, certified_actions);
+    let status = db.store.certification_status().await.unwrap();
+    assert_eq!(status.unbatched_measurements, 0);
+
+    // The reader saw every row exactly once.
+    let mut seen = reader.await.unwrap();
+    let len = seen.len();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), len, "no row twice");
+    assert_eq!(seen, written, "no row skipped");
+}
+
+#[tokio::test]
+async fn committed_changes_reach_this_process_and_on_postgresql_every_other_within_a_second() {
+    let db = db().await;
+    seed(&db.store).await;
+    let other = db.database.store().await;
+    let mut here = db.store.changes();
+    let mut there = other.changes();
+    let sub = db
+        .store
+        .request_subscription(request(Utc::now()))
+        .await
+        .unwrap();
+    let ids = db
+        .store
+        .insert_measurements(&[reading("x", None)])
+        .await
+        .unwrap();
+    let wait = std::time::Duration::from_secs(1);
+    // This process: at once, with the full values.
+    match tokio::time::timeout(wait, here.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Change::Subscription(s) => assert_eq!(s.id, sub.id),
+        other => panic!("unexpected {other:?}"),
+    }
+    match tokio::time::timeout(wait, here.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Change::Measurements(m) => assert_eq!(m[0].id, ids[0]),
+        other => panic!("unexpected {other:?}"),
+    }
+    if db.database.backend == Backend::Sqlite {
+        // SQLite's feed is in-process: another process's changes are found by re-reading.
+        assert!(there.try_recv().is_err());
+        return;
+    }
+    // Another process: through NOTIFY, read back from the database.
+    match tokio::time::timeout(wait, there.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Change::Subscription(s) => {
+            assert_eq!(s.id, sub.id);
+            assert_eq!(s.status, SubscriptionStatus::Requested);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match tokio::time::timeout(wait, there.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Change::Measurements(m) => {
+            assert_eq!(m.len(), 1);
+            assert_eq!(m[0].id, ids[0]);
+            assert_eq!(m[0].payload, b"x");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A batch larger than one notification arrives whole.
+    let big: Vec<_> = (0..3000).map(|i| reading(&i.to_string(), None)).collect();
+    let big_ids = other.insert_measurements(&big).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < big_ids.len() {
+        match tokio::time::timeout(wait, here.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Change::Measurements(m) => got.extend(m.iter().map(|m| m.id)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, big_ids);
+}
+
+#[tokio::test]
+async fn an_open_transaction_holds_certification_back_only_on_its_own_database() {
+    let db = db().await;
+    seed(&db.store).await;
+    if db.database.backend == Backend::Sqlite {
+        // One writer at a time: an open write transaction blocks the next writer instead.
+        return;
+    }
+    use sqlx::{Connection, Executor};
+    let elsewhere = TestDatabase::new().await;
+    let mut other = sqlx::PgConnection::connect(&elsewhere.url).await.unwrap();
+    other
+        .execute("BEGIN; CREATE TABLE t (x int);")
+        .await
+        .unwrap();
+    let ids = db
+        .store
+        .insert_measurements(&[reading("a", None)])
+        .await
+        .unwrap();
+    let pending = db.store.pending_items(10).await.unwrap();
+    assert_eq!(
+        pending.items.len(),
+        1,
+        "another database's transaction is not waited for"
+    );
+    // A writing transaction open on this database holds back what commits after it began.
+    let mut here = sqlx::PgConnection::connect(&db.database.url).await.unwrap();
+    here.execute("BEGIN; CREATE TABLE t (x int);")
+        .await
+        .unwrap();
+    let later = db
+        .store
+        .insert_measurements(&[reading("b", None)])
+        .await
+        .unwrap();
+    let pending = db.store.pending_items(10).await.unwrap();
+    let ids_pending: Vec<i64> = pending.items.iter().map(|i| i.id).collect();
+    assert_eq!(
+        ids_pending, ids,
+        "the later row waits for the open transaction"
+    );
+    here.execute("ROLLBACK").await.unwrap();
+    let pending = db.store.pending_items(10).await.unwrap();
+    assert_eq!(pending.items.len(), 2);
+    assert_eq!(pending.items[1].id, later[0]);
+    other.execute("ROLLBACK").await.unwrap();
 }

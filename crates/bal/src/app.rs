@@ -146,12 +146,9 @@ pub async fn open_store(
     let master = master_key(settings)?;
     // Only an external broker needs the passwords back (see `bal_wallet::sealed`).
     let broker = (settings.broker.kind == BrokerKind::Mosquitto).then(|| Sealer::new(&master));
-    let store = bal_scd::connect(
-        &settings.database_url(),
-        &settings.connect_options(migrate),
-    )
-    .await
-    .context("cannot open the database (database.url)")?;
+    let store = bal_scd::connect(&settings.database_url(), &settings.connect_options(migrate))
+        .await
+        .context("cannot open the database (database.url)")?;
     Ok((store, AccountKeys { master, broker }))
 }
 

@@ -16,9 +16,21 @@ INSERT INTO bal_schema (key, value) VALUES ('min_binary', '0.1.0');
 -- order rows by it (see src/certification.rs and MeasurementCursor).
 CREATE FUNCTION bal_xid() RETURNS BIGINT LANGUAGE sql VOLATILE
     AS $$ SELECT pg_current_xact_id()::text::bigint $$;
--- Every transaction below this one has ended: no row with a smaller xid can still appear.
-CREATE FUNCTION bal_xid_horizon() RETURNS BIGINT LANGUAGE sql STABLE
-    AS $$ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint $$;
+-- The certification horizon: every transaction of this database below it has ended, so no
+-- row with a smaller xid can still appear. It is the oldest transaction still running in the
+-- current snapshot, leaving out those that pg_stat_activity shows running in another database
+-- of the cluster (a transaction writes only its own database). An xid it cannot place (a
+-- prepared transaction, a session of another role without pg_read_all_stats, one that ended
+-- since the snapshot) is counted as this database's: the horizon may lag, never lead.
+CREATE FUNCTION bal_xid_horizon() RETURNS BIGINT LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(
+        (SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
+          WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                             WHERE a.backend_xid = xid(x)
+                               AND a.datname IS DISTINCT FROM current_database())),
+        pg_snapshot_xmax(s.snap))::text::bigint
+    FROM (SELECT pg_current_snapshot() AS snap) AS s
+$$;
 -- The database's clock, in ms.
 CREATE FUNCTION bal_now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE
     AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;

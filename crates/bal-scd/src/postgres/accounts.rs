@@ -205,9 +205,7 @@ impl AccountStore for PgStore {
     ) -> StoreResult<Vec<Subscription>> {
         let mut tx = self.begin_write().await?;
         let role: Option<String> =
-            sqlx::query_scalar(
-                "SELECT role FROM users WHERE username = $1 AND deleted_at IS NULL FOR UPDATE",
-            )
+            sqlx::query_scalar("SELECT role FROM users WHERE username = $1 AND deleted_at IS NULL")
                 .bind(username.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -216,16 +214,29 @@ impl AccountStore for PgStore {
             .parse()
             .map_err(|_| corrupt("role"))?;
         if role == Role::Admin {
-            // Lock every live admin before counting: a concurrent deletion of another admin
-            // waits here, then sees this one gone (the rows are re-read under the lock).
+            // Lock every live admin, in name order, before counting: a concurrent deletion of
+            // another admin waits here, then sees this one gone (rows are re-read under lock).
             let admins: Vec<String> = sqlx::query_scalar(
                 "SELECT username FROM users WHERE role = 'admin' AND deleted_at IS NULL \
                  ORDER BY username FOR UPDATE",
             )
             .fetch_all(&mut *tx)
             .await?;
+            if !admins.iter().any(|a| a == username.as_str()) {
+                return Err(StoreError::NotFound("user"));
+            }
             if admins.len() <= 1 {
                 return Err(StoreError::Conflict("cannot delete the last admin".into()));
+            }
+        } else {
+            let locked: Option<String> = sqlx::query_scalar(
+                "SELECT username FROM users WHERE username = $1 AND deleted_at IS NULL FOR UPDATE",
+            )
+            .bind(username.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if locked.is_none() {
+                return Err(StoreError::NotFound("user"));
             }
         }
         let mut ended = Vec::new();

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bal_core::merkle::{self, LeafValues};
 use bal_core::{Measurement, Username, WalletAddress};
 use sqlx::postgres::PgRow;
-use sqlx::{QueryBuilder, Postgres};
+use sqlx::{Postgres, QueryBuilder};
 
 use super::{PgStore, audit_entry_from_row, get, measurement_from_row, parse};
 use crate::certification::{
@@ -207,7 +207,9 @@ impl CertificationStore for PgStore {
             });
         }
         // The span is fixed; within it, leaves go by id (proof lookups search the id list).
-        pending.items.sort_by_key(|i| (i.kind == ItemKind::Audit, i.id));
+        pending
+            .items
+            .sort_by_key(|i| (i.kind == ItemKind::Audit, i.id));
         Ok(pending)
     }
 

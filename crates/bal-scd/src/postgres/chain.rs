@@ -3,14 +3,14 @@
 use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
-use sqlx::{QueryBuilder, Postgres};
+use sqlx::{Postgres, QueryBuilder};
 
 use super::{PgStore, get};
-use crate::error::corrupt;
 use crate::chain::{
     BlockKey, ChainAccount, ChainState, ChainStore, LogFilter, NewChainBlock, StorageSlot,
     StoredBlock, StoredLog, StoredTransaction,
 };
+use crate::error::corrupt;
 use crate::{StoreError, StoreResult};
 
 fn bytes_to<T: for<'a> TryFrom<&'a [u8]>>(raw: &[u8], what: &str) -> StoreResult<T> {

@@ -5,11 +5,15 @@ use bal_core::{
     Actor, AuditAction, AuditDetail, GrantAction, Subscription, SubscriptionId, Username,
 };
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Postgres, PgConnection};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use super::{PgStore, append_audit, audit_entry_from_row, is_unique_violation, subscription_from_row};
+use super::{
+    PgStore, append_audit, audit_entry_from_row, is_unique_violation, subscription_from_row,
+};
 use crate::rows::{ms, subscription_columns, transition_detail};
-use crate::{AuditEntry, AuditQuery, Change, GrantStore, StoreError, StoreResult, SubscriptionQuery};
+use crate::{
+    AuditEntry, AuditQuery, Change, GrantStore, StoreError, StoreResult, SubscriptionQuery,
+};
 
 #[async_trait]
 impl GrantStore for PgStore {

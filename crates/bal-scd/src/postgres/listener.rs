@@ -201,7 +201,10 @@ async fn read(pool: &PgPool, origin: &str, payload: &str) -> Option<Change> {
         _ => None,
     };
     Some(change.unwrap_or_else(|| {
-        tracing::warn!(kind, "malformed change notification; re-checking everything");
+        tracing::warn!(
+            kind,
+            "malformed change notification; re-checking everything"
+        );
         Change::Resync
     }))
 }
@@ -220,7 +223,10 @@ mod tests {
         let chunks = id_ranges(&sparse, MAX_PAYLOAD);
         assert!(chunks.len() > 1);
         assert!(chunks.iter().all(|c| c.len() <= MAX_PAYLOAD));
-        let back: Vec<i64> = chunks.iter().flat_map(|c| parse_ranges(c).unwrap()).collect();
+        let back: Vec<i64> = chunks
+            .iter()
+            .flat_map(|c| parse_ranges(c).unwrap())
+            .collect();
         assert_eq!(back, sparse);
         let payloads = payloads("o", &[Notice::Measurements(sparse)]);
         assert!(payloads.iter().all(|p| p.len() < 8000));

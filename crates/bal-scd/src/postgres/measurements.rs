@@ -64,7 +64,12 @@ impl MeasurementStore for PgStore {
             new.push(true);
         }
         insert_rows(&mut tx, &fresh, stamp).await?;
-        let stored: Vec<i64> = ids.iter().zip(&new).filter(|(_, n)| **n).map(|(i, _)| *i).collect();
+        let stored: Vec<i64> = ids
+            .iter()
+            .zip(&new)
+            .filter(|(_, n)| **n)
+            .map(|(i, _)| *i)
+            .collect();
         if !stored.is_empty() {
             tx.notify_measurements(&stored);
             if self.feed.has_listeners() {
@@ -119,14 +124,14 @@ impl MeasurementStore for PgStore {
             .iter()
             .map(measurement_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        let next = match rows.last() {
-            Some(row) if rows.len() == query.limit as usize => Some(MeasurementCursor {
+        let last = match rows.last() {
+            Some(row) => Some(MeasurementCursor {
                 key: get(row, "xid")?,
                 id: get(row, "id")?,
             }),
-            _ => None,
+            None => None,
         };
-        Ok(MeasurementPage { items, next })
+        Ok(MeasurementPage::new(items, query.limit, last))
     }
 }
 

@@ -153,7 +153,8 @@ impl Write {
 
     /// Tells the other processes which measurements were stored (by id: they read the rows).
     pub(crate) fn notify_measurements(&mut self, ids: &[i64]) {
-        self.notices.push(listener::Notice::Measurements(ids.to_vec()));
+        self.notices
+            .push(listener::Notice::Measurements(ids.to_vec()));
     }
 
     /// Sends the notifications, commits, then publishes what was announced.

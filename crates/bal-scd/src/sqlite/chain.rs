@@ -6,11 +6,11 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{SqliteStore, get};
-use crate::error::corrupt;
 use crate::chain::{
     BlockKey, ChainAccount, ChainState, ChainStore, LogFilter, NewChainBlock, StorageSlot,
     StoredBlock, StoredLog, StoredTransaction,
 };
+use crate::error::corrupt;
 use crate::{StoreError, StoreResult};
 
 fn bytes_to<T: for<'a> TryFrom<&'a [u8]>>(raw: &[u8], what: &str) -> StoreResult<T> {

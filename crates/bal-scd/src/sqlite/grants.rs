@@ -7,9 +7,13 @@ use bal_core::{
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{SqliteStore, append_audit, audit_entry_from_row, is_unique_violation, subscription_from_row};
+use super::{
+    SqliteStore, append_audit, audit_entry_from_row, is_unique_violation, subscription_from_row,
+};
 use crate::rows::{ms, subscription_columns, transition_detail};
-use crate::{AuditEntry, AuditQuery, Change, GrantStore, StoreError, StoreResult, SubscriptionQuery};
+use crate::{
+    AuditEntry, AuditQuery, Change, GrantStore, StoreError, StoreResult, SubscriptionQuery,
+};
 
 #[async_trait]
 impl GrantStore for SqliteStore {

@@ -5,9 +5,9 @@ use bal_core::{Measurement, NewMeasurement};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, measurement_from_row};
+use crate::measurements::committed;
 use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
 use crate::rows::{measurement_columns, ms, time};
-use crate::measurements::committed;
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
     StoreResult,
@@ -106,14 +106,11 @@ impl MeasurementStore for SqliteStore {
             .map(measurement_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
         // Reception times are stamped in commit order here (see `Write::stamp`).
-        let next = (items.len() == query.limit as usize)
-            .then(|| items.last())
-            .flatten()
-            .map(|m| MeasurementCursor {
-                key: ms(m.received_at),
-                id: m.id,
-            });
-        Ok(MeasurementPage { items, next })
+        let last = items.last().map(|m| MeasurementCursor {
+            key: ms(m.received_at),
+            id: m.id,
+        });
+        Ok(MeasurementPage::new(items, query.limit, last))
     }
 }
 
@@ -152,10 +149,7 @@ async fn insert_rows(
                 .push_bind(f)
                 .push_bind(m.origin);
         });
-        let done = sql
-            .build()
-            .execute(&mut *conn)
-            .await?;
+        let done = sql.build().execute(&mut *conn).await?;
         let last = done.last_insert_rowid();
         let first = last - chunk.len() as i64 + 1;
         ids.extend(first..=last);

@@ -82,9 +82,11 @@ impl SqliteStore {
             .fetch_one(&self.pool)
         };
         let applied = if has("_sqlx_migrations").await? > 0 {
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await?
         } else {
             Vec::new()
         };
