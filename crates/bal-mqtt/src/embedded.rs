@@ -130,7 +130,7 @@ impl EmbeddedBroker {
         }
 
         let hooks = Hooks {
-            store: store.clone(),
+            store: Arc::downgrade(&store),
             ingest,
             limiter: Arc::new(LoginLimiter::new(config.login_limits)),
             verified: Arc::new(CredentialCache::new(CREDENTIAL_TTL)),
@@ -234,7 +234,10 @@ type UserCache = Arc<RwLock<HashMap<String, User>>>;
 
 #[derive(Clone)]
 struct Hooks {
-    store: SharedStore,
+    /// Weak: rmqtt's hook manager keeps the hooks as long as the broker's context lives, which
+    /// can outlast the broker (the context and its hooks reference each other); a strong
+    /// reference would keep the store and its database connections open after the BAL stops.
+    store: std::sync::Weak<dyn bal_scd::Store>,
     ingest: Ingest,
     limiter: Arc<LoginLimiter>,
     verified: Arc<CredentialCache>,
@@ -256,12 +259,21 @@ fn auth(result: AuthResult) -> ReturnType {
 }
 
 impl Hooks {
+    /// The store, while the BAL that started this broker runs.
+    fn store(&self) -> Option<SharedStore> {
+        self.store.upgrade()
+    }
+
     async fn user_of(&self, session: &Session) -> Option<User> {
         let name = session.id.username.as_deref()?;
         if let Some(u) = self.users.read().expect("user cache lock").get(name) {
             return Some(u.clone());
         }
-        let user = self.store.user(&Username::parse(name).ok()?).await.ok()??;
+        let user = self
+            .store()?
+            .user(&Username::parse(name).ok()?)
+            .await
+            .ok()??;
         self.users
             .write()
             .expect("user cache lock")
@@ -284,8 +296,11 @@ impl Hooks {
             .and_then(|p| std::str::from_utf8(p).ok())
             .unwrap_or_default()
             .to_owned();
+        let Some(store) = self.store() else {
+            return auth(AuthResult::NotAuthorized);
+        };
         let credentials = match Username::parse(&name) {
-            Ok(u) => match self.store.credentials(&u).await {
+            Ok(u) => match store.credentials(&u).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "MQTT login: database error");
@@ -361,15 +376,15 @@ impl Hooks {
         filter: &str,
         qos: rmqtt::codec::types::QoS,
     ) -> HookResult {
-        let allowed = match self.user_of(session).await {
-            Some(user) => match may_subscribe(&self.store, &user, filter).await {
+        let allowed = match (self.user_of(session).await, self.store()) {
+            (Some(user), Some(store)) => match may_subscribe(&store, &user, filter).await {
                 Ok(allowed) => allowed,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "subscribe check failed");
                     false
                 }
             },
-            None => false,
+            _ => false,
         };
         HookResult::SubscribeAclResult(if allowed {
             SubscribeAclResult::new_success(qos, None)

@@ -1,10 +1,12 @@
 //! A fresh database per test, on the backend `BAL_TEST_DATABASE` names (`sqlite`, the default,
 //! or `postgres`), for this crate's tests and those of the crates above it (feature `testing`).
 //!
-//! PostgreSQL: a database `bal_test_<random>` is created on the server at
+//! PostgreSQL: a database `bal_test_<pid>_<random>` is created on the server at
 //! `BAL_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and dropped
-//! (with `FORCE`) when the value is dropped. When the server is missing this panics: the tests
-//! fail, they never skip.
+//! (with `FORCE`) when the [`TestDatabase`] is dropped; those made by
+//! [`create_postgres_database`] live as long as the test process, and the first database a
+//! process creates sweeps away those of processes that have ended. When the server is missing
+//! this panics: the tests fail, they never skip.
 
 use std::time::Duration;
 
@@ -58,23 +60,9 @@ impl TestDatabase {
                 pg_name: None,
             },
             Backend::Postgres => {
-                let name = format!("bal_test_{:016x}", rand::random::<u64>());
-                let admin = postgres_admin_url();
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "PostgreSQL is needed at {admin} (BAL_TEST_POSTGRES_URL): {e}; \
-                             start it with `pg_ctlcluster 15 main start`"
-                        )
-                    });
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create the test database");
-                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                let (url, name) = create(&postgres_admin_url()).await;
                 Self {
-                    url: format!("{base}/{name}"),
+                    url,
                     backend,
                     dir,
                     pg_name: Some(name),
@@ -94,6 +82,71 @@ impl TestDatabase {
             .await
             .expect("open the test database")
     }
+}
+
+/// Creates an empty database and returns its URL and name.
+async fn create(admin: &str) -> (String, String) {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is needed at {admin} (BAL_TEST_POSTGRES_URL): {e}; \
+                 start it with `pg_ctlcluster 15 main start`"
+            )
+        });
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let mut sweep = false;
+    SWEPT.call_once(|| sweep = true);
+    if sweep {
+        sweep_ended_processes(&mut conn).await;
+    }
+    let name = format!(
+        "bal_test_{}_{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    (format!("{base}/{name}"), name)
+}
+
+/// Drops the test databases of processes that no longer run.
+async fn sweep_ended_processes(conn: &mut sqlx::PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'bal\\_test\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
+    }
+}
+
+/// A database for the whole test process (for harnesses that restart servers on one data
+/// folder): its URL. Blocking, so that synchronous set-up code can call it.
+pub fn create_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(create(&admin))
+            .0
+    })
+    .join()
+    .expect("create a test database")
 }
 
 impl Drop for TestDatabase {

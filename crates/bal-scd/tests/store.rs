@@ -871,3 +871,38 @@ async fn an_open_transaction_holds_certification_back_only_on_its_own_database()
     assert_eq!(pending.items[1].id, later[0]);
     other.execute("ROLLBACK").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_consumer_reads_only_under_an_accepted_unexpired_grant() {
+    let db = db().await;
+    seed(&db.store).await;
+    let (cons, prod) = (name("cons"), name("prod"));
+    let t0 = Utc::now();
+    assert!(!db.store.can_read(&cons, &prod, t0).await.unwrap());
+    let sub = db.store.request_subscription(request(t0)).await.unwrap();
+    assert!(
+        !db.store.can_read(&cons, &prod, t0).await.unwrap(),
+        "a request is not a grant"
+    );
+    let until = t0 + Duration::seconds(30);
+    let accept = GrantAction::Accept {
+        expires_at: Some(until),
+    };
+    db.store
+        .decide(sub.id, &accept, &Actor::User(prod.clone()), t0)
+        .await
+        .unwrap();
+    assert!(db.store.can_read(&cons, &prod, t0).await.unwrap());
+    assert!(
+        !db.store.can_read(&cons, &prod, until).await.unwrap(),
+        "expired"
+    );
+    db.store
+        .decide(sub.id, &GrantAction::Revoke, &Actor::User(prod.clone()), t0)
+        .await
+        .unwrap();
+    assert!(
+        !db.store.can_read(&cons, &prod, t0).await.unwrap(),
+        "revoked"
+    );
+}

@@ -174,7 +174,7 @@ impl GrantStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM subscriptions WHERE consumer = $1 AND producer = $2 \
+            "SELECT 1::bigint FROM subscriptions WHERE consumer = $1 AND producer = $2 \
              AND status = 'accepted' AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
         )
         .bind(consumer.as_str())

@@ -1,16 +1,14 @@
 //! The `bal` binary itself: user commands on the same database, config printing, exit codes.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use reqwest::StatusCode;
 
 use crate::helpers::*;
 
 fn bal(data_dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bal"))
-        .arg("--data-dir")
-        .arg(data_dir)
+    let mut child = bal_cli(data_dir)
         .args(args)
         .env_remove("BAL_ADMIN_PASSWORD")
         .stdin(Stdio::piped())

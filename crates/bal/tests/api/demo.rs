@@ -16,7 +16,15 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
     let taken_mqtt = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_http = TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bal"))
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bal"));
+    if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
+        // The demo on PostgreSQL: its embedded chain keeps its blocks there too.
+        demo.env(
+            "BAL_DATABASE__URL",
+            bal_scd::testing::create_postgres_database(),
+        );
+    }
+    let mut child = demo
         .arg("--data-dir")
         .arg(dir.path())
         .arg("demo")
@@ -31,7 +39,8 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
         .env("BAL_MQTT__LISTEN_TLS", "127.0.0.1:0")
         .env_remove("BAL_ADMIN_PASSWORD")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Kept for the failure message: what the demo logged.
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -77,7 +86,10 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
         .json(&json!({ "username": "consumer1", "password": consumer1 }))
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default();
+            panic!("login at {base}: {e}\ndemo log:\n{log}")
+        })
         .json()
         .await
         .unwrap();

@@ -54,7 +54,36 @@ pub fn test_settings(data_dir: &Path) -> Settings {
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     s.mqtt.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
+        // A database of its own, named in the data folder so that every `bal` command run on
+        // this folder (see `bal_cli`) and every restart use it too.
+        let url = match std::fs::read_to_string(data_dir.join(DATABASE_URL_FILE)) {
+            Ok(url) => url,
+            Err(_) => {
+                let url = bal_scd::testing::create_postgres_database();
+                std::fs::create_dir_all(data_dir).unwrap();
+                std::fs::write(data_dir.join(DATABASE_URL_FILE), &url).unwrap();
+                url
+            }
+        };
+        s.database.url = Some(serde_json::from_value::<Secret>(json!(url)).unwrap());
+        s.database.max_connections = 4;
+    }
     s
+}
+
+/// Where `test_settings` notes the PostgreSQL database of a data folder.
+const DATABASE_URL_FILE: &str = "test-database-url";
+
+/// The `bal` binary on `data_dir`, with the same database as the servers on it.
+pub fn bal_cli(data_dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bal"));
+    cmd.arg("--data-dir").arg(data_dir);
+    match std::fs::read_to_string(data_dir.join(DATABASE_URL_FILE)) {
+        Ok(url) => cmd.env("BAL_DATABASE__URL", url),
+        Err(_) => cmd.env_remove("BAL_DATABASE__URL"),
+    };
+    cmd
 }
 
 /// A client that trusts exactly the CA at `ca` (and no public roots).

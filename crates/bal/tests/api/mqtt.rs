@@ -226,10 +226,8 @@ async fn a_password_changed_by_another_process_stops_the_old_one(b: Broker) {
     device_user(&app, "producer1", "producer").await;
     // Verified once: the embedded broker now remembers this password.
     Mqtt::online(V5, login(&app, "pmu-1", "producer1", PASSWORD)).await;
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_bal"));
-    cli.arg("--data-dir")
-        .arg(&app.data_dir)
-        .args(["user", "passwd", "producer1", "--password-stdin"])
+    let mut cli = crate::helpers::bal_cli(&app.data_dir);
+    cli.args(["user", "passwd", "producer1", "--password-stdin"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
     if b == Broker::Mosquitto {

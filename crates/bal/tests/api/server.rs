@@ -161,14 +161,16 @@ async fn a_port_in_use_is_a_clear_start_up_error() {
 async fn a_broken_database_gives_a_generic_500_and_the_server_stays_up() {
     let app = spawn_app().await;
     // Break the schema behind the server's back.
-    let url = format!("sqlite://{}", app.data_dir.join("bal.db").display());
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE subscriptions RENAME TO subscriptions_gone")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let url = app.settings.database_url();
+    let break_it = "ALTER TABLE subscriptions RENAME TO subscriptions_gone";
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(break_it).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(break_it).execute(&mut conn).await.unwrap();
+    }
     let r = app.get("/api/subscriptions", &app.admin).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body = r.text().await.unwrap();
