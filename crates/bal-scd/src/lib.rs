@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod certification;
 pub mod chain;
+pub mod copy;
 mod error;
 pub mod feed;
 pub mod grants;
@@ -125,6 +126,18 @@ pub trait Store:
     async fn ping(&self) -> StoreResult<()>;
     /// Changes committed from now on, by this process and (on PostgreSQL) by every other.
     fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Records the master key's fingerprint on first use; afterwards `Config` when a process
+    /// comes with another key (its wallets and sealed passwords would not open).
+    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()>;
+}
+
+/// The message for a process whose master key is not the database's.
+pub(crate) fn master_key_mismatch(stored: &str, ours: &str) -> StoreError {
+    StoreError::Config(format!(
+        "the database was set up with another master key (fingerprint {stored}, this process \
+         has {ours}): use the same keys.master_key (BAL_KEYS__MASTER_KEY) or master.key file as \
+         the processes that created it"
+    ))
 }
 
 /// The store as the rest of the BAL holds it.

@@ -51,6 +51,22 @@ impl MasterKey {
     pub(crate) fn passphrase(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// Names this key without revealing it, so that a database can tell whether a process has
+    /// the key its wallets were sealed with. scrypt with a fixed salt: a leaked fingerprint is
+    /// no easier to attack than the keystores beside it (which use scrypt too).
+    pub fn fingerprint(&self) -> String {
+        let params = scrypt::Params::new(14, 8, 1, 16).expect("valid scrypt parameters");
+        let mut out = [0u8; 16];
+        scrypt::scrypt(
+            self.passphrase(),
+            b"bal-master-key-fingerprint/1",
+            &params,
+            &mut out,
+        )
+        .expect("16 bytes is a valid scrypt output length");
+        out.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// Reads a secret kept in a file of its own (the master key, the chain operator's key), or
@@ -92,6 +108,16 @@ pub fn load_or_create_secret(path: &Path) -> Result<Zeroizing<String>, MasterKey
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_tell_keys_apart_and_never_show_them() {
+        let a = MasterKey::from_passphrase("0123456789abcdef-one").unwrap();
+        let b = MasterKey::from_passphrase("0123456789abcdef-two").unwrap();
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 32);
+        assert!(!a.fingerprint().contains("0123456789abcdef"));
+    }
 
     #[test]
     fn the_key_file_is_created_private_and_read_back() {

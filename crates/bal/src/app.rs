@@ -149,6 +149,7 @@ pub async fn open_store(
     let store = bal_scd::connect(&settings.database_url(), &settings.connect_options(migrate))
         .await
         .context("cannot open the database (database.url)")?;
+    store.check_master_key(&master.fingerprint()).await?;
     Ok((store, AccountKeys { master, broker }))
 }
 

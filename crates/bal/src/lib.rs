@@ -4,7 +4,7 @@
 //! - [`settings`]: layered settings and the default `bal.toml`.
 //! - [`tls`]: the operator's certificate or a generated CA and certificate.
 //! - [`app`]: opens the database and keys, binds the listener, serves until shutdown.
-//! - [`cli`]: the `bal user ...` commands.
+//! - [`cli`]: the `bal user ...` commands; [`db`]: `bal db migrate|status|copy`.
 //! - [`bench`]: `bal bench`, the ingest benchmark against a pass-through baseline.
 //! - [`bench_certify`]: `bal bench-certify`, certification against one transaction per reading.
 //! - [`demo`]: `bal demo`, the BAL with demo users, grants and simulated devices.
@@ -16,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_certify;
 pub mod cli;
+pub mod db;
 pub mod demo;
 pub mod devices;
 pub mod settings;

@@ -47,6 +47,27 @@ enum Command {
     /// Users, on the same database `bal serve` uses.
     #[command(subcommand)]
     User(UserCommand),
+    /// The database: schema migrations and moving to PostgreSQL.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Brings the schema of database.url up to date, alone (a Kubernetes pre-upgrade job).
+    Migrate,
+    /// Prints the schema version of database.url and whether this binary may use it.
+    Status,
+    /// Copies a SQLite installation into an empty PostgreSQL database, in one transaction.
+    Copy {
+        /// The SQLite database, e.g. sqlite://bal-data/bal.db.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database; better from BAL_DB_COPY_TO, so that no password shows in
+        /// the process list.
+        #[arg(long, env = "BAL_DB_COPY_TO", hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +181,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password_stdin,
                 }) => bal::cli::add(&settings, &username, &role, password_stdin).await,
                 Command::User(UserCommand::List) => bal::cli::list(&settings).await,
+                Command::Db(DbCommand::Migrate) => bal::db::migrate(&settings).await,
+                Command::Db(DbCommand::Status) => bal::db::status(&settings).await,
+                Command::Db(DbCommand::Copy { from, to }) => {
+                    bal::db::copy(&settings, &from, &to).await
+                }
                 Command::User(UserCommand::Passwd {
                     username,
                     password_stdin,

@@ -18,6 +18,7 @@ mod accounts;
 mod certification;
 mod chain;
 mod grants;
+mod import;
 mod listener;
 mod measurements;
 
@@ -224,6 +225,25 @@ impl Store for PgStore {
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.feed.subscribe()
+    }
+
+    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO bal_schema (key, value) VALUES ('master_key', $1) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        let stored: String =
+            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'master_key'")
+                .fetch_one(&self.pool)
+                .await?;
+        if stored == fingerprint {
+            Ok(())
+        } else {
+            Err(crate::master_key_mismatch(&stored, fingerprint))
+        }
     }
 }
 

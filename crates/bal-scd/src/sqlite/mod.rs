@@ -9,6 +9,7 @@
 mod accounts;
 mod certification;
 mod chain;
+mod export;
 mod grants;
 mod measurements;
 
@@ -192,5 +193,24 @@ impl Store for SqliteStore {
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.feed.subscribe()
+    }
+
+    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO bal_schema (key, value) VALUES ('master_key', ?) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        let stored: String =
+            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'master_key'")
+                .fetch_one(&self.pool)
+                .await?;
+        if stored == fingerprint {
+            Ok(())
+        } else {
+            Err(crate::master_key_mismatch(&stored, fingerprint))
+        }
     }
 }

@@ -120,3 +120,40 @@ fn config_default_prints_a_file_that_loads() {
     assert_eq!(s.http.listen.port(), 8443);
     assert!(String::from_utf8_lossy(&out.stdout).contains("BAL_HTTP__LISTEN"));
 }
+
+#[tokio::test]
+async fn a_process_with_another_master_key_is_refused_with_a_clear_message() {
+    let app = spawn_app().await;
+    let out = bal_cli(&app.data_dir)
+        .args(["user", "list"])
+        .env(
+            "BAL_KEYS__MASTER_KEY",
+            "not-the-key-this-database-was-made-with",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("another master key") && said.contains("keys.master_key"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("not-the-key"),
+        "the key itself is never printed: {said}"
+    );
+    // The right key still works.
+    let ok = bal(&app.data_dir, &["user", "list"], None);
+    assert!(ok.status.success(), "{}", text(&ok));
+}
+
+#[tokio::test]
+async fn bal_db_status_and_migrate_report_the_schema() {
+    let app = spawn_app().await;
+    let out = bal(&app.data_dir, &["db", "status"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("up to date"), "{}", text(&out));
+    let out = bal(&app.data_dir, &["db", "migrate"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("schema version"), "{}", text(&out));
+}

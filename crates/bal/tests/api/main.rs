@@ -16,5 +16,6 @@ mod mqtt;
 mod mqtt_client;
 mod server;
 mod subscriptions;
+mod upgrade;
 mod users;
 mod web;

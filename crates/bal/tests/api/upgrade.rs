@@ -1,0 +1,191 @@
+//! Databases made by earlier releases: upgraded in place, and moved to PostgreSQL, every proof
+//! issued before still verifies. The fixture `fixtures/release-0.1.0.db` is a `bal demo`
+//! database made by release 0.1.0 (readings, a certified grant decision, anchored batches and
+//! the embedded chain's blocks).
+
+use std::sync::Arc;
+
+use alloy_signer_local::PrivateKeySigner;
+use bal_core::merkle::MerkleTree;
+use bal_core::proof::Outcome;
+use bal_ledger::embedded::DEFAULT_CHAIN_ID;
+use bal_ledger::proofs::{ProofState, Prover, check_with_ledger};
+use bal_ledger::{EmbeddedChain, SharedLedger};
+use bal_scd::{AuditQuery, ItemKind, SharedStore};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/release-0.1.0.db"
+);
+
+/// A copy of the fixture in a folder of its own, as a `sqlite://` URL.
+fn fixture_copy(dir: &std::path::Path) -> String {
+    let path = dir.join("bal.db");
+    std::fs::copy(FIXTURE, &path).unwrap();
+    format!("sqlite://{}", path.display())
+}
+
+/// Every reading's proof and every certified grant decision verify on the store's chain;
+/// returns how many of each.
+async fn verify_everything(store: &SharedStore) -> (usize, usize) {
+    let chain = EmbeddedChain::open(store.clone(), PrivateKeySigner::random(), DEFAULT_CHAIN_ID)
+        .await
+        .unwrap();
+    let ledger: SharedLedger = Arc::new(chain);
+    let prover = Prover::new(store.clone());
+    let mut readings = 0;
+    for id in 1.. {
+        let Some(m) = store.measurement(id).await.unwrap() else {
+            break;
+        };
+        let ProofState::Ready(bundle) = prover.measurement(id, Some(&m.payload)).await.unwrap()
+        else {
+            continue; // stored after the last anchor of the demo run
+        };
+        let verdict = bundle.verify_offline(Some(&m.payload));
+        assert!(verdict.valid, "reading {id}: {:?}", verdict.reason);
+        let anchor = check_with_ledger(&ledger, &bundle).await;
+        assert_eq!(
+            anchor.outcome,
+            Outcome::Passed,
+            "reading {id}: {}",
+            anchor.detail
+        );
+        readings += 1;
+    }
+    let mut decisions = 0;
+    let log = store
+        .audit_log(&AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for entry in log
+        .iter()
+        .filter(|e| e.action.as_str() == "subscription.accept")
+    {
+        let (values, _payload) = store.audit_leaf(entry.id).await.unwrap().unwrap();
+        let batch = store
+            .batch_of(ItemKind::Audit, entry.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let leaves = store.batch_leaves(batch.seq).await.unwrap().unwrap();
+        let index = leaves.index_of(ItemKind::Audit, entry.id).unwrap();
+        assert_eq!(
+            leaves.leaves[index],
+            values.leaf(),
+            "the stored text still makes the leaf"
+        );
+        let proof = MerkleTree::new(&leaves.leaves)
+            .unwrap()
+            .proof(index)
+            .unwrap();
+        assert!(
+            ledger
+                .verify(batch.root, &proof, values.leaf())
+                .await
+                .unwrap()
+        );
+        decisions += 1;
+    }
+    (readings, decisions)
+}
+
+#[tokio::test]
+async fn a_database_of_release_0_1_0_upgrades_in_place_and_its_proofs_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fixture_copy(dir.path());
+    // Commands that must not migrate refuse the old schema and say what to run.
+    let refuse = bal_scd::ConnectOptions {
+        migrate: bal_scd::Migrate::Refuse,
+        ..Default::default()
+    };
+    let err = bal_scd::connect(&url, &refuse)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("bal db migrate"), "{err}");
+    let store = bal_scd::connect(&url, &Default::default()).await.unwrap();
+    let (readings, decisions) = verify_everything(&store).await;
+    assert!(readings >= 100, "{readings} readings verified");
+    assert_eq!(decisions, 1);
+}
+
+#[tokio::test]
+async fn bal_db_copy_moves_a_sqlite_installation_to_postgresql_and_every_proof_still_verifies() {
+    if bal_scd::testing::backend() != bal_scd::Backend::Postgres {
+        // The PostgreSQL pass of the test command runs this one.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let from = fixture_copy(dir.path());
+    // Bring the old database up to date first, as `bal db migrate` does.
+    let cli = |args: &[&str], to: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bal"))
+            .args(["--data-dir", &dir.path().display().to_string()])
+            .args(args)
+            .env("BAL_DATABASE__URL", &from)
+            .env("BAL_DB_COPY_TO", to)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = cli(&["db", "migrate"], "");
+    assert_eq!(code, Some(0), "{text}");
+    // With a password in the URL (trust auth ignores it): it must never be printed.
+    let to = bal_scd::testing::create_postgres_database().replacen("@", ":copy-secret@", 1);
+    let (code, text) = cli(&["db", "copy", "--from", &from], &to);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("measurements") && text.contains("master key"),
+        "{text}"
+    );
+    assert!(!text.contains("copy-secret"), "no password printed: {text}");
+    let copied = bal_scd::connect(&to, &bal_scd::testing::options())
+        .await
+        .unwrap();
+    let source = bal_scd::connect(&from, &Default::default()).await.unwrap();
+    assert_eq!(
+        verify_everything(&copied).await,
+        verify_everything(&source).await
+    );
+    assert_eq!(copied.users().await.unwrap(), source.users().await.unwrap());
+    // New readings on the copy go on from the copied ids, and get certified after them.
+    let next = copied
+        .insert_measurements(&[bal_core::NewMeasurement::new(
+            bal_core::Topic::parse("platone/producer1").unwrap(),
+            b"after the copy".to_vec(),
+        )])
+        .await
+        .unwrap();
+    assert!(next[0] > 100, "ids go on after the copied ones: {next:?}");
+    let pending = copied.pending_items(1000).await.unwrap();
+    assert!(pending.items.iter().any(|i| i.id == next[0]));
+    for item in pending
+        .items
+        .iter()
+        .filter(|i| i.kind == ItemKind::Measurement)
+    {
+        let batched = copied
+            .batch_of(ItemKind::Measurement, item.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            batched, None,
+            "{} is pending and in no copied batch",
+            item.id
+        );
+    }
+    // A second copy into the same (now full) database is refused.
+    let (code, text) = cli(&["db", "copy", "--from", &from], &to);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("already holds users"), "{text}");
+}
