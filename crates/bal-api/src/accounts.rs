@@ -93,7 +93,7 @@ pub async fn keep_broker_secret(
         .keep_broker_secret(username, password_hash, sealed)
         .await
     {
-        tracing::error!(error = %format!("{e:#}"), "keeping the broker password failed");
+        tracing::error!(error = %e.report(), "keeping the broker password failed");
     }
 }
 

@@ -303,7 +303,7 @@ impl Hooks {
             Ok(u) => match store.credentials(&u).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "MQTT login: database error");
+                    tracing::error!(error = %e.report(), "MQTT login: database error");
                     return auth(AuthResult::NotAuthorized);
                 }
             },
@@ -380,7 +380,7 @@ impl Hooks {
             (Some(user), Some(store)) => match may_subscribe(&store, &user, filter).await {
                 Ok(allowed) => allowed,
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "subscribe check failed");
+                    tracing::error!(error = %e.report(), "subscribe check failed");
                     false
                 }
             },
@@ -478,8 +478,13 @@ async fn enforce_grants(scx: ServerContext, store: SharedStore, hooks: Hooks) {
                         kick(&scx, id).await;
                     }
                 }
+                // Missed changes (a slow follower, or another process's while the database
+                // listener reconnected): re-check every session. (The credential cache needs
+                // no flush: it is keyed by the stored hash, which a password change replaces.)
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                    recheck_sessions(&scx, &store, None).await
+                }
                 Ok(_) => {}
-                Err(RecvError::Lagged(_)) => recheck_sessions(&scx, &store, None).await,
                 Err(RecvError::Closed) => return,
             },
             _ = recheck.tick() => recheck_sessions(&scx, &store, None).await,
@@ -503,7 +508,7 @@ async fn recheck_sessions(scx: &ServerContext, store: &SharedStore, username: Op
                 continue;
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "grant re-check failed");
+                tracing::error!(error = %e.report(), "grant re-check failed");
                 continue;
             }
         };

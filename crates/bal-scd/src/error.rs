@@ -27,6 +27,19 @@ impl StoreError {
         Self::Backend(Box::new(e))
     }
 
+    /// The error with its whole cause chain on one line, for logs (`Display` alone stops at
+    /// "database error": the cause is for the operator, never for a client).
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
     /// Whether retrying later may succeed (the database was unreachable or the transaction lost
     /// a race that the database resolved by aborting it).
     pub fn is_transient(&self) -> bool {
@@ -65,4 +78,29 @@ pub(crate) struct Corrupt(pub String);
 
 pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::backend(Corrupt(what.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_carry_the_whole_cause_chain_and_displays_do_not() {
+        let e = StoreError::from(sqlx::Error::PoolTimedOut);
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "the database is unavailable");
+        assert!(
+            e.report().starts_with("the database is unavailable: "),
+            "{}",
+            e.report()
+        );
+        assert!(e.report().len() > e.to_string().len() + 2);
+        let e = corrupt("payload_hash");
+        assert_eq!(e.to_string(), "database error");
+        assert!(
+            e.report().contains("corrupt row: payload_hash"),
+            "{}",
+            e.report()
+        );
+    }
 }

@@ -441,7 +441,7 @@ async fn expire_grants(store: SharedStore, stop: watch::Receiver<bool>) {
                     tracing::info!(subscription = %s.id, consumer = %s.consumer, "grant expired");
                 }
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "expiring grants failed"),
+            Err(e) => tracing::error!(error = %e.report(), "expiring grants failed"),
         }
     })
     .await
@@ -450,7 +450,7 @@ async fn expire_grants(store: SharedStore, stop: watch::Receiver<bool>) {
 async fn purge_sessions(store: SharedStore, stop: watch::Receiver<bool>) {
     every(Duration::from_secs(3600), stop, || async {
         if let Err(e) = store.purge_sessions(chrono::Utc::now()).await {
-            tracing::error!(error = %format!("{e:#}"), "purging sessions failed");
+            tracing::error!(error = %e.report(), "purging sessions failed");
         }
     })
     .await

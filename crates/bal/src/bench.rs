@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// BAL replaces its accounts. Its admin: BAL_BROKER__ADMIN_USERNAME, _PASSWORD.
     #[arg(long)]
     pub mosquitto: Option<String>,
+    /// Also measure QoS 1 on PostgreSQL: a server (postgres://USER@HOST/DB) on which a
+    /// scratch database is created for the phase and dropped after it.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 /// The external broker of `--mosquitto`.
@@ -200,12 +204,16 @@ async fn bal_phase(
     args: &BenchArgs,
     qos: QoS,
     mosquitto: Option<&Mosquitto>,
+    database: Option<&str>,
 ) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let mut settings = Settings {
         data_dir: dir.path().to_owned(),
         ..Settings::default()
     };
+    if let Some(url) = database {
+        settings.database.url = Some(serde_json::from_value(serde_json::json!(url))?);
+    }
     settings.http.listen = "127.0.0.1:0".parse()?;
     settings.mqtt.listen = Some("127.0.0.1:0".parse()?);
     settings.mqtt.listen_tls = None;
@@ -272,7 +280,11 @@ async fn bal_phase(
             let (acked, offered) =
                 drive(args, broker, qos, |c| c.acked.load(Ordering::Relaxed)).await;
             Phase {
-                name: "BAL, QoS 1 (committed before PUBACK)",
+                name: if database.is_some() {
+                    "BAL on PostgreSQL, QoS 1 (committed before PUBACK)"
+                } else {
+                    "BAL, QoS 1 (committed before PUBACK)"
+                },
                 per_second: acked,
                 offered,
             }
@@ -325,20 +337,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let m = mosquitto.as_ref();
     let (raw, qos1, qos0) = if m.is_some() {
         // The BAL first, so that the producer accounts exist on the broker for the baseline.
-        let qos1 = bal_phase(&args, QoS::AtLeastOnce, m).await?;
-        let qos0 = bal_phase(&args, QoS::AtMostOnce, m).await?;
+        let qos1 = bal_phase(&args, QoS::AtLeastOnce, m, None).await?;
+        let qos0 = bal_phase(&args, QoS::AtMostOnce, m, None).await?;
         (passthrough(&args, m).await?, qos1, qos0)
     } else {
         let raw = passthrough(&args, None).await?;
-        let qos1 = bal_phase(&args, QoS::AtLeastOnce, None).await?;
-        (raw, qos1, bal_phase(&args, QoS::AtMostOnce, None).await?)
+        let qos1 = bal_phase(&args, QoS::AtLeastOnce, None, None).await?;
+        (
+            raw,
+            qos1,
+            bal_phase(&args, QoS::AtMostOnce, None, None).await?,
+        )
     };
+    let mut phases = vec![raw, qos1, qos0];
+    if let Some(server) = &args.database {
+        let scratch = crate::scratch::ScratchDatabase::create(server, 1).await?;
+        let phase = bal_phase(&args, QoS::AtLeastOnce, m, Some(&scratch.url)).await;
+        scratch.drop_now().await?;
+        phases.push(phase?);
+    }
+    let raw = &phases[0];
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>8}",
         "phase", "offered/s", "done/s", "vs raw"
     );
-    for p in [&raw, &qos1, &qos0] {
+    for p in &phases {
         println!(
             "{:<52} {:>12.0} {:>12.0} {:>8.2}",
             p.name,

@@ -41,6 +41,10 @@ pub struct CertifyBenchArgs {
     /// With --rpc: the hex key that signs (funded on that chain).
     #[arg(long, env = "BAL_CHAIN__OPERATOR_KEY")]
     pub operator_key: Option<String>,
+    /// Run on PostgreSQL: a server (postgres://USER@HOST/DB) on which a scratch database is
+    /// created for the run and dropped after it. Default: a scratch SQLite file.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -52,8 +56,31 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 pub async fn run(args: CertifyBenchArgs) -> anyhow::Result<()> {
+    let scratch = match &args.database {
+        Some(server) => Some(crate::scratch::ScratchDatabase::create(server, 2).await?),
+        None => None,
+    };
+    let result = run_on(&args, scratch.as_ref().map(|s| s.url.as_str())).await;
+    if let Some(s) = scratch {
+        s.drop_now().await?;
+    }
+    result
+}
+
+async fn run_on(args: &CertifyBenchArgs, database: Option<&str>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let url = match database {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    println!(
+        "database: {}",
+        if database.is_some() {
+            "PostgreSQL (scratch)"
+        } else {
+            "SQLite (scratch)"
+        }
+    );
     let store = bal_scd::connect(&url, &Default::default()).await?;
     let signer = bal_ledger::operator::load(
         args.operator_key.as_deref(),
@@ -81,8 +108,8 @@ pub async fn run(args: CertifyBenchArgs) -> anyhow::Result<()> {
         ledger.chain_id(),
         ledger.contract()
     );
-    let batched = end_to_end(&args, &store, &ledger).await?;
-    one_per_measurement(&args, &ledger, batched).await?;
+    let batched = end_to_end(args, &store, &ledger).await?;
+    one_per_measurement(args, &ledger, batched).await?;
     proof_verification();
     Ok(())
 }

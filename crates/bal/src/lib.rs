@@ -19,6 +19,7 @@ pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod devices;
+pub mod scratch;
 pub mod settings;
 pub mod tls;
 pub mod verify;

@@ -376,6 +376,13 @@ pub(crate) fn live_readings(
                     Ok(Change::Subscription(s)) if s.consumer == caller.username
                         && s.producer == producer && !s.grants_access_at(Utc::now()) => break,
                     Ok(Change::UserDeleted(u)) if u == caller.username || u == producer => break,
+                    // Changes may have been missed: tell the client, and check access now.
+                    Ok(Change::Resync) => {
+                        yield Ok(Event::default().event("lagged").data("resync"));
+                        if authorize_read(&state, &caller, &producer).await.is_err() {
+                            break;
+                        }
+                    }
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
                         yield Ok(Event::default().event("lagged").data(missed.to_string()));

@@ -128,6 +128,39 @@ pub(crate) fn spawn(pool: PgPool, feed: ChangeFeed, origin: String) -> Handle {
     Handle(tokio::spawn(listen(pool, feed, origin)))
 }
 
+/// Sends other processes the ids of stored measurements, after their commit, coalescing what
+/// the ingest writers committed meanwhile into one statement.
+///
+/// Not inside the ingest transaction: on PostgreSQL a committing transaction that has sent a
+/// NOTIFY holds the notification queue's lock until its commit is on disk, so notifying
+/// group commits would commit one at a time. The price: a process that dies between a commit
+/// and this notice leaves other processes' live streams without those readings (the readings
+/// are stored and certified; history shows them). Changes of users and grants are rare and
+/// keep their NOTIFY inside their transaction.
+pub(crate) fn spawn_notifier(
+    pool: PgPool,
+    origin: String,
+    mut ids: tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>,
+) -> Handle {
+    Handle(tokio::spawn(async move {
+        while let Some(first) = ids.recv().await {
+            let mut all = first;
+            while let Ok(more) = ids.try_recv() {
+                all.extend(more);
+            }
+            let payloads = payloads(&origin, &[Notice::Measurements(all)]);
+            let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .bind(CHANNEL)
+                .bind(payloads)
+                .execute(&pool)
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "could not tell other processes of new measurements");
+            }
+        }
+    }))
+}
+
 async fn listen(pool: PgPool, feed: ChangeFeed, origin: String) {
     let mut listener = loop {
         match start(&pool).await {

@@ -70,14 +70,15 @@ impl MeasurementStore for PgStore {
             .filter(|(_, n)| **n)
             .map(|(i, _)| *i)
             .collect();
-        if !stored.is_empty() {
-            tx.notify_measurements(&stored);
-            if self.feed.has_listeners() {
-                let rows = committed(batch, &ids, &new, time(stamp)?);
-                tx.announce(Change::Measurements(rows.into()));
-            }
+        if !stored.is_empty() && self.feed.has_listeners() {
+            let rows = committed(batch, &ids, &new, time(stamp)?);
+            tx.announce(Change::Measurements(rows.into()));
         }
         tx.commit(self).await?;
+        if !stored.is_empty() {
+            // After the commit, not in it: see `listener::spawn_notifier`.
+            let _ = self.measurement_notices.send(stored);
+        }
         Ok(ids)
     }
 

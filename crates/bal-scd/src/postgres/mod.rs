@@ -47,8 +47,12 @@ pub struct PgStore {
     feed: ChangeFeed,
     /// Tells this process's own notifications from other processes'.
     origin: String,
-    /// Stops the listener with the store.
+    /// Other processes' notices of stored measurements, sent after commit (see
+    /// `listener::spawn_notifier`).
+    measurement_notices: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
+    /// Stop the listener and the notifier with the store.
     _listener: listener::Handle,
+    _notifier: listener::Handle,
 }
 
 impl PgStore {
@@ -71,11 +75,15 @@ impl PgStore {
         let feed = ChangeFeed::new();
         let origin = format!("{:016x}", rand_u64());
         let handle = listener::spawn(pool.clone(), feed.clone(), origin.clone());
+        let (measurement_notices, notices) = tokio::sync::mpsc::unbounded_channel();
+        let notifier = listener::spawn_notifier(pool.clone(), origin.clone(), notices);
         Ok(Self {
             pool,
             feed,
             origin,
+            measurement_notices,
             _listener: handle,
+            _notifier: notifier,
         })
     }
 
@@ -150,12 +158,6 @@ impl Write {
     pub(crate) fn announce(&mut self, change: Change) {
         self.notices.extend(listener::Notice::of(&change));
         self.changes.push(change);
-    }
-
-    /// Tells the other processes which measurements were stored (by id: they read the rows).
-    pub(crate) fn notify_measurements(&mut self, ids: &[i64]) {
-        self.notices
-            .push(listener::Notice::Measurements(ids.to_vec()));
     }
 
     /// Sends the notifications, commits, then publishes what was announced.
@@ -245,6 +247,37 @@ impl Store for PgStore {
             Err(crate::master_key_mismatch(&stored, fingerprint))
         }
     }
+}
+
+/// Creates the empty database `name` on the server at `server` (any database URL of it) and
+/// returns its URL. For scratch databases (benchmarks); `name` is the caller's, never input.
+pub async fn create_database(server: &str, name: &str) -> StoreResult<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    // Keep the query (sslmode, host=/run/postgresql, ...): only the path names the database.
+    let (without_query, query) = match server.split_once('?') {
+        Some((u, q)) => (u, format!("?{q}")),
+        None => (server, String::new()),
+    };
+    let base = without_query
+        .rsplit_once('/')
+        .map_or(without_query, |(b, _)| b);
+    Ok(format!("{base}/{name}{query}"))
+}
+
+/// Drops the database `name` on the server at `server`, closing its connections.
+pub async fn drop_database(server: &str, name: &str) -> StoreResult<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,10 @@ use crate::{
 impl MeasurementStore for SqliteStore {
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
         let mut tx = self.begin_write().await?;
-        let stamp = tx.stamp().await?;
+        let mut producers: Vec<&str> = batch.iter().map(|m| m.producer.as_str()).collect();
+        producers.sort_unstable();
+        producers.dedup();
+        let stamp = tx.stamp(&producers).await?;
         let mut ids = Vec::with_capacity(batch.len());
         // Whether each item was stored now (false: a redelivery of a stored measurement).
         let mut new = Vec::with_capacity(batch.len());
@@ -105,7 +108,7 @@ impl MeasurementStore for SqliteStore {
             .iter()
             .map(measurement_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
-        // Reception times are stamped in commit order here (see `Write::stamp`).
+        // A producer's reception times are stamped in commit order (see `Write::stamp`).
         let last = items.last().map(|m| MeasurementCursor {
             key: ms(m.received_at),
             id: m.id,

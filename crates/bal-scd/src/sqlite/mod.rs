@@ -131,16 +131,26 @@ impl Write {
         Ok(())
     }
 
-    /// The database's clock (ms) for rows committed now, never before the last stamp written
-    /// by any process: it is read and advanced under the write lock, so stamps follow commit
-    /// order even when the system clock steps back.
-    pub(crate) async fn stamp(&mut self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "UPDATE scd_clock SET last_ms = max(last_ms, CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
-             RETURNING last_ms",
-        )
-        .fetch_one(&mut **self)
-        .await?)
+    /// The database's clock (ms) for `producers`' rows committed now, never before the latest
+    /// stamp of any of them (history pages go by producer, in reception-time order): read under
+    /// the write lock, so stamps follow commit order even when the system clock steps back or
+    /// several processes write. One index seek per producer, and no write of its own.
+    pub(crate) async fn stamp(&mut self, producers: &[&str]) -> StoreResult<i64> {
+        let mut stamp: i64 =
+            sqlx::query_scalar("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)")
+                .fetch_one(&mut **self)
+                .await?;
+        for p in producers {
+            let latest: Option<i64> = sqlx::query_scalar(
+                "SELECT received_at FROM measurements INDEXED BY measurements_by_producer_time \
+                 WHERE producer = ? ORDER BY received_at DESC, id DESC LIMIT 1",
+            )
+            .bind(p)
+            .fetch_optional(&mut **self)
+            .await?;
+            stamp = stamp.max(latest.unwrap_or(0));
+        }
+        Ok(stamp)
     }
 }
 

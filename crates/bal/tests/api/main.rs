@@ -14,6 +14,7 @@ mod mosquitto;
 mod mosquitto_server;
 mod mqtt;
 mod mqtt_client;
+mod postgres;
 mod server;
 mod subscriptions;
 mod upgrade;

@@ -1,0 +1,11 @@
+-- What `bal serve` needs of a role that does not own the tables (so that it cannot disable
+-- the audit log's append-only trigger). Run as the owner, connected to the BAL's database,
+-- after `bal db migrate`, and again after a migration that adds tables; replace bal_app with
+-- the server's role.
+GRANT USAGE ON SCHEMA public TO bal_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON users, sessions, subscriptions, measurements,
+    cert_batches, chain_contracts, chain_blocks, chain_transactions, chain_logs, chain_accounts,
+    chain_storage TO bal_app;
+GRANT SELECT, INSERT ON audit_log, bal_schema TO bal_app;
+GRANT SELECT ON _sqlx_migrations TO bal_app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bal_app;
