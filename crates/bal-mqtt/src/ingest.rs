@@ -4,10 +4,10 @@
 //! A writer task takes the first waiting message, then every other message already queued (up
 //! to `max_batch`), stores them in one transaction and answers each. Under load, batches grow
 //! by themselves, so throughput rises with the number of publishers while an idle system
-//! commits each message at once. SQLite has one writer at a time, so one task; PostgreSQL
-//! commits concurrently, so several tasks keep several transactions in flight (while one waits
-//! for its commit to reach the disk, another is being written). One device's messages are
-//! never reordered: a connection's next publish is only read once the previous one is answered.
+//! commits each message at once. One writer on every backend, even PostgreSQL, which could take
+//! several: batches are stored in the order they were taken, so messages that arrive in order
+//! (one device's, or those Mosquitto hands over on the ingest session) are stored, paged and
+//! certified in that order.
 
 use bal_core::NewMeasurement;
 use bal_scd::{SharedStore, StoreError};
@@ -43,18 +43,7 @@ impl Ingest {
     /// [`IngestError::Closed`], and their publishers (never acknowledged) send them again.
     pub fn start(store: SharedStore, max_batch: usize) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let writers = match store.backend() {
-            bal_scd::Backend::Sqlite => 1,
-            bal_scd::Backend::Postgres => POSTGRES_WRITERS,
-        };
-        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
-        let writer = tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for _ in 0..writers {
-                tasks.spawn(write_batches(store.clone(), rx.clone(), max_batch.max(1)));
-            }
-            while tasks.join_next().await.is_some() {}
-        });
+        let writer = tokio::spawn(write_batches(store, rx, max_batch.max(1)));
         (Self { jobs }, writer)
     }
 
@@ -70,21 +59,9 @@ impl Ingest {
     }
 }
 
-/// Transactions in flight on PostgreSQL (each holds one pooled connection while it writes).
-const POSTGRES_WRITERS: usize = 4;
-
-async fn write_batches(
-    store: SharedStore,
-    rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-    max_batch: usize,
-) {
+async fn write_batches(store: SharedStore, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
-    loop {
-        // Take what is waiting, then let the next writer take what comes meanwhile.
-        let taken = rx.lock().await.recv_many(&mut jobs, max_batch).await;
-        if taken == 0 {
-            return;
-        }
+    while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let batch: Vec<NewMeasurement> = jobs.iter().map(|j| j.measurement.clone()).collect();
         let span = tracing::debug_span!("ingest_batch", size = batch.len());
         match store.insert_measurements(&batch).instrument(span).await {
