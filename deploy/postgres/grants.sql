@@ -9,3 +9,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON users, sessions, subscriptions, measurem
 GRANT SELECT, INSERT ON audit_log, bal_schema TO bal_app;
 GRANT SELECT ON _sqlx_migrations TO bal_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bal_app;
+-- Optional, cluster-wide: lets the server tell other roles' transactions in other databases
+-- from its own, so that they never hold certification back (see bal_xid_horizon).
+-- GRANT pg_read_all_stats TO bal_app;

@@ -7,9 +7,9 @@
 //! - SQLite: one writer at a time assigns ids in commit order; the mark is `(0, id)`.
 //! - PostgreSQL: every row carries the id of the transaction that wrote it (`xid`, a column
 //!   default of `pg_current_xact_id()`); the order is `(xid, id)`, and `pending_items` only
-//!   takes rows whose `xid` is below the horizon `bal_xid_horizon()`: the oldest transaction of
-//!   this database still running in the current snapshot (`pg_snapshot_xip`, less those that
-//!   `pg_stat_activity` places in other databases). Every transaction below it has ended, so no
+//!   takes rows whose `xid` is below the horizon `bal_xid_horizon(..)`: the oldest transaction
+//!   of this database still running in the current snapshot (`pg_snapshot_xip`, less those
+//!   that `pg_stat_activity`, read just before, showed running in other databases). Every transaction below it has ended, so no
 //!   row can appear later inside a span already batched. (A claim column on the audit row is
 //!   impossible, the log being append-only, and a side table of claims would cost a write per
 //!   measurement on the ingest path.) The price: a writing transaction left open on this

@@ -18,18 +18,22 @@ CREATE FUNCTION bal_xid() RETURNS BIGINT LANGUAGE sql VOLATILE
     AS $$ SELECT pg_current_xact_id()::text::bigint $$;
 -- The certification horizon: every transaction of this database below it has ended, so no
 -- row with a smaller xid can still appear. It is the oldest transaction still running in the
--- current snapshot, leaving out those that pg_stat_activity shows running in another database
--- of the cluster (a transaction writes only its own database). An xid it cannot place (a
--- prepared transaction, a session of another role without pg_read_all_stats, one that ended
--- since the snapshot) is counted as this database's: the horizon may lag, never lead.
-CREATE FUNCTION bal_xid_horizon() RETURNS BIGINT LANGUAGE sql STABLE AS $$
+-- current snapshot, leaving out `elsewhere`: transactions that bal_xids_elsewhere(), read
+-- just before the snapshot and again within the statement, saw running in other databases of
+-- the cluster (a transaction writes only its own database, and an xid never moves). An xid it
+-- cannot place (a very short transaction elsewhere that began and ended between the reads, a
+-- prepared transaction, a session of a role whose backend_xid it may not see without
+-- pg_read_all_stats) counts as this database's: the horizon may lag, never lead.
+CREATE FUNCTION bal_xid_horizon(elsewhere BIGINT[]) RETURNS BIGINT LANGUAGE sql STABLE AS $$
     SELECT COALESCE(
         (SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
-          WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                             WHERE a.backend_xid = xid(x)
-                               AND a.datname IS DISTINCT FROM current_database())),
+          WHERE NOT (xid(x)::text::bigint = ANY(elsewhere))),
         pg_snapshot_xmax(s.snap))::text::bigint
     FROM (SELECT pg_current_snapshot() AS snap) AS s
+$$;
+CREATE FUNCTION bal_xids_elsewhere() RETURNS BIGINT[] LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(array_agg(backend_xid::text::bigint), '{}') FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()
 $$;
 -- The database's clock, in ms.
 CREATE FUNCTION bal_now_ms() RETURNS BIGINT LANGUAGE sql VOLATILE

@@ -152,13 +152,21 @@ const AUDIT_LEAF_SELECT: &str = "SELECT a.id, a.xid, a.at, a.actor, a.action, a.
 #[async_trait]
 impl CertificationStore for PgStore {
     async fn pending_items(&self, max: u32) -> StoreResult<PendingItems> {
-        // One snapshot for the last batch, the horizon and the rows, so that they agree.
+        // Other databases' running transactions, read before the snapshot (see
+        // `bal_xid_horizon` in the migration), then one snapshot for the last batch, the
+        // horizon and the rows, so that they agree.
+        let elsewhere: Vec<i64> = sqlx::query_scalar("SELECT bal_xids_elsewhere()")
+            .fetch_one(&self.pool)
+            .await?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
         let (m_after, a_after) = last_marks(&mut tx).await?;
-        let horizon: i64 = sqlx::query_scalar("SELECT bal_xid_horizon()")
+        // Read again within the snapshot's statement: a transaction elsewhere that began
+        // between the first read and the snapshot is placed too.
+        let horizon: i64 = sqlx::query_scalar("SELECT bal_xid_horizon($1 || bal_xids_elsewhere())")
+            .bind(&elsewhere)
             .fetch_one(&mut *tx)
             .await?;
         let audit_rows = sqlx::query(sqlx::AssertSqlSafe(format!(

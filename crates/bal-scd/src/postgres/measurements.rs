@@ -99,11 +99,16 @@ impl MeasurementStore for PgStore {
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
         // Commit order: by writing transaction, and only transactions older than every one
         // still running, so a later commit never lands behind the cursor.
+        let elsewhere: Vec<i64> = sqlx::query_scalar("SELECT bal_xids_elsewhere()")
+            .fetch_one(&self.pool)
+            .await?;
         let mut sql = QueryBuilder::<Postgres>::new(concat!(
             "SELECT ",
             measurement_columns!(),
-            ", xid FROM measurements WHERE xid < bal_xid_horizon() AND producer = "
+            ", xid FROM measurements WHERE xid < bal_xid_horizon("
         ));
+        sql.push_bind(elsewhere)
+            .push(" || bal_xids_elsewhere()) AND producer = ");
         sql.push_bind(query.producer.as_str());
         if let Some(from) = query.from {
             sql.push(" AND received_at >= ").push_bind(ms(from));
