@@ -2,6 +2,15 @@
 //! data flowing at once. Ports that are taken (a system Mosquitto on 1883, say) are replaced by
 //! free ones, and every URL, port and password is printed.
 
+/// Prints a line of the demo's instructions. A closed standard output (the reader went away)
+/// must not stop the BAL, as `println!` would by panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -26,7 +35,7 @@ fn free_or_any(addr: SocketAddr, setting: &str) -> SocketAddr {
     match TcpListener::bind(addr) {
         Ok(_) => addr,
         Err(_) => {
-            println!("note: {addr} ({setting}) is in use; the demo takes a free port instead");
+            say!("note: {addr} ({setting}) is in use; the demo takes a free port instead");
             SocketAddr::new(addr.ip(), 0)
         }
     }
@@ -207,9 +216,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let (fleet, unknown): (Vec<_>, Vec<_>) =
         fleet.into_iter().partition(|d| !d.password.is_empty());
     for d in unknown {
-        println!(
+        say!(
             "note: {} already existed without a demo password; its device {} is not started",
-            d.username, d.client_id
+            d.username,
+            d.client_id
         );
     }
     let tasks: Vec<_> = fleet
@@ -233,37 +243,35 @@ fn print_welcome(
 ) {
     let base = app.base_url();
     let ca = app.ca_path().map(|p| p.display().to_string());
-    println!();
-    println!("Platone BAL demo is running. Stop it with Ctrl-C.");
-    println!("  Dashboard     {base}/           (log in with a user below)");
-    println!("  REST API      {base}/api        (docs: {base}/api/docs)");
+    say!();
+    say!("Platone BAL demo is running. Stop it with Ctrl-C.");
+    say!("  Dashboard     {base}/           (log in with a user below)");
+    say!("  REST API      {base}/api        (docs: {base}/api/docs)");
     if mosquitto {
-        println!("  MQTT          mqtt://{mqtt} (Mosquitto, driven by the BAL)");
+        say!("  MQTT          mqtt://{mqtt} (Mosquitto, driven by the BAL)");
     } else {
-        println!("  MQTT          mqtt://{mqtt}");
+        say!("  MQTT          mqtt://{mqtt}");
     }
     if let Some(a) = app.mqtts_addr() {
-        println!("  MQTT over TLS mqtts://127.0.0.1:{}", a.port());
+        say!("  MQTT over TLS mqtts://127.0.0.1:{}", a.port());
     }
     if let Some(ca) = &ca {
-        println!("  CA to trust   {ca}");
+        say!("  CA to trust   {ca}");
     }
-    println!("  Chain         {}", app.chain_summary());
-    println!();
-    println!("Users (passwords are kept in the data folder, demo-passwords.json):");
+    say!("  Chain         {}", app.chain_summary());
+    say!();
+    say!("Users (passwords are kept in the data folder, demo-passwords.json):");
     for (user, role) in std::iter::once(("admin", "admin"))
         .chain(PRODUCERS.iter().map(|p| (*p, "producer")))
         .chain(CONSUMERS.iter().map(|c| (*c, "consumer")))
     {
         let pw = passwords.get(user).map_or("(set earlier)", String::as_str);
-        println!("  {user:<10} {role:<9} {pw}");
+        say!("  {user:<10} {role:<9} {pw}");
     }
-    println!();
-    println!("Grants: consumer1 -> producer1 accepted; consumer2 -> producer2 pending.");
-    println!("Devices: producer1/meter-1 and producer2/meter-2 send JSON every second (QoS 1);");
-    println!(
-        "         producer3/pmu-1 sends the PMU's tab-separated line 10 times a second (QoS 0)."
-    );
+    say!();
+    say!("Grants: consumer1 -> producer1 accepted; consumer2 -> producer2 pending.");
+    say!("Devices: producer1/meter-1 and producer2/meter-2 send JSON every second (QoS 1);");
+    say!("         producer3/pmu-1 sends the PMU's tab-separated line 10 times a second (QoS 0).");
     {
         let a = mqtt;
         let pw = |u: &str| {
@@ -272,15 +280,15 @@ fn print_welcome(
                 .cloned()
                 .unwrap_or_else(|| "<password>".into())
         };
-        println!();
-        println!("Try:");
-        println!(
+        say!();
+        say!("Try:");
+        say!(
             "  mosquitto_sub -h {} -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
             a.ip(),
             a.port(),
             pw("consumer1")
         );
-        println!(
+        say!(
             "  mosquitto_pub -h {} -p {} -u producer1 -P '{}' -q 1 -t platone/producer1/test -m '{{\"p_kw\": 1.2}}'",
             a.ip(),
             a.port(),
@@ -288,13 +296,13 @@ fn print_welcome(
         );
     }
     if let Some(ca) = &ca {
-        println!(
+        say!(
             "  save GET {base}/api/measurements/<id>/proof as proof.json (README, \"Certification\"), then"
         );
-        println!("  bal verify proof.json --rpc {base}/rpc --ca {ca}");
+        say!("  bal verify proof.json --rpc {base}/rpc --ca {ca}");
     }
     if let (Some(a), Some(ca)) = (app.mqtts_addr(), &ca) {
-        println!(
+        say!(
             "  mosquitto_sub --cafile {ca} -h 127.0.0.1 -p {} -u consumer1 -P '{}' -t 'platone/producer1/#' -v",
             a.port(),
             passwords
@@ -302,5 +310,5 @@ fn print_welcome(
                 .map_or("<password>", String::as_str)
         );
     }
-    println!();
+    say!();
 }

@@ -111,6 +111,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Prints a line of the start-up banner; a closed standard output must not stop the server
+/// (`println!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mosquitto =
         (settings.broker.kind == BrokerKind::Mosquitto).then(|| settings.broker.url.clone());
@@ -118,28 +127,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     match app.first_admin() {
         FirstAdmin::Generated(password) => {
             // Printed, not logged: it must not end up in a log store.
-            println!("first start: created user 'admin' with password {password}");
-            println!("  (shown once; change it with PUT /api/users/admin/password)");
+            say!("first start: created user 'admin' with password {password}");
+            say!("  (shown once; change it with PUT /api/users/admin/password)");
         }
-        FirstAdmin::Created => println!("first start: created user 'admin' (BAL_ADMIN_PASSWORD)"),
+        FirstAdmin::Created => say!("first start: created user 'admin' (BAL_ADMIN_PASSWORD)"),
         FirstAdmin::Exists => {}
     }
-    println!("Dashboard:    {}/", app.base_url());
-    println!("BAL API:      {}/api", app.base_url());
-    println!("API docs:     {}/api/docs", app.base_url());
+    say!("Dashboard:    {}/", app.base_url());
+    say!("BAL API:      {}/api", app.base_url());
+    say!("API docs:     {}/api/docs", app.base_url());
     if let Some(a) = app.mqtt_addr() {
-        println!("MQTT:         mqtt://{a}");
+        say!("MQTT:         mqtt://{a}");
     }
     if let Some(a) = app.mqtts_addr() {
-        println!("MQTT (TLS):   mqtts://{a}");
+        say!("MQTT (TLS):   mqtts://{a}");
     }
     if let Some(url) = mosquitto {
-        println!("MQTT:         Mosquitto at {url}, kept in line with the SCD");
+        say!("MQTT:         Mosquitto at {url}, kept in line with the SCD");
     }
     if let Some(ca) = app.ca_path() {
-        println!("CA to trust:  {}", ca.display());
+        say!("CA to trust:  {}", ca.display());
     }
-    println!("Chain:        {}", app.chain_summary());
+    say!("Chain:        {}", app.chain_summary());
     tracing::info!(address = %app.local_addr(), "listening");
     app.run_until(shutdown_signal()).await
 }

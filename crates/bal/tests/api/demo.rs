@@ -46,7 +46,8 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
+        let mut reader = BufReader::new(stdout).lines();
+        for line in reader.by_ref() {
             let line = line.unwrap();
             let done = line.starts_with("Try:");
             lines.push(line);
@@ -54,6 +55,8 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
                 break;
             }
         }
+        // Keep reading what the demo prints later, as a terminal would.
+        std::thread::spawn(move || reader.for_each(drop));
         lines
     });
     let lines = tokio::time::timeout(Duration::from_secs(60), lines)
@@ -152,4 +155,69 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_demo_keeps_serving_when_its_standard_output_is_closed() {
+    // The reader of the demo's instructions going away (a closed pipe) once made the demo
+    // panic on its next line of output and stop serving.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_bal"));
+    if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
+        demo.env(
+            "BAL_DATABASE__URL",
+            bal_scd::testing::create_postgres_database(),
+        );
+    }
+    let mut child = demo
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("demo")
+        .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("BAL_MQTT__LISTEN", "127.0.0.1:0")
+        .env("BAL_MQTT__LISTEN_TLS", "127.0.0.1:0")
+        .env_remove("BAL_ADMIN_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    install_crypto_provider();
+    let ca = dir.path().join("tls/ca.pem");
+    let mut healthy = false;
+    let mut client = None;
+    for _ in 0..240 {
+        if client.is_none() && ca.exists() {
+            client = Some(client_trusting(&ca));
+        }
+        if let Some(c) = &client
+            && let Ok(r) = c
+                .get(format!("https://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+        {
+            healthy = r.status().is_success();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let client = client.expect("the demo made its CA");
+    // Still serving a moment later, after it printed everything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = client
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    assert!(healthy, "the demo never served");
+    assert!(
+        alive && later.is_ok(),
+        "the demo stopped after its output was closed"
+    );
 }
