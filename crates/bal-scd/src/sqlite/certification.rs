@@ -32,19 +32,7 @@ const BATCH_COLUMNS: &str = "seq, root, leaf_count, measurement_count, measureme
      measurements_upto, audit_after, audit_upto, created_at, chain_id, contract, tx_hash, \
      block_number, block_time, gas_used, anchored_at";
 
-fn b256(row: &SqliteRow, column: &str) -> StoreResult<B256> {
-    let raw: Vec<u8> = get(row, column)?;
-    B256::try_from(raw.as_slice()).map_err(|_| corrupt(column.to_owned()))
-}
-
-fn address(raw: &[u8], column: &str) -> StoreResult<Address> {
-    Address::try_from(raw).map_err(|_| corrupt(column.to_owned()))
-}
-
-fn u64_of(row: &SqliteRow, column: &str) -> StoreResult<u64> {
-    let v: i64 = get(row, column)?;
-    u64::try_from(v).map_err(|_| corrupt(column.to_owned()))
-}
+crate::rows::cert_rows!(SqliteRow);
 
 fn batch_from_row(row: &SqliteRow) -> StoreResult<Batch> {
     let tx_hash: Option<Vec<u8>> = get(row, "tx_hash")?;
@@ -85,48 +73,9 @@ async fn watermarks(store: &SqliteStore) -> StoreResult<(i64, i64)> {
     Ok(row.unwrap_or((0, 0)))
 }
 
-fn wallet(row: &SqliteRow) -> StoreResult<Address> {
-    let w: WalletAddress = parse(row, "wallet")?;
-    Ok(w.address())
-}
-
-/// The certified values of an audit entry row joined with its grant and producer.
-fn audit_leaf_from_row(row: &SqliteRow) -> StoreResult<(LeafValues, Vec<u8>)> {
-    let id: i64 = get(row, "id")?;
-    let at: i64 = get(row, "at")?;
-    let action: String = get(row, "action")?;
-    let detail: String = get(row, "detail")?;
-    let payload = merkle::audit_payload(
-        id,
-        at,
-        &get::<String>(row, "actor")?,
-        &action,
-        &get::<String>(row, "object")?,
-        &detail,
-    );
-    let values = LeafValues {
-        producer_wallet: wallet(row)?,
-        topic: merkle::audit_topic(&action, &get::<String>(row, "topic")?),
-        id: id as u64,
-        received_at_ms: at as u64,
-        payload_hash: alloy_primitives::keccak256(&payload),
-    };
-    Ok((values, payload))
-}
-
 /// Measurements joined with their producer's wallet (deleted users keep theirs).
 const MEASUREMENT_LEAF_SELECT: &str = "SELECT m.id, m.topic, m.received_at, m.payload_hash, \
      u.wallet FROM measurements m JOIN users u ON u.username = m.producer";
-
-fn measurement_leaf_from_row(row: &SqliteRow) -> StoreResult<LeafValues> {
-    Ok(LeafValues {
-        producer_wallet: wallet(row)?,
-        topic: get(row, "topic")?,
-        id: get::<i64>(row, "id")? as u64,
-        received_at_ms: get::<i64>(row, "received_at")? as u64,
-        payload_hash: b256(row, "payload_hash")?,
-    })
-}
 
 /// Audit entries of grant decisions joined with their grant's topic and producer's wallet.
 const AUDIT_LEAF_SELECT: &str = "SELECT a.id, a.at, a.actor, a.action, a.object, a.detail, \
