@@ -39,12 +39,6 @@ impl StoreError {
         }
         text
     }
-
-    /// Whether retrying later may succeed (the database was unreachable or the transaction lost
-    /// a race that the database resolved by aborting it).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
 }
 
 /// The one conversion from the driver's errors: connection-level failures are
@@ -87,7 +81,7 @@ mod tests {
     #[test]
     fn reports_carry_the_whole_cause_chain_and_displays_do_not() {
         let e = StoreError::from(sqlx::Error::PoolTimedOut);
-        assert!(e.is_transient());
+        assert!(matches!(e, StoreError::Unavailable(_)));
         assert_eq!(e.to_string(), "the database is unavailable");
         assert!(
             e.report().starts_with("the database is unavailable: "),

@@ -11,23 +11,26 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_consumer() {
-    let taken_mqtt = TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken_http = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dir = tempfile::tempdir().unwrap();
+/// `bal demo` on its own data folder; on the PostgreSQL pass on a database of its own, where
+/// its embedded chain keeps its blocks too.
+fn demo_command(data_dir: &std::path::Path) -> Command {
     let mut demo = Command::new(env!("CARGO_BIN_EXE_bal"));
     if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
-        // The demo on PostgreSQL: its embedded chain keeps its blocks there too.
         demo.env(
             "BAL_DATABASE__URL",
             bal_scd::testing::create_postgres_database(),
         );
     }
-    let mut child = demo
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("demo")
+    demo.arg("--data-dir").arg(data_dir).arg("demo");
+    demo
+}
+
+#[tokio::test]
+async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_consumer() {
+    let taken_mqtt = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = demo_command(dir.path())
         .env(
             "BAL_MQTT__LISTEN",
             taken_mqtt.local_addr().unwrap().to_string(),
@@ -167,17 +170,7 @@ async fn the_demo_keeps_serving_when_its_standard_output_is_closed() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_bal"));
-    if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
-        demo.env(
-            "BAL_DATABASE__URL",
-            bal_scd::testing::create_postgres_database(),
-        );
-    }
-    let mut child = demo
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("demo")
+    let mut child = demo_command(dir.path())
         .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("BAL_MQTT__LISTEN", "127.0.0.1:0")
         .env("BAL_MQTT__LISTEN_TLS", "127.0.0.1:0")
