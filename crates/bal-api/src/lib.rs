@@ -78,6 +78,8 @@ pub struct AppState {
     pub limiter: Arc<LoginLimiter>,
     pub config: Arc<ApiConfig>,
     pub certification: Arc<Certification>,
+    /// What `/readyz` reports: each dependency's state and since when.
+    pub dependencies: Arc<routes::health::Dependencies>,
 }
 
 /// The chain side: where batches are anchored, proofs, and the certifier's health.
@@ -102,6 +104,7 @@ impl AppState {
             limiter: Arc::new(LoginLimiter::new(config.login_limits.clone())),
             config: Arc::new(config),
             certification: Arc::new(certification),
+            dependencies: Arc::default(),
         }
     }
 }

@@ -252,7 +252,8 @@ async fn the_embedded_chain_survives_a_restart() {
             .unwrap()
     );
     assert_eq!(chain.find_anchor(t.root()).await.unwrap(), Some(anchor));
-    let tx = store
+    let tx = chain
+        .blocks()
         .chain_transaction(anchor.tx_hash)
         .await
         .unwrap()

@@ -27,6 +27,11 @@ impl StoreError {
         Self::Backend(Box::new(e))
     }
 
+    /// A row the database returned that cannot be what it should be (`what`: which column).
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        Self::backend(Corrupt(what.into()))
+    }
+
     /// The error with its whole cause chain on one line, for logs (`Display` alone stops at
     /// "database error": the cause is for the operator, never for a client).
     pub fn report(&self) -> String {
@@ -71,7 +76,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub(crate) struct Corrupt(pub String);
 
 pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::backend(Corrupt(what.into()))
+    StoreError::corrupt(what)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The Shared Customer Database (SCD): users, sessions, subscriptions, measurements, the
-//! audit log, certification batches and the embedded chain's blocks.
+//! audit log and certification batches. Its migrations also create the embedded chain's
+//! tables, which `bal-ledger` reads and writes on this store's [`Pool`].
 //!
 //! The store is a set of small traits, one per aggregate, that speak in `bal-core` types and
 //! know nothing of SQL; [`Store`] bundles them for callers that need all. Each backend lives in
@@ -9,15 +10,13 @@
 //! data, and every committed change is announced on the [`ChangeFeed`].
 //!
 //! - [`accounts`]: users and sessions; [`grants`]: subscriptions and the audit log;
-//!   [`measurements`]: ingest and history; [`certification`]: Merkle batches and anchors;
-//!   [`chain`]: the embedded chain's blocks.
+//!   [`measurements`]: ingest and history; [`certification`]: Merkle batches and anchors.
 //! - [`sqlite`]: the embedded default (one file, WAL). [`postgres`]: for production and for
 //!   several replicas on one database.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
 pub mod certification;
-pub mod chain;
 pub mod copy;
 mod error;
 pub mod feed;
@@ -41,7 +40,6 @@ pub use certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
     Mark, NewBatch, PendingItem, PendingItems, Span,
 };
-pub use chain::ChainStore;
 pub use error::{StoreError, StoreResult};
 pub use feed::{Change, ChangeFeed};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};
@@ -54,9 +52,7 @@ pub use sqlite::SqliteStore;
 
 /// The store's traits, for callers that hold a [`SharedStore`] and call its methods.
 pub mod prelude {
-    pub use crate::{
-        AccountStore, CertificationStore, ChainStore, GrantStore, MeasurementStore, Store,
-    };
+    pub use crate::{AccountStore, CertificationStore, GrantStore, MeasurementStore, Store};
 }
 
 /// Which database a store runs on.
@@ -88,6 +84,13 @@ impl Backend {
     }
 }
 
+/// A store's connection pool (see [`Store::pool`]).
+#[derive(Debug, Clone)]
+pub enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -112,16 +115,12 @@ impl Default for ConnectOptions {
 /// The SCD as the BAL uses it: every aggregate's store, the change feed and a health check.
 #[async_trait]
 pub trait Store:
-    AccountStore
-    + GrantStore
-    + MeasurementStore
-    + CertificationStore
-    + ChainStore
-    + Send
-    + Sync
-    + 'static
+    AccountStore + GrantStore + MeasurementStore + CertificationStore + Send + Sync + 'static
 {
     fn backend(&self) -> Backend;
+    /// The connection pool, for the embedded chain's tables (`bal-ledger`), which share this
+    /// database and its migrations. Nothing else goes around the traits.
+    fn pool(&self) -> Pool;
     /// Fails when the database cannot answer: the readiness probe.
     async fn ping(&self) -> StoreResult<()>;
     /// Changes committed from now on, by this process and (on PostgreSQL) by every other.

@@ -172,56 +172,6 @@ pub(crate) fn deletion_action(after: &bal_core::Subscription) -> bal_core::Audit
     }
 }
 
-/// The embedded chain's row helpers for `$row`, in the calling module (which imports the chain
-/// types); see [`row_mapping!`] for why a macro.
-macro_rules! chain_rows {
-    ($row:ty) => {
-        fn bytes_to<T: for<'a> TryFrom<&'a [u8]>>(raw: &[u8], what: &str) -> StoreResult<T> {
-            T::try_from(raw).map_err(|_| corrupt(what.to_owned()))
-        }
-
-        fn col<T: for<'a> TryFrom<&'a [u8]>>(row: &$row, column: &str) -> StoreResult<T> {
-            let raw: Vec<u8> = get(row, column)?;
-            bytes_to(&raw, column)
-        }
-
-        fn num(row: &$row, column: &str) -> StoreResult<u64> {
-            let v: i64 = get(row, column)?;
-            u64::try_from(v).map_err(|_| corrupt(column.to_owned()))
-        }
-
-        fn word(v: &U256) -> [u8; 32] {
-            v.to_be_bytes::<32>()
-        }
-
-        fn block_from_row(row: &$row) -> StoreResult<StoredBlock> {
-            Ok(StoredBlock {
-                number: num(row, "number")?,
-                hash: col(row, "hash")?,
-                timestamp: num(row, "timestamp")?,
-                header: get(row, "header")?,
-            })
-        }
-
-        fn tx_from_row(row: &$row) -> StoreResult<StoredTransaction> {
-            let contract: Option<Vec<u8>> = get(row, "contract_address")?;
-            Ok(StoredTransaction {
-                hash: col(row, "hash")?,
-                block_number: num(row, "block_number")?,
-                tx_index: num(row, "tx_index")? as u32,
-                sender: col(row, "sender")?,
-                raw: get(row, "raw")?,
-                receipt: get(row, "receipt")?,
-                gas_used: num(row, "gas_used")?,
-                contract_address: contract
-                    .map(|c| bytes_to::<Address>(&c, "contract_address"))
-                    .transpose()?,
-            })
-        }
-    };
-}
-pub(crate) use chain_rows;
-
 /// Certification's row helpers for `$row` (leaf values of measurements and audit entries), in
 /// the calling module.
 macro_rules! cert_rows {

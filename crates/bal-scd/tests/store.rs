@@ -591,13 +591,91 @@ async fn batch_pending(store: &SharedStore) -> Option<bal_scd::Batch> {
     }
 }
 
+/// Set in the environment of the writer process of the race test below: the database URL.
+const WRITER_URL: &str = "BAL_TEST_WRITER_URL";
+
+/// Not a test of its own: the second process of the race test below, which only writes. The
+/// test runs this binary again with only this entry selected and `BAL_TEST_WRITER_URL` set;
+/// the process prints the ids of the readings it stored.
+#[tokio::test]
+async fn writer_process_entry() {
+    let Ok(url) = std::env::var(WRITER_URL) else {
+        return;
+    };
+    let store = bal_scd::connect(&url, &bal_scd::testing::options())
+        .await
+        .unwrap();
+    store
+        .create_user(
+            new_user("cons2", Role::Consumer),
+            &Actor::System,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let batch: Vec<_> = (0..(1 + i % 3))
+            .map(|k| reading(&format!("process/{i}/{k}"), None))
+            .collect();
+        ids.extend(store.insert_measurements(&batch).await.unwrap());
+        if i % 10 == 0 {
+            let topic = Topic::parse("platone/prod").unwrap();
+            let sub = store
+                .request_subscription(Subscription::request(name("cons2"), &topic, Utc::now()))
+                .await
+                .unwrap();
+            let p = Actor::User(name("prod"));
+            store
+                .decide(sub.id, &GrantAction::Refuse, &p, Utc::now())
+                .await
+                .unwrap();
+        }
+    }
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    println!("written: {}", ids.join(","));
+}
+
+/// Starts [`writer_process_entry`] in a process of its own on `url`; yields the ids it wrote.
+fn spawn_writer_process(url: &str) -> tokio::task::JoinHandle<Vec<i64>> {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "writer_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(WRITER_URL, url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer process");
+    tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the writer process failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            // libtest prints its "test ... " prefix on the same line.
+            .find_map(|l| l.split_once("written: ").map(|(_, ids)| ids))
+            .unwrap_or_else(|| panic!("the writer process printed no ids: {stdout}"));
+        line.split(',').map(|id| id.parse().unwrap()).collect()
+    })
+}
+
 #[tokio::test]
 async fn with_concurrent_writers_every_reading_and_decision_is_batched_once_and_paged_once() {
     let db = db().await;
     seed(&db.store).await;
     let writers: Vec<SharedStore> = vec![db.database.store().await, db.database.store().await];
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Writers: two "processes", several tasks each, small batches.
+    // Writers: a process of their own, and two pools in this one ("processes" too), several
+    // tasks each, small batches.
+    let process = spawn_writer_process(&db.database.url);
     let mut tasks = Vec::new();
     for (w, store) in writers.iter().enumerate() {
         for t in 0..3 {
@@ -684,6 +762,7 @@ async fn with_concurrent_writers_every_reading_and_decision_is_batched_once_and_
         written.extend(t.await.unwrap());
     }
     decider.await.unwrap();
+    written.extend(process.await.unwrap());
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut batches = Vec::new();
     for c in certifiers {

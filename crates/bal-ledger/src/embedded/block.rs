@@ -3,6 +3,7 @@
 //! root is left zero: computing it would mean a Merkle-Patricia trie over every anchored root at
 //! every block, and nothing that checks a BAL proof reads it.
 
+use super::store::{StoredBlock, StoredLog, StoredTransaction};
 use alloy_consensus::proofs::{calculate_receipt_root, calculate_transaction_root};
 use alloy_consensus::{
     EMPTY_OMMER_ROOT_HASH, EMPTY_ROOT_HASH, Eip658Value, Header, Receipt, ReceiptEnvelope,
@@ -11,7 +12,6 @@ use alloy_consensus::{
 use alloy_eips::eip2718::Encodable2718;
 use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
 use alloy_primitives::{Address, B256, Bytes, Log, U256};
-use bal_scd::chain::{StoredBlock, StoredLog, StoredTransaction};
 use revm::context::BlockEnv;
 
 use super::evm::BLOCK_GAS_LIMIT;

@@ -2,10 +2,10 @@
 //! Nothing here commits on its own: [`World::execute`] returns the changes, and the chain
 //! applies them only after the block that carries them is filed in the SCD.
 
+use super::store::{ChainAccount, StorageSlot};
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Transaction as _, TxEnvelope};
 use alloy_primitives::{Address, Bytes, Log, TxKind, U256, keccak256};
-use bal_scd::chain::{ChainAccount, StorageSlot};
 use revm::bytecode::Bytecode;
 use revm::context::result::{ExecutionResult, Output};
 use revm::context::{BlockEnv, CfgEnv, TxEnv};

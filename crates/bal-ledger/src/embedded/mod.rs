@@ -11,6 +11,7 @@
 mod block;
 mod evm;
 pub mod rpc;
+pub mod store;
 
 use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
@@ -20,12 +21,12 @@ use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{SolCall, SolEvent};
 use async_trait::async_trait;
 use bal_scd::SharedStore;
-use bal_scd::chain::{BlockKey, LogFilter, NewChainBlock};
 use tokio::sync::Mutex;
 
 pub use block::Tip;
 use block::{Included, next_env, seal};
 use evm::World;
+use store::{BlockKey, LogFilter, NewChainBlock, SharedChainStore};
 
 use crate::contract::{self, Anchored, anchorCall, anchoredAtCall, verifyCall};
 use crate::{Anchor, Ledger, LedgerError, LedgerResult};
@@ -38,7 +39,8 @@ const DEPLOY_GAS: u64 = 3_000_000;
 const ANCHOR_GAS: u64 = 200_000;
 
 pub struct EmbeddedChain {
-    store: SharedStore,
+    /// Blocks, transactions, logs and state.
+    blocks: SharedChainStore,
     signer: PrivateKeySigner,
     chain_id: u64,
     contract: Address,
@@ -84,12 +86,13 @@ impl EmbeddedChain {
         signer: PrivateKeySigner,
         chain_id: u64,
     ) -> anyhow::Result<Self> {
-        let state = store.chain_state().await?;
+        let blocks = store::open(store.pool());
+        let state = blocks.chain_state().await?;
         let mut world = World::new(chain_id);
         world.restore(&state.accounts, &state.storage);
         let tip = state.head.as_ref().map(Tip::from);
         let mut chain = Self {
-            store: store.clone(),
+            blocks,
             signer,
             chain_id,
             contract: Address::ZERO,
@@ -205,7 +208,7 @@ impl EmbeddedChain {
             .as_ref()
             .map(|(_, _, out)| evm::changed_rows(&out.changes))
             .unwrap_or_default();
-        self.store
+        self.blocks
             .chain_append(&NewChainBlock {
                 block: block.clone(),
                 transactions: transactions.clone(),
@@ -259,8 +262,9 @@ impl EmbeddedChain {
         self.chain_id
     }
 
-    pub fn store(&self) -> &SharedStore {
-        &self.store
+    /// The blocks, transactions, logs and state, as filed.
+    pub fn blocks(&self) -> &SharedChainStore {
+        &self.blocks
     }
 
     /// The latest block's number.
@@ -338,7 +342,7 @@ impl Ledger for EmbeddedChain {
 
     async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {
         let logs = self
-            .store
+            .blocks
             .chain_logs(&LogFilter {
                 from_block: block,
                 to_block: block,
@@ -357,12 +361,12 @@ impl Ledger for EmbeddedChain {
             return Ok(None);
         };
         let tx = self
-            .store
+            .blocks
             .chain_transaction(log.tx_hash)
             .await
             .map_err(unavailable)?;
         let header = self
-            .store
+            .blocks
             .chain_block(BlockKey::Number(block))
             .await
             .map_err(unavailable)?;

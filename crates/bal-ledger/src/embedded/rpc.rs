@@ -3,6 +3,7 @@
 //! proof can be checked against the embedded chain exactly as against any node. Nothing here
 //! changes the chain: transactions are only ever sent by the BAL's own certifier.
 
+use super::store::{BlockKey, LogFilter, StoredBlock, StoredLog, StoredTransaction};
 use alloy_consensus::transaction::Recovered;
 use alloy_consensus::{Header as ConsensusHeader, ReceiptEnvelope, Transaction as _, TxEnvelope};
 use alloy_eips::BlockNumberOrTag;
@@ -13,7 +14,6 @@ use alloy_rpc_types_eth::{
     Block, BlockTransactions, Filter, FilterBlockOption, Header, Log, Transaction,
     TransactionReceipt,
 };
-use bal_scd::chain::{BlockKey, LogFilter, StoredBlock, StoredLog, StoredTransaction};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -177,7 +177,7 @@ async fn latest_only(chain: &EmbeddedChain, params: &[Value], i: usize) -> Resul
 }
 
 async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> RpcResult {
-    let store = chain.store();
+    let blocks = chain.blocks();
     match method {
         "web3_clientVersion" => to_json(concat!("bal/", env!("CARGO_PKG_VERSION"), "/embedded")),
         "net_version" => to_json(chain.chain_id_value().to_string()),
@@ -191,7 +191,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
             let tag: BlockNumberOrTag = param(&params, 0, "block")?;
             let full: bool = param(&params, 1, "full transactions").unwrap_or(false);
             let n = block_number(chain, tag).await;
-            let b = store
+            let b = blocks
                 .chain_block(BlockKey::Number(n))
                 .await
                 .map_err(RpcError::internal)?;
@@ -200,7 +200,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
         "eth_getBlockByHash" => {
             let hash: B256 = param(&params, 0, "block hash")?;
             let full: bool = param(&params, 1, "full transactions").unwrap_or(false);
-            let b = store
+            let b = blocks
                 .chain_block(BlockKey::Hash(hash))
                 .await
                 .map_err(RpcError::internal)?;
@@ -208,7 +208,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
         }
         "eth_getTransactionByHash" => {
             let hash: B256 = param(&params, 0, "transaction hash")?;
-            match store
+            match blocks
                 .chain_transaction(hash)
                 .await
                 .map_err(RpcError::internal)?
@@ -222,7 +222,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
         }
         "eth_getTransactionReceipt" => {
             let hash: B256 = param(&params, 0, "transaction hash")?;
-            match store
+            match blocks
                 .chain_transaction(hash)
                 .await
                 .map_err(RpcError::internal)?
@@ -297,7 +297,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
 
 async fn stored_block(chain: &EmbeddedChain, n: u64) -> Result<StoredBlock, RpcError> {
     chain
-        .store()
+        .blocks()
         .chain_block(BlockKey::Number(n))
         .await
         .map_err(RpcError::internal)?
@@ -368,7 +368,7 @@ async fn block_json(chain: &EmbeddedChain, b: Option<StoredBlock>, full: bool) -
         return Ok(Value::Null);
     };
     let txs = chain
-        .store()
+        .blocks()
         .chain_block_transactions(b.number)
         .await
         .map_err(RpcError::internal)?;
@@ -394,7 +394,7 @@ async fn get_logs(chain: &EmbeddedChain, f: &Filter) -> RpcResult {
     let (from, to) = match f.block_option {
         FilterBlockOption::AtBlockHash(h) => {
             let b = chain
-                .store()
+                .blocks()
                 .chain_block(BlockKey::Hash(h))
                 .await
                 .map_err(RpcError::internal)?
@@ -434,7 +434,7 @@ async fn get_logs(chain: &EmbeddedChain, f: &Filter) -> RpcResult {
         ));
     }
     let logs = chain
-        .store()
+        .blocks()
         .chain_logs(&LogFilter {
             from_block: from,
             to_block: to,

@@ -16,7 +16,6 @@
 
 mod accounts;
 mod certification;
-mod chain;
 mod grants;
 mod import;
 mod listener;
@@ -218,6 +217,10 @@ async fn append_audit(
 impl Store for PgStore {
     fn backend(&self) -> Backend {
         Backend::Postgres
+    }
+
+    fn pool(&self) -> crate::Pool {
+        crate::Pool::Postgres(self.pool.clone())
     }
 
     async fn ping(&self) -> StoreResult<()> {

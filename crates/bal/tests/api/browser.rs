@@ -147,21 +147,6 @@ async fn text_of(b: &WebDriver, css: &str) -> String {
     }
 }
 
-/// Waits until `check` holds, up to `secs` seconds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..secs * 10 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within {secs} s");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_asks_producer_accepts_readings_chart_live_and_revocation_stops_the_stream() {
     let app = spawn_app_with(|s| s.certify.batch_window_ms = 200).await;

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use bal::app::Application;
 use bal::settings::{Secret, Settings};
@@ -278,4 +281,56 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> String
 pub async fn json_ok(r: Response, status: StatusCode) -> Value {
     assert_eq!(r.status(), status);
     r.json().await.unwrap()
+}
+
+/// Waits until `check` holds, up to `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 10 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within {secs} s");
+}
+
+/// Reads server-sent events until `until` returns true on an event name and data, or time runs
+/// out; returns every (event, data) seen.
+pub async fn read_events(
+    response: reqwest::Response,
+    limit: Duration,
+    until: impl Fn(&str, &str) -> bool,
+) -> Vec<(String, String)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if name.is_empty() {
+                continue;
+            }
+            let done = until(&name, &data);
+            events.push((name, data));
+            if done {
+                return events;
+            }
+        }
+    }
+    events
 }

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -280,43 +279,6 @@ async fn history_pages_by_cursor_and_filters_by_time() {
         let r = app.get(&format!("/api/measurements?{bad}"), &p1).await;
         assert_error(r, StatusCode::BAD_REQUEST, "bad_request").await;
     }
-}
-
-/// Reads server-sent events until `until` returns true on an event name and data, or time runs
-/// out; returns every (event, data) seen.
-async fn read_events(
-    response: reqwest::Response,
-    limit: Duration,
-    until: impl Fn(&str, &str) -> bool,
-) -> Vec<(String, String)> {
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    name = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim());
-                }
-            }
-            if name.is_empty() {
-                continue;
-            }
-            let done = until(&name, &data);
-            events.push((name, data));
-            if done {
-                return events;
-            }
-        }
-    }
-    events
 }
 
 #[tokio::test]

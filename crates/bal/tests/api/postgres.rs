@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::helpers::*;
@@ -198,4 +198,185 @@ async fn a_server_running_as_a_non_owner_role_works_and_cannot_touch_the_audit_l
             .await
             .unwrap();
     }
+}
+
+/// `bal db status` on `url`: its exit code and what it printed.
+fn db_status(url: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bal"))
+        .args([
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "db",
+            "status",
+        ])
+        .env("BAL_DATABASE__URL", url)
+        .env("BAL_DATABASE__ACQUIRE_TIMEOUT_MS", "5000")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn verify_full_tls_connects_to_a_server_signed_by_the_given_ca_and_to_no_other() {
+    if !on_postgres() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let server = bal::tls::ensure_self_signed(&certs.path().join("server"), &[]).unwrap();
+    let other = bal::tls::ensure_self_signed(&certs.path().join("other"), &[]).unwrap();
+    let cluster = bal_scd::testing::PrivateCluster::start(Some(bal_scd::testing::ServerTls {
+        cert_pem: std::fs::read_to_string(&server.cert).unwrap(),
+        key_pem: std::fs::read_to_string(&server.key).unwrap(),
+    }));
+    let base = format!("postgres://postgres@localhost:{}/postgres", cluster.port());
+    let with_ca = |mode: &str, ca: &std::path::Path| {
+        format!("{base}?sslmode={mode}&sslrootcert={}", ca.display())
+    };
+
+    let (code, text) = db_status(&with_ca("verify-full", server.ca.as_ref().unwrap()));
+    assert_eq!(code, Some(0), "{text}\n{}", cluster.log());
+    // The server takes TCP connections over TLS only, so this one was encrypted.
+    let (code, text) = db_status(&format!("{base}?sslmode=disable"));
+    assert_eq!(
+        code,
+        Some(1),
+        "plain TCP is refused by the test server: {text}"
+    );
+    // A server whose certificate another CA signed is not trusted.
+    let (code, text) = db_status(&with_ca("verify-full", other.ca.as_ref().unwrap()));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("database.url"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    // Nor is a name the certificate does not carry.
+    let wrong_name = with_ca("verify-full", server.ca.as_ref().unwrap())
+        .replace("@localhost:", "@localhost.localdomain.invalid:");
+    let (code, _) = db_status(&wrong_name);
+    assert_eq!(code, Some(1));
+}
+
+/// Measurements stored through the API by `token`, as the history lists them.
+async fn stored_payloads(app: &TestApp, token: &str) -> Vec<Value> {
+    let page = json_ok(
+        app.get("/api/measurements?limit=1000", token).await,
+        StatusCode::OK,
+    )
+    .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["payload_json"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_mid_run_makes_the_server_unready_and_it_recovers_by_itself() {
+    if !on_postgres() {
+        return;
+    }
+    let mut cluster = bal_scd::testing::PrivateCluster::start(None);
+    let mut su = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE bal")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    drop(su);
+    let url = cluster.url("bal");
+    let app = spawn_app_with(|s| {
+        s.database.url = Some(serde_json::from_value(json!(url)).unwrap());
+        s.database.acquire_timeout_ms = 1000;
+    })
+    .await;
+    let producer = app.user("producer1", "producer").await;
+    let r = app
+        .post("/api/measurements", &producer, json!([{"n": 1}]))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    cluster.halt();
+    eventually(15, "/readyz turning 503", || async {
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("database"),
+        "/readyz names the database: {body}"
+    );
+    // Writes are refused with the documented error, not a 500 and not a hang.
+    let r = app
+        .post("/api/measurements", &producer, json!([{"n": 2}]))
+        .await;
+    assert_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let r = app.login("producer1", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    cluster.resume();
+    eventually(30, "/readyz turning 200 again", || async {
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::OK
+    })
+    .await;
+    // The session from before the outage still works, and nothing stored was lost.
+    let r = app
+        .post("/api/measurements", &producer, json!([{"n": 3}]))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        stored_payloads(&app, &producer).await,
+        vec![json!({"n": 1}), json!({"n": 3})]
+    );
+
+    // The change listener reconnected: a reading another process stores reaches a live
+    // stream on this server.
+    let stream = app
+        .client
+        .get(app.url("/api/measurements/stream"))
+        .bearer_auth(&producer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let other = bal_scd::connect(&url, &bal_scd::testing::options())
+        .await
+        .unwrap();
+    let topic: bal_core::Topic = "platone/producer1".parse().unwrap();
+    let writer = tokio::spawn(async move {
+        // The stream may still be opening: write until it has been read.
+        for n in 4..40 {
+            let m = bal_core::NewMeasurement::new(topic.clone(), format!("{{\"n\":{n}}}").into());
+            other.insert_measurements(&[m]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    let events = read_events(stream, std::time::Duration::from_secs(10), |name, _| {
+        name == "measurement"
+    })
+    .await;
+    writer.abort();
+    assert!(
+        events.iter().any(|(name, _)| name == "measurement"),
+        "a reading stored by another process arrived: {events:?}"
+    );
+    app.stop().await;
 }

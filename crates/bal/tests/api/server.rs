@@ -14,6 +14,26 @@ async fn health_and_readiness_answer_without_a_token() {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.headers().contains_key("x-request-id"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    let database = &body["dependencies"]["database"];
+    assert_eq!(database["state"], "up", "{body}");
+    let since = database["since"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(since).is_ok(),
+        "{body}"
+    );
+    // `since` is when the state last changed, not when it was last checked.
+    let again: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["dependencies"]["database"]["since"], since);
 }
 
 #[tokio::test]

@@ -1,25 +1,29 @@
-//! [`ChainStore`] on SQLite.
+//! [`ChainStore`] on PostgreSQL.
 
 use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder};
 
-use super::{SqliteStore, get};
-use crate::chain::{
+use bal_scd::{StoreError, StoreResult};
+use sqlx::PgPool;
+
+use super::{
     BlockKey, ChainAccount, ChainState, ChainStore, LogFilter, NewChainBlock, StorageSlot,
-    StoredBlock, StoredLog, StoredTransaction,
+    StoredBlock, StoredLog, StoredTransaction, append_conflict,
 };
-use crate::error::corrupt;
-use crate::{StoreError, StoreResult};
 
-crate::rows::chain_rows!(SqliteRow);
+super::chain_rows!(PgRow, sqlx::Postgres);
+
+pub(super) struct PgChainStore {
+    pub(super) pool: PgPool,
+}
 
 const TX_COLUMNS: &str =
     "hash, block_number, tx_index, sender, raw, receipt, gas_used, contract_address";
 
 #[async_trait]
-impl ChainStore for SqliteStore {
+impl ChainStore for PgChainStore {
     async fn chain_state(&self) -> StoreResult<ChainState> {
         let head = sqlx::query(
             "SELECT number, hash, timestamp, header FROM chain_blocks ORDER BY number DESC LIMIT 1",
@@ -38,7 +42,8 @@ impl ChainStore for SqliteStore {
                 Ok(ChainAccount {
                     address: col(row, "address")?,
                     nonce: num(row, "nonce")?,
-                    balance: U256::try_from_be_slice(&balance).ok_or_else(|| corrupt("balance"))?,
+                    balance: U256::try_from_be_slice(&balance)
+                        .ok_or_else(|| StoreError::corrupt("balance"))?,
                     code: get(row, "code")?,
                 })
             })
@@ -65,7 +70,7 @@ impl ChainStore for SqliteStore {
     }
 
     async fn chain_append(&self, b: &NewChainBlock) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.pool.begin().await?;
         let head: (Option<i64>,) = sqlx::query_as("SELECT MAX(number) FROM chain_blocks")
             .fetch_one(&mut *tx)
             .await?;
@@ -77,17 +82,18 @@ impl ChainStore for SqliteStore {
             )));
         }
         sqlx::query(
-            "INSERT INTO chain_blocks (number, hash, timestamp, header) VALUES (?, ?, ?, ?)",
+            "INSERT INTO chain_blocks (number, hash, timestamp, header) VALUES ($1, $2, $3, $4)",
         )
         .bind(b.block.number as i64)
         .bind(b.block.hash.as_slice())
         .bind(b.block.timestamp as i64)
         .bind(&b.block.header[..])
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| append_conflict(e, b.block.number))?;
         for t in &b.transactions {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO chain_transactions ({TX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO chain_transactions ({TX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
             )))
             .bind(t.hash.as_slice())
             .bind(t.block_number as i64)
@@ -104,7 +110,7 @@ impl ChainStore for SqliteStore {
             let topic = |i: usize| l.topics.get(i).map(|t| t.to_vec());
             sqlx::query(
                 "INSERT INTO chain_logs (block_number, log_index, tx_index, tx_hash, address, \
-                 topic0, topic1, topic2, topic3, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 topic0, topic1, topic2, topic3, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(l.block_number as i64)
             .bind(i64::from(l.log_index))
@@ -121,7 +127,7 @@ impl ChainStore for SqliteStore {
         }
         for a in &b.accounts {
             sqlx::query(
-                "INSERT INTO chain_accounts (address, nonce, balance, code) VALUES (?, ?, ?, ?) \
+                "INSERT INTO chain_accounts (address, nonce, balance, code) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (address) DO UPDATE SET nonce = excluded.nonce, \
                  balance = excluded.balance, \
                  code = COALESCE(excluded.code, chain_accounts.code)",
@@ -135,14 +141,14 @@ impl ChainStore for SqliteStore {
         }
         for s in &b.storage {
             if s.value.is_zero() {
-                sqlx::query("DELETE FROM chain_storage WHERE address = ? AND slot = ?")
+                sqlx::query("DELETE FROM chain_storage WHERE address = $1 AND slot = $2")
                     .bind(s.address.as_slice())
                     .bind(word(&s.slot).to_vec())
                     .execute(&mut *tx)
                     .await
             } else {
                 sqlx::query(
-                    "INSERT INTO chain_storage (address, slot, value) VALUES (?, ?, ?) \
+                    "INSERT INTO chain_storage (address, slot, value) VALUES ($1, $2, $3) \
                      ON CONFLICT (address, slot) DO UPDATE SET value = excluded.value",
                 )
                 .bind(s.address.as_slice())
@@ -152,17 +158,18 @@ impl ChainStore for SqliteStore {
                 .await
             }?;
         }
-        tx.commit(&self.feed).await
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn chain_block(&self, key: BlockKey) -> StoreResult<Option<StoredBlock>> {
         let q = match key {
             BlockKey::Number(n) => sqlx::query(
-                "SELECT number, hash, timestamp, header FROM chain_blocks WHERE number = ?",
+                "SELECT number, hash, timestamp, header FROM chain_blocks WHERE number = $1",
             )
             .bind(n as i64),
             BlockKey::Hash(h) => sqlx::query(
-                "SELECT number, hash, timestamp, header FROM chain_blocks WHERE hash = ?",
+                "SELECT number, hash, timestamp, header FROM chain_blocks WHERE hash = $1",
             )
             .bind(h.to_vec()),
         };
@@ -175,7 +182,7 @@ impl ChainStore for SqliteStore {
 
     async fn chain_block_transactions(&self, number: u64) -> StoreResult<Vec<StoredTransaction>> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TX_COLUMNS} FROM chain_transactions WHERE block_number = ? ORDER BY tx_index"
+            "SELECT {TX_COLUMNS} FROM chain_transactions WHERE block_number = $1 ORDER BY tx_index"
         )))
         .bind(number as i64)
         .fetch_all(&self.pool)
@@ -187,7 +194,7 @@ impl ChainStore for SqliteStore {
 
     async fn chain_transaction(&self, hash: B256) -> StoreResult<Option<StoredTransaction>> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TX_COLUMNS} FROM chain_transactions WHERE hash = ?"
+            "SELECT {TX_COLUMNS} FROM chain_transactions WHERE hash = $1"
         )))
         .bind(hash.to_vec())
         .fetch_optional(&self.pool)
@@ -198,7 +205,7 @@ impl ChainStore for SqliteStore {
     }
 
     async fn chain_logs(&self, f: &LogFilter) -> StoreResult<Vec<StoredLog>> {
-        let mut sql = QueryBuilder::<Sqlite>::new(
+        let mut sql = QueryBuilder::<Postgres>::new(
             "SELECT block_number, log_index, tx_index, tx_hash, address, topic0, topic1, topic2, \
              topic3, data FROM chain_logs WHERE block_number >= ",
         );

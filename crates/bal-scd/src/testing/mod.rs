@@ -10,6 +10,9 @@
 
 use std::time::Duration;
 
+mod cluster;
+pub use cluster::{PrivateCluster, ServerTls};
+
 use crate::{Backend, ConnectOptions, Migrate, SharedStore};
 
 /// Which backend the tests run on.
