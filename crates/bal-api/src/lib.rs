@@ -54,6 +54,8 @@ pub struct ApiConfig {
     pub secure_cookies: bool,
     /// How MQTT is served, as the admin's health section says it.
     pub broker: String,
+    /// The external broker `/readyz` checks is reachable; `None` for the embedded one.
+    pub broker_address: Option<(String, u16)>,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +68,7 @@ impl Default for ApiConfig {
             login_limits: LimiterConfig::default(),
             secure_cookies: true,
             broker: "embedded (inside bal)".to_owned(),
+            broker_address: None,
         }
     }
 }

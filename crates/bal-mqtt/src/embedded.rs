@@ -93,6 +93,10 @@ impl EmbeddedBroker {
             Builder::new()
                 .name(name)
                 .laddr(addr)
+                // A restart after a crash must bind at once, not after TIME_WAIT (a minute),
+                // but a second process on the same port must still fail: no SO_REUSEPORT.
+                .reuseaddr(Some(true))
+                .reuseport(Some(false))
                 .allow_anonymous(false)
                 .max_packet_size(max_packet)
                 .handshake_timeout(Duration::from_secs(15))

@@ -46,6 +46,8 @@ pub struct Application {
     broker: Broker,
     ingest_writer: tokio::task::JoinHandle<()>,
     certifier: Certifier,
+    /// `http.shutdown_delay_ms`.
+    shutdown_delay: Duration,
 }
 
 /// The MQTT side: the broker inside `bal`, or the adapter of an external Mosquitto.
@@ -295,6 +297,7 @@ impl Application {
             broker,
             ingest_writer,
             certifier,
+            shutdown_delay: Duration::from_millis(settings.http.shutdown_delay_ms),
         })
     }
 
@@ -375,6 +378,8 @@ impl Application {
         tasks.spawn(self.certifier.run(stop_rx));
 
         let handle = Handle::new();
+        let dependencies = self.state.dependencies.clone();
+        let shutdown_delay = self.shutdown_delay;
         let app = bal_api::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let server = {
             let handle = handle.clone();
@@ -400,7 +405,13 @@ impl Application {
         let served = tokio::select! {
             result = &mut server => result.context("HTTP server failed"),
             () = shutdown => {
-                tracing::info!("shutting down: draining requests, disconnecting MQTT clients");
+                dependencies.shut_down();
+                tracing::info!(delay_ms = shutdown_delay.as_millis() as u64, "shutting down: /readyz answers 503, then requests drain and MQTT clients are disconnected");
+                // Still serving: the load balancer sees 503 and stops sending first.
+                tokio::select! {
+                    result = &mut server => return result.context("HTTP server failed"),
+                    () = tokio::time::sleep(shutdown_delay) => {}
+                }
                 handle.graceful_shutdown(Some(DRAIN));
                 server.await.context("HTTP server failed while draining")
             }

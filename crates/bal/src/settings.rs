@@ -61,6 +61,9 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Largest measurement upload (`POST /api/measurements`) accepted, in bytes.
     pub ingest_body_limit_bytes: usize,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything is still served, so that
+    /// a load balancer stops sending before the listeners close.
+    pub shutdown_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -259,6 +262,7 @@ impl Default for HttpSettings {
             tls_names: Vec::new(),
             body_limit_bytes: 1024 * 1024,
             ingest_body_limit_bytes: 32 * 1024 * 1024,
+            shutdown_delay_ms: 2000,
         }
     }
 }
@@ -535,6 +539,13 @@ impl Settings {
                 ..bal_api::LimiterConfig::default()
             },
             secure_cookies: self.http.tls,
+            broker_address: match self.broker.kind {
+                BrokerKind::Embedded => None,
+                BrokerKind::Mosquitto => self
+                    .mosquitto_config()
+                    .ok()
+                    .map(|c| (c.connection.host, c.connection.port)),
+            },
             broker: match self.broker.kind {
                 BrokerKind::Embedded => "embedded (inside bal)".to_owned(),
                 BrokerKind::Mosquitto => format!(

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -33,18 +34,20 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// How long `/readyz` waits for the database before calling it down: a probe must answer
-/// well within a load balancer's timeout even when the pool is starved.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for each dependency before calling it down: a probe must answer
+/// well within a load balancer's timeout even when the pool is starved or the chain hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The readiness body: the verdict, and every dependency with its state.
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, or `unready` when this process cannot serve (the status is then 503).
+    /// `ready`; `unready` when the database does not answer; `shutting_down` once the
+    /// process was told to stop (the status is 503 for both).
     #[schema(example = "ready")]
-    status: &'static str,
-    /// By name (`database`).
-    dependencies: BTreeMap<&'static str, DependencyState>,
+    pub status: &'static str,
+    /// By name: `database` (readiness depends on it), `broker` and `chain` (reported only: a
+    /// process whose chain is out still stores and serves; certification catches up later).
+    pub dependencies: BTreeMap<&'static str, DependencyState>,
 }
 
 #[derive(Clone, Serialize, ToSchema)]
@@ -59,10 +62,12 @@ pub struct DependencyState {
     pub error: Option<String>,
 }
 
-/// Each dependency's last known state, so that `/readyz` can say since when.
+/// Each dependency's last known state, so that `/readyz` can say since when, and whether
+/// the process is shutting down.
 #[derive(Default)]
 pub struct Dependencies {
     states: Mutex<BTreeMap<&'static str, DependencyState>>,
+    shutting_down: AtomicBool,
 }
 
 impl Dependencies {
@@ -82,28 +87,78 @@ impl Dependencies {
         states.insert(name, now.clone());
         now
     }
+
+    /// From now on `/readyz` answers 503 `shutting_down`, so that load balancers stop sending
+    /// before the listeners close.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Readiness: 503 when this process cannot serve (the database does not answer). The body
-/// lists each dependency with its state either way.
+/// `Err` with a message when `check` fails or takes longer than [`CHECK_TIMEOUT`].
+async fn within<T, E: std::fmt::Display>(
+    check: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+    }
+}
+
+/// Checks every dependency at once (at most [`CHECK_TIMEOUT`]) and records what it found:
+/// what `/readyz` answers and the admin's health section shows.
+pub(crate) async fn check(state: &AppState) -> Readiness {
+    let database = within(state.store.ping());
+    let chain = async {
+        within(state.certification.ledger.head()).await.map_err(|e| {
+            // The node's error may carry its URL, and a URL may carry an API key: the detail
+            // goes to the log only.
+            tracing::warn!(error = %e, "readiness: the chain does not answer");
+            "the chain node does not answer (details in the log)".to_owned()
+        })
+    };
+    let broker = within(async {
+        match &state.config.broker_address {
+            // Reachable is what can be checked without an account of its own there.
+            Some((host, port)) => tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map(drop),
+            // The embedded broker runs in this process.
+            None => Ok::<(), std::io::Error>(()),
+        }
+    });
+    let (database, chain, broker) = tokio::join!(database, chain, broker);
+    let deps = &state.dependencies;
+    let database_up = database.is_ok();
+    let dependencies = BTreeMap::from([
+        ("database", deps.record("database", database)),
+        ("chain", deps.record("chain", chain)),
+        ("broker", deps.record("broker", broker)),
+    ]);
+    let status = if deps.shutting_down.load(Ordering::SeqCst) {
+        "shutting_down"
+    } else if database_up {
+        "ready"
+    } else {
+        "unready"
+    };
+    Readiness {
+        status,
+        dependencies,
+    }
+}
+
+/// Readiness: 503 when this process cannot serve (the database does not answer, or it is
+/// shutting down). The body lists each dependency with its state either way.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let ping = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
-    };
-    let ready = ping.is_ok();
-    let database = state.dependencies.record("database", ping);
-    let status = if ready {
+    let readiness = check(&state).await;
+    let status = if readiness.status == "ready" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = Readiness {
-        status: if ready { "ready" } else { "unready" },
-        dependencies: BTreeMap::from([("database", database)]),
-    };
-    (status, Json(body))
+    (status, Json(readiness))
 }

@@ -71,7 +71,7 @@ pub async fn show(
         .flatten();
 
     // Health.
-    let database = state.store.ping().await.is_ok();
+    let readiness = crate::routes::health::check(&state).await;
     let ledger = &state.certification.ledger;
     let head = ledger.head().await;
     let status = state.store.certification_status().await?;
@@ -95,7 +95,14 @@ pub async fn show(
         section aria-labelledby="health-h" {
             h2 #health-h { "Health" }
             dl #health {
-                dt { "Database" } dd { @if database { "answers" } @else { span.failed { "not answering" } } }
+                dt { "Readiness" } dd #readiness { (readiness.status) }
+                @for (name, dep) in &readiness.dependencies {
+                    dt { (name) } dd {
+                        @if dep.state == "up" { "up" } @else { span.failed { "down" } }
+                        " since " (dep.since.format("%Y-%m-%d %H:%M:%S UTC"))
+                        @if let Some(e) = &dep.error { ": " (e) }
+                    }
+                }
                 dt { "Broker" } dd { (state.config.broker) }
                 dt { "Chain" } dd {
                     (ledger.describe()) ", chain id " (ledger.chain_id()) ", contract "

@@ -244,10 +244,22 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
                 #[serde(default)]
                 from: Option<Address>,
                 to: Option<Address>,
-                #[serde(default, alias = "data")]
+                // Clients send the call data as `input`, `data`, or both (Foundry, viem):
+                // both are accepted when they are equal.
+                #[serde(default)]
                 input: Option<Bytes>,
+                #[serde(default)]
+                data: Option<Bytes>,
             }
             let call: Call = param(&params, 0, "call")?;
+            let input = match (call.input, call.data) {
+                (Some(input), Some(data)) if input != data => {
+                    return Err(RpcError::params(
+                        "eth_call: `input` and `data` differ; send one, or both equal",
+                    ));
+                }
+                (input, data) => input.or(data),
+            };
             latest_only(chain, &params, 1).await?;
             let to = call
                 .to
@@ -256,7 +268,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
                 .call(
                     call.from.unwrap_or_default(),
                     to,
-                    call.input.unwrap_or_default(),
+                    input.unwrap_or_default(),
                 )
                 .await
             {

@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// Certification every 100 ms, so tests wait little.
-fn quick(s: &mut bal::settings::Settings) {
+pub(crate) fn quick(s: &mut bal::settings::Settings) {
     s.certify.batch_window_ms = 100;
 }
 
-async fn upload(app: &TestApp, token: &str, readings: Value) -> Vec<i64> {
+pub(crate) async fn upload(app: &TestApp, token: &str, readings: Value) -> Vec<i64> {
     let r = app.post("/api/measurements", token, readings).await;
     let body = json_ok(r, StatusCode::CREATED).await;
     body["ids"]
@@ -30,7 +30,7 @@ async fn upload(app: &TestApp, token: &str, readings: Value) -> Vec<i64> {
 }
 
 /// The proof bundle of a reading, once anchored (within 10 s).
-async fn proof(app: &TestApp, token: &str, id: i64) -> Value {
+pub(crate) async fn proof(app: &TestApp, token: &str, id: i64) -> Value {
     for _ in 0..100 {
         let r = app
             .get(&format!("/api/measurements/{id}/proof"), token)
@@ -462,6 +462,31 @@ async fn standard_ethereum_tools_and_bal_verify_check_a_proof_against_the_embedd
     let v = raw(r#"[{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"},{"jsonrpc":"2.0","id":2,"method":"eth_getBlockByNumber","params":["0xffffff",false]}]"#).await;
     assert!(v[0]["result"].is_string());
     assert!(v[1]["result"].is_null());
+    // eth_call takes the call data as `input`, `data` or both (Foundry's cast sends both);
+    // both unequal is refused.
+    let selector = &alloy_primitives::keccak256("anchoredAt(bytes32)")[..4];
+    let data = alloy_primitives::hex::encode_prefixed([selector, root.as_slice()].concat());
+    let call = |fields: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":3,"method":"eth_call","params":[{{"to":"{}",{fields}}},"latest"]}}"#,
+            parsed.contract
+        )
+    };
+    let mut answers = Vec::new();
+    for fields in [
+        format!(r#""input":"{data}""#),
+        format!(r#""data":"{data}""#),
+        format!(r#""input":"{data}","data":"{data}""#),
+    ] {
+        let v = raw(&call(&fields)).await;
+        assert!(v["result"].is_string(), "{fields}: {v}");
+        answers.push(v["result"].clone());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let anchored_at = u64::from_str_radix(answers[0].as_str().unwrap().trim_start_matches("0x"), 16);
+    assert_eq!(Value::from(anchored_at.unwrap()), bundle["block_number"]);
+    let v = raw(&call(&format!(r#""input":"{data}","data":"0x00""#))).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
 
     // `bal verify`: valid with the right payload and the anchor; 1 when forged; 2 on bad input.
     let dir = tempfile::tempdir().unwrap();
@@ -589,4 +614,17 @@ async fn with_chain_rpc_url_the_bal_certifies_on_anvil_and_bal_verify_checks_the
     .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("chain"), "{}", text(&out));
+
+    // The node goes away: the BAL still serves (ready), and says the chain is down.
+    let anvil_url = anvil.url.clone();
+    drop(anvil);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["dependencies"]["chain"]["state"], "down", "{body}");
+    assert_eq!(body["dependencies"]["database"]["state"], "up", "{body}");
+    assert!(
+        !body.to_string().contains(&anvil_url),
+        "no node URL in the body: {body}"
+    );
 }

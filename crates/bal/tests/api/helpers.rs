@@ -57,6 +57,8 @@ pub fn test_settings(data_dir: &Path) -> Settings {
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.mqtt.listen = Some("127.0.0.1:0".parse().unwrap());
     s.mqtt.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    // No load balancer to tell: stop at once.
+    s.http.shutdown_delay_ms = 0;
     if bal_scd::testing::backend() == bal_scd::Backend::Postgres {
         // A database of its own, named in the data folder so that every `bal` command run on
         // this folder (see `bal_cli`) and every restart use it too.
@@ -183,9 +185,16 @@ pub async fn start(settings: Settings) -> TestApp {
 impl TestApp {
     /// Shuts the server down gracefully and waits for it; the data folder stays.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
-        let _ = self.stop.take().unwrap().send(());
+        self.begin_stop();
         self.server.take().unwrap().await.unwrap().unwrap();
         self._dir.take()
+    }
+
+    /// Tells the server to shut down (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -333,4 +342,13 @@ pub async fn read_events(
         }
     }
     events
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -8,6 +8,7 @@ mod browser;
 mod certification;
 mod cli;
 mod demo;
+mod ethereum_tools;
 mod helpers;
 mod measurements;
 mod mosquitto;

@@ -24,14 +24,6 @@ pub struct MosquittoServer {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn mosquitto_binary() -> String {
     let bin = std::env::var("BAL_TEST_MOSQUITTO").unwrap_or_else(|_| "/usr/sbin/mosquitto".into());
     assert!(

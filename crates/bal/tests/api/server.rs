@@ -37,6 +37,35 @@ async fn health_and_readiness_answer_without_a_token() {
 }
 
 #[tokio::test]
+async fn readiness_lists_every_dependency_and_turns_503_as_soon_as_shutdown_begins() {
+    let mut app = spawn_app_with(|s| s.http.shutdown_delay_ms = 3000).await;
+    let body: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for dependency in ["database", "broker", "chain"] {
+        assert_eq!(body["dependencies"][dependency]["state"], "up", "{body}");
+    }
+    app.begin_stop();
+    // Still served during the delay, but no longer ready.
+    eventually(2, "/readyz turning 503", || async {
+        app.client.get(app.url("/readyz")).send().await.unwrap().status()
+            == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "shutting_down", "{body}");
+    assert_eq!(body["dependencies"]["database"]["state"], "up", "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_every_route_and_swagger_ui_is_served() {
     let app = spawn_app().await;
     let r = app
@@ -175,6 +204,77 @@ async fn a_port_in_use_is_a_clear_start_up_error() {
         text.contains("mqtt.listen") && text.contains("BAL_MQTT__LISTEN"),
         "{text}"
     );
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_listening(port: u16, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("bal serve exited with {status} before listening on {port}: {err}");
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn after_kill_9_with_devices_connected_serve_binds_its_ports_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, mqtt, mqtts) = (free_port(), free_port(), free_port());
+    let serve = || {
+        bal_cli(dir.path())
+            .arg("serve")
+            .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
+            .env("BAL_MQTT__LISTEN_TLS", format!("127.0.0.1:{mqtts}"))
+            .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for round in 0..3 {
+        let mut child = serve();
+        for port in [http, mqtt, mqtts] {
+            wait_listening(port, &mut child);
+        }
+        if round == 0 {
+            // SO_REUSEADDR, never SO_REUSEPORT: a second server on the same ports still fails.
+            let second = serve().wait_with_output().unwrap();
+            assert_eq!(second.status.code(), Some(1), "a second bal serve must not start");
+            assert!(
+                String::from_utf8_lossy(&second.stderr).contains("http.listen"),
+                "{}",
+                String::from_utf8_lossy(&second.stderr)
+            );
+        }
+        // Devices connected when the server dies: their server-side sockets end in TIME_WAIT
+        // on the server's ports once the devices see the connection drop and close it.
+        let devices: Vec<std::net::TcpStream> = [mqtt, mqtt, mqtts, mqtts, http]
+            .iter()
+            .map(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).unwrap())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for mut device in devices {
+            device
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = std::io::Read::read_to_end(&mut device, &mut Vec::new());
+        }
+    }
+    // The fourth start, at once, after the third kill.
+    let mut child = serve();
+    for port in [http, mqtt, mqtts] {
+        wait_listening(port, &mut child);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[tokio::test]

@@ -399,11 +399,14 @@ async fn the_admin_creates_resets_and_deletes_users_and_sees_health_and_the_audi
     let page = a.get("/admin").await;
     assert_eq!(page.status, StatusCode::OK);
     for part in [
-        "Database",
+        "Readiness",
+        "<dd id=\"readiness\">ready</dd>",
+        "<dt>database</dt><dd>up since ",
+        "<dt>broker</dt><dd>up since ",
+        "<dt>chain</dt><dd>up since ",
         "Broker",
         "Chain",
         "Certification backlog",
-        "answers",
     ] {
         assert!(page.body.contains(part), "{part}");
     }
