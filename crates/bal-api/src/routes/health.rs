@@ -111,12 +111,14 @@ async fn within<T, E: std::fmt::Display>(
 pub(crate) async fn check(state: &AppState) -> Readiness {
     let database = within(state.store.ping());
     let chain = async {
-        within(state.certification.ledger.head()).await.map_err(|e| {
-            // The node's error may carry its URL, and a URL may carry an API key: the detail
-            // goes to the log only.
-            tracing::warn!(error = %e, "readiness: the chain does not answer");
-            "the chain node does not answer (details in the log)".to_owned()
-        })
+        within(state.certification.ledger.head())
+            .await
+            .map_err(|e| {
+                // The node's error may carry its URL, and a URL may carry an API key: the detail
+                // goes to the log only.
+                tracing::warn!(error = %e, "readiness: the chain does not answer");
+                "the chain node does not answer (details in the log)".to_owned()
+            })
     };
     let broker = within(async {
         match &state.config.broker_address {

@@ -265,11 +265,7 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
                 .to
                 .ok_or_else(|| RpcError::params("eth_call needs a `to` address"))?;
             match chain
-                .call(
-                    call.from.unwrap_or_default(),
-                    to,
-                    input.unwrap_or_default(),
-                )
+                .call(call.from.unwrap_or_default(), to, input.unwrap_or_default())
                 .await
             {
                 Ok(out) => to_json(out),

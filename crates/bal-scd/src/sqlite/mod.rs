@@ -134,8 +134,8 @@ impl Write {
     /// last row committed (the highest id: ids follow commit order under the write lock). So
     /// stamps follow commit order for every producer at once, even when the system clock steps
     /// back or several processes write; history pages go by producer in reception-time order.
-    /// One query, one primary-key seek: it is on every ingest commit, where a seek per
-    /// producer of the batch (hundreds at 1 000 devices) was a round trip each.
+    /// One query and one primary-key seek on every ingest commit, instead of a query per
+    /// producer in the batch.
     pub(crate) async fn stamp(&mut self) -> StoreResult<i64> {
         let stamp: i64 = sqlx::query_scalar(
             "SELECT MAX(CAST(unixepoch('subsec') * 1000 AS INTEGER), \

@@ -483,7 +483,8 @@ async fn standard_ethereum_tools_and_bal_verify_check_a_proof_against_the_embedd
         answers.push(v["result"].clone());
     }
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
-    let anchored_at = u64::from_str_radix(answers[0].as_str().unwrap().trim_start_matches("0x"), 16);
+    let anchored_at =
+        u64::from_str_radix(answers[0].as_str().unwrap().trim_start_matches("0x"), 16);
     assert_eq!(Value::from(anchored_at.unwrap()), bundle["block_number"]);
     let v = raw(&call(&format!(r#""input":"{data}","data":"0x00""#))).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");

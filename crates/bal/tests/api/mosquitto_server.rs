@@ -2,13 +2,15 @@
 //! whole broker, so tests cannot share one), set up by `deploy/mosquitto/bootstrap.sh` so that
 //! the deploy files are exercised too. A missing Mosquitto fails the test: `.ci/run` installs it.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bal::settings::{BrokerKind, Secret, Settings};
+
+use crate::helpers::free_port;
 
 pub const ADMIN: &str = "bal-admin";
 pub const ADMIN_PASSWORD: &str = "mosquitto-admin-password-for-tests";

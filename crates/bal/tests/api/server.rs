@@ -54,7 +54,12 @@ async fn readiness_lists_every_dependency_and_turns_503_as_soon_as_shutdown_begi
     app.begin_stop();
     // Still served during the delay, but no longer ready.
     eventually(2, "/readyz turning 503", || async {
-        app.client.get(app.url("/readyz")).send().await.unwrap().status()
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
             == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
@@ -215,7 +220,10 @@ fn wait_listening(port: u16, child: &mut std::process::Child) {
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
             panic!("bal serve exited with {status} before listening on {port}: {err}");
         }
-        assert!(std::time::Instant::now() < deadline, "nothing listens on {port}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -245,7 +253,11 @@ fn after_kill_9_with_devices_connected_serve_binds_its_ports_again_at_once() {
         if round == 0 {
             // SO_REUSEADDR, never SO_REUSEPORT: a second server on the same ports still fails.
             let second = serve().wait_with_output().unwrap();
-            assert_eq!(second.status.code(), Some(1), "a second bal serve must not start");
+            assert_eq!(
+                second.status.code(),
+                Some(1),
+                "a second bal serve must not start"
+            );
             assert!(
                 String::from_utf8_lossy(&second.stderr).contains("http.listen"),
                 "{}",
