@@ -124,8 +124,16 @@ impl Drop for Handle {
     }
 }
 
-pub(crate) fn spawn(pool: PgPool, feed: ChangeFeed, origin: String) -> Handle {
-    Handle(tokio::spawn(listen(pool, feed, origin)))
+/// Listens before it returns, so that every change committed by another process after the
+/// store is open reaches its feed (a listener still connecting in the background would miss
+/// what was committed meanwhile, and nothing would say so).
+pub(crate) async fn spawn(
+    pool: PgPool,
+    feed: ChangeFeed,
+    origin: String,
+) -> Result<Handle, sqlx::Error> {
+    let listener = start(&pool).await?;
+    Ok(Handle(tokio::spawn(listen(listener, pool, feed, origin))))
 }
 
 /// Sends other processes the ids of stored measurements, after their commit, coalescing what
@@ -161,16 +169,7 @@ pub(crate) fn spawn_notifier(
     }))
 }
 
-async fn listen(pool: PgPool, feed: ChangeFeed, origin: String) {
-    let mut listener = loop {
-        match start(&pool).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot listen for other processes' changes; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+async fn listen(mut listener: PgListener, pool: PgPool, feed: ChangeFeed, origin: String) {
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {

@@ -73,7 +73,7 @@ impl PgStore {
         }
         let feed = ChangeFeed::new();
         let origin = format!("{:016x}", rand_u64());
-        let handle = listener::spawn(pool.clone(), feed.clone(), origin.clone());
+        let handle = listener::spawn(pool.clone(), feed.clone(), origin.clone()).await?;
         let (measurement_notices, notices) = tokio::sync::mpsc::unbounded_channel();
         let notifier = listener::spawn_notifier(pool.clone(), origin.clone(), notices);
         Ok(Self {
