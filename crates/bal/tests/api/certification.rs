@@ -619,9 +619,8 @@ async fn with_chain_rpc_url_the_bal_certifies_on_anvil_and_bal_verify_checks_the
     // The node goes away: the BAL still serves (ready), and says the chain is down.
     let anvil_url = anvil.url.clone();
     drop(anvil);
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = app.readyz().await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["dependencies"]["chain"]["state"], "down", "{body}");
     assert_eq!(body["dependencies"]["database"]["state"], "up", "{body}");
     assert!(

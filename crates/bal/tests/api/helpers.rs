@@ -190,6 +190,13 @@ impl TestApp {
         self._dir.take()
     }
 
+    /// `GET /readyz`: its status and JSON body.
+    pub async fn readyz(&self) -> (StatusCode, Value) {
+        let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
     /// Tells the server to shut down (as SIGTERM does) without waiting for it.
     pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {

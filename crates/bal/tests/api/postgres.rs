@@ -15,11 +15,13 @@ fn on_postgres() -> bool {
     bal_scd::testing::backend() == bal_scd::Backend::Postgres
 }
 
-/// `bal serve` with `database.url` set to `url`: its exit code and what it printed.
-fn serve_with(url: &str) -> (Option<i32>, String) {
+/// `bal <args>` with `database.url` set to `url` (and every listener on port 0, for
+/// `serve`): its exit code and what it printed.
+fn bal_on(url: &str, args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bal"))
-        .args(["--data-dir", &dir.path().display().to_string(), "serve"])
+        .args(["--data-dir", &dir.path().display().to_string()])
+        .args(args)
         .env("BAL_DATABASE__URL", url)
         .env("BAL_DATABASE__ACQUIRE_TIMEOUT_MS", "2000")
         .env("BAL_HTTP__LISTEN", "127.0.0.1:0")
@@ -34,6 +36,14 @@ fn serve_with(url: &str) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code(), text)
+}
+
+fn serve_with(url: &str) -> (Option<i32>, String) {
+    bal_on(url, &["serve"])
+}
+
+fn db_status(url: &str) -> (Option<i32>, String) {
+    bal_on(url, &["db", "status"])
 }
 
 async fn superuser() -> sqlx::PgConnection {
@@ -200,28 +210,6 @@ async fn a_server_running_as_a_non_owner_role_works_and_cannot_touch_the_audit_l
     }
 }
 
-/// `bal db status` on `url`: its exit code and what it printed.
-fn db_status(url: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bal"))
-        .args([
-            "--data-dir",
-            &dir.path().display().to_string(),
-            "db",
-            "status",
-        ])
-        .env("BAL_DATABASE__URL", url)
-        .env("BAL_DATABASE__ACQUIRE_TIMEOUT_MS", "5000")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 #[tokio::test]
 async fn verify_full_tls_connects_to_a_server_signed_by_the_given_ca_and_to_no_other() {
     if !on_postgres() {
@@ -303,21 +291,12 @@ async fn a_database_lost_mid_run_makes_the_server_unready_and_it_recovers_by_its
 
     cluster.halt();
     eventually(15, "/readyz turning 503", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::SERVICE_UNAVAILABLE
+        app.readyz().await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
-    let body = r.text().await.unwrap();
-    assert!(
-        body.contains("database"),
-        "/readyz names the database: {body}"
-    );
+    let (_, body) = app.readyz().await;
+    assert_eq!(body["status"], "unready", "{body}");
+    assert_eq!(body["dependencies"]["database"]["state"], "down", "{body}");
     // Writes are refused with the documented error, not a 500 and not a hang.
     let r = app
         .post("/api/measurements", &producer, json!([{"n": 2}]))
@@ -328,15 +307,13 @@ async fn a_database_lost_mid_run_makes_the_server_unready_and_it_recovers_by_its
 
     cluster.resume();
     eventually(30, "/readyz turning 200 again", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::OK
+        app.readyz().await.0 == StatusCode::OK
     })
     .await;
+    assert_eq!(
+        app.readyz().await.1["dependencies"]["database"]["state"],
+        "up"
+    );
     // The session from before the outage still works, and nothing stored was lost.
     let r = app
         .post("/api/measurements", &producer, json!([{"n": 3}]))

@@ -24,47 +24,24 @@ async fn health_and_readiness_answer_without_a_token() {
         "{body}"
     );
     // `since` is when the state last changed, not when it was last checked.
-    let again: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, again) = app.readyz().await;
     assert_eq!(again["dependencies"]["database"]["since"], since);
 }
 
 #[tokio::test]
 async fn readiness_lists_every_dependency_and_turns_503_as_soon_as_shutdown_begins() {
     let mut app = spawn_app_with(|s| s.http.shutdown_delay_ms = 3000).await;
-    let body: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = app.readyz().await;
     for dependency in ["database", "broker", "chain"] {
         assert_eq!(body["dependencies"][dependency]["state"], "up", "{body}");
     }
     app.begin_stop();
     // Still served during the delay, but no longer ready.
     eventually(2, "/readyz turning 503", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::SERVICE_UNAVAILABLE
+        app.readyz().await.0 == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
-    let body: Value = r.json().await.unwrap();
+    let (_, body) = app.readyz().await;
     assert_eq!(body["status"], "shutting_down", "{body}");
     assert_eq!(body["dependencies"]["database"]["state"], "up", "{body}");
     app.stop().await;
