@@ -70,11 +70,19 @@ async fn a_wiped_or_tampered_broker_is_repaired_from_the_scd() {
         matches!(again.next().await, Some(Ev::Closed(_))),
         "the stranger is gone"
     );
+    // The reconciler reads the default access, the clients and the roles in three requests: a
+    // tampering that lands between them is seen in part, and the rest is put back by the next
+    // round (CI saw this once), so the default access may come back one period later.
     let mut c2 = Mqtt::online(V5, crate::mqtt::login(&app, "c2", "consumer2", PASSWORD)).await;
-    assert!(
-        !c2.try_subscribe("platone/producer1").await,
-        "default deny is restored"
-    );
+    let mut denied = false;
+    for _ in 0..30 {
+        if !c2.try_subscribe("platone/producer1").await {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(denied, "default deny is restored");
     dynsec.close().await;
 }
 
