@@ -6,6 +6,7 @@
 //! - [`accounts`]: creating users (password hash + wallet) and changing passwords, shared by the
 //!   API and the `bal user` commands.
 //! - [`error`]: the JSON error type every handler returns.
+//! - `openapi`: the document's common parts: statuses every operation of a kind answers, links.
 //! - `routes`: one module per resource, and `POST /rpc` for the embedded chain.
 //! - [`web`]: the dashboard, HTML pages for browsers at `/`.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod error;
+mod openapi;
 mod routes;
 pub mod views;
 pub mod web;
@@ -112,41 +114,9 @@ impl AppState {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Platone Blockchain Access Layer",
-        description = "Users, grants and certified measurements of the Platone BAL."
-    ),
-    modifiers(&BearerAuth),
-    tags(
-        (name = "auth", description = "Log in and out"),
-        (name = "users", description = "User administration (admin)"),
-        (name = "subscriptions", description = "Producers and consumers' grants"),
-        (name = "measurements", description = "Uploads, history and live streams"),
-        (name = "certification", description = "Merkle batches anchored on Ethereum, proofs and their verification"),
-        (name = "audit", description = "The append-only audit log (admin)"),
-        (name = "health", description = "Liveness and readiness"),
-    )
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// Every documented route; the OpenAPI document is generated from the handlers' annotations.
 fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(routes::auth::router())
         .merge(routes::users::router())
         .merge(routes::subscriptions::router())
@@ -163,9 +133,10 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     // The outer cap applies where a route sets none of its own.
-    let (api, openapi) = documented_routes(&state.config).split_for_parts();
+    let (api, mut doc) = documented_routes(&state.config).split_for_parts();
+    openapi::complete(&mut doc);
     let request_id = HeaderName::from_static("x-request-id");
-    api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
+    api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc))
         .route("/rpc", axum::routing::post(routes::rpc::rpc))
         .merge(web::router())
         .fallback(routes::not_found)
@@ -193,5 +164,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The OpenAPI document alone, for `bal` to print or tests to inspect.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes(&ApiConfig::default()).split_for_parts().1
+    let mut doc = documented_routes(&ApiConfig::default()).split_for_parts().1;
+    openapi::complete(&mut doc);
+    doc
 }

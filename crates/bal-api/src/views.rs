@@ -124,8 +124,9 @@ pub struct MeasurementView {
     /// `keccak256(payload)`, 0x-prefixed: the value that is certified.
     pub payload_hash: String,
     pub payload_base64: String,
+    /// The payload when it is JSON: any JSON value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload_json: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_text: Option<String>,

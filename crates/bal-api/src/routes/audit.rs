@@ -24,14 +24,19 @@ const MAX_LIMIT: u32 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Only changes by this user (`@system` for the BAL).
+    #[param(pattern = "^(@system|[a-z][a-z0-9_-]{2,31})$")]
     actor: Option<String>,
     /// Only this action, e.g. `subscription.accept`.
+    #[param(
+        pattern = "^(user\\.(create|delete|password)|subscription\\.(request|accept|refuse|revoke|cancel|expire))$"
+    )]
     action: Option<String>,
     /// Only this object, e.g. `user:producer1` or `subscription:<id>`.
     object: Option<String>,
     /// The `next_before` of the previous page.
     before: Option<i64>,
     /// Entries per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 

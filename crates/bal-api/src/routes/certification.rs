@@ -63,23 +63,36 @@ pub struct ProofBundleDoc {
     format: String,
     chain_id: u64,
     /// The certification contract.
+    #[schema(pattern = "^(0x)?[0-9a-fA-F]{40}$")]
     contract: String,
     /// The anchor transaction.
+    #[schema(pattern = "^(0x)?[0-9a-fA-F]{64}$")]
     transaction: String,
     block_number: u64,
+    #[schema(pattern = "^(0x)?[0-9a-fA-F]{64}$")]
     root: String,
     /// `[producerWallet, topic, id, receivedAtMs, payloadHash]`, as strings.
+    #[schema(min_items = 5, max_items = 5)]
     leaf_values: Vec<String>,
+    #[schema(pattern = "^(0x)?[0-9a-fA-F]{64}$")]
     leaf: String,
-    proof: Vec<String>,
+    #[schema(inline)]
+    proof: Vec<Hash32Doc>,
+    #[schema(format = Byte)]
     payload_base64: Option<String>,
 }
+
+/// A 32-byte value in hex, as in a proof.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(pattern = "^(0x)?[0-9a-fA-F]{64}$")]
+pub struct Hash32Doc(String);
 
 /// A reading's proof bundle, with its payload: 409 until its batch is anchored (within the
 /// batch window and one block of its arrival).
 #[utoipa::path(get, path = "/api/measurements/{id}/proof", tag = "certification",
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "The reading's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The reading's id")),
     responses((status = 200, body = ProofBundleDoc), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn proof(
@@ -182,8 +195,10 @@ pub struct TransactionData {
 #[into_params(parameter_in = Query)]
 pub struct TransactionParams {
     /// The anchor transaction's hash, 0x and 64 hex digits.
+    #[param(pattern = "^0x[0-9a-fA-F]{64}$")]
     transaction: String,
     /// Readings per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<i64>,
@@ -301,6 +316,7 @@ pub struct BatchParams {
     /// The `next_before` of the previous page.
     before: Option<i64>,
     /// Batches per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -336,7 +352,8 @@ async fn list_batches(
 /// One batch, by its Merkle root.
 #[utoipa::path(get, path = "/api/certification/batches/{root}", tag = "certification",
     security(("bearer" = [])),
-    params(("root" = String, Path, description = "The batch's Merkle root, 0x and 64 hex digits")),
+    params(("root" = String, Path, pattern = "^0x[0-9a-fA-F]{64}$",
+        description = "The batch's Merkle root, 0x and 64 hex digits")),
     responses((status = 200, body = BatchView), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn get_batch(
@@ -359,6 +376,7 @@ pub struct VerifyRequest {
     #[schema(value_type = ProofBundleDoc)]
     bundle: ProofBundle,
     /// The payload to check against the bundle, base64; otherwise the bundle's own, if any.
+    #[schema(format = Byte)]
     payload_base64: Option<String>,
 }
 
@@ -399,7 +417,7 @@ async fn verify(
         .map(|p| {
             base64::engine::general_purpose::STANDARD
                 .decode(p.trim())
-                .map_err(|_| ApiError::BadRequest("payload_base64 is not base64".into()))
+                .map_err(|_| ApiError::Unprocessable("payload_base64 is not base64".into()))
         })
         .transpose()?;
     let verdict = req.bundle.verify_offline(payload.as_deref());

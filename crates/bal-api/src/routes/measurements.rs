@@ -65,8 +65,28 @@ pub(crate) async fn authorize_read(
 pub struct IngestParams {
     /// Where the readings belong: the producer's topic or a sub-topic. Producers may omit it
     /// (their own topic); admins uploading on a producer's behalf must give it.
+    #[param(
+        max_length = 256,
+        pattern = "^platone/[a-z][a-z0-9_-]{2,31}(/[^/+#\\x00-\\x1f\\x7f-\\x9f]+)*$"
+    )]
     topic: Option<String>,
 }
+
+/// An upload's body as documented: 1 to 10 000 readings, each any JSON value.
+pub struct UploadDoc;
+
+impl utoipa::PartialSchema for UploadDoc {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType};
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(SchemaType::AnyValue))
+            .min_items(Some(1))
+            .max_items(Some(MAX_BATCH))
+            .into()
+    }
+}
+
+impl ToSchema for UploadDoc {}
 
 #[derive(Serialize, ToSchema)]
 pub struct IngestResponse {
@@ -123,13 +143,15 @@ fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> 
 #[utoipa::path(post, path = "/api/measurements", tag = "measurements",
     security(("bearer" = [])),
     params(IngestParams),
-    request_body(content = Vec<Object>, description = "A JSON array, or NDJSON with \
-        `content-type: application/x-ndjson`. A string element is a text payload.",
+    request_body(content = UploadDoc, description = "A JSON array, or NDJSON with \
+        `content-type: application/x-ndjson`. A string element is a text payload; any other \
+        value is stored as compact JSON.",
         content_type = "application/json"),
     responses(
         (status = 201, body = IngestResponse),
         (status = 400, body = ErrorBody, description = "not JSON / NDJSON"),
         (status = 403, body = ErrorBody, description = "not the caller's topic"),
+        (status = 404, body = ErrorBody, description = "an admin named a topic of no producer"),
         (status = 413, body = ErrorBody, description = "over 10 000 readings, or a reading \
             over the payload limit"),
         (status = 415, body = ErrorBody),
@@ -190,14 +212,17 @@ const MAX_PAGE: u32 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Whose readings; producers may omit it (their own).
+    #[param(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     producer: Option<String>,
     /// Received at or after (RFC 3339).
     from: Option<DateTime<Utc>>,
     /// Received before (RFC 3339).
     to: Option<DateTime<Utc>>,
     /// Readings per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}-[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
@@ -229,8 +254,11 @@ fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiErr
 #[utoipa::path(get, path = "/api/measurements", tag = "measurements",
     security(("bearer" = [])),
     params(ListParams),
-    responses((status = 200, body = MeasurementPage), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "no accepted grant")))]
+    responses((status = 200, body = MeasurementPage),
+        (status = 400, body = ErrorBody, description = "no producer named (admins and \
+            consumers must name one), or a malformed cursor"),
+        (status = 403, body = ErrorBody, description = "no accepted grant"),
+        (status = 404, body = ErrorBody, description = "no such producer")))]
 async fn list_measurements(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -263,7 +291,7 @@ async fn list_measurements(
 /// One reading, with where it is certified (batch, leaf, root, transaction, block).
 #[utoipa::path(get, path = "/api/measurements/{id}", tag = "measurements",
     security(("bearer" = [])),
-    params(("id" = i64, Path)),
+    params(("id" = i64, Path, minimum = 1)),
     responses((status = 200, body = MeasurementView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn get_measurement(
@@ -320,6 +348,7 @@ async fn certification_of(state: &AppState, id: i64) -> Result<CertificationView
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
     /// Whose readings; producers may omit it (their own).
+    #[param(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     producer: Option<String>,
 }
 
@@ -334,7 +363,8 @@ const RECHECK: Duration = Duration::from_millis(500);
     params(StreamParams),
     responses((status = 200, content_type = "text/event-stream",
             description = "`measurement` events carrying a MeasurementView"),
-        (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody, description = "no producer named"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
     caller: AuthUser,

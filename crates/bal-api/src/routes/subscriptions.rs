@@ -73,7 +73,8 @@ async fn list_producers(
 #[serde(deny_unknown_fields)]
 pub struct RequestSubscription {
     /// The producer's topic, `platone/<producer>` (a sub-topic means its producer's topic).
-    #[schema(value_type = String, example = "platone/producer1")]
+    #[schema(value_type = String, example = "platone/producer1", max_length = 256,
+        pattern = "^platone/[a-z][a-z0-9_-]{2,31}(/[^/+#\\x00-\\x1f\\x7f-\\x9f]+)*$")]
     topic: Topic,
 }
 
@@ -109,6 +110,7 @@ async fn request_subscription(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only subscriptions with this stored status.
+    #[param(pattern = "^(requested|accepted|refused|revoked|cancelled|expired)$")]
     status: Option<String>,
 }
 
@@ -169,7 +171,7 @@ async fn visible(state: &AppState, caller: &User, id: &str) -> Result<Subscripti
 /// One subscription the caller is a party to (any, for an admin).
 #[utoipa::path(get, path = "/api/subscriptions/{id}", tag = "subscriptions",
     security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = SubscriptionView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn get_subscription(
@@ -208,7 +210,7 @@ pub struct AcceptBody {
 /// optional.
 #[utoipa::path(post, path = "/api/subscriptions/{id}/accept", tag = "subscriptions",
     security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, format = Uuid)),
     request_body(content = Option<AcceptBody>, content_type = "application/json"),
     responses(
         (status = 200, body = SubscriptionView),
@@ -223,14 +225,16 @@ async fn accept(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    // An empty body means "no expiry"; anything else must be a valid AcceptBody.
+    // An empty body or `null` means "no expiry"; anything else must be a valid AcceptBody.
     let body: AcceptBody = if body.iter().all(u8::is_ascii_whitespace) {
         AcceptBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
-            _ => ApiError::BadRequest(e.to_string()),
-        })?
+        serde_json::from_slice::<Option<AcceptBody>>(&body)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+                _ => ApiError::BadRequest(e.to_string()),
+            })?
+            .unwrap_or_default()
     };
     let action = GrantAction::Accept {
         expires_at: body.expires_at,
@@ -241,7 +245,7 @@ async fn accept(
 /// Refuses a request on the caller's topic.
 #[utoipa::path(post, path = "/api/subscriptions/{id}/refuse", tag = "subscriptions",
     security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = SubscriptionView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn refuse(
@@ -255,7 +259,7 @@ async fn refuse(
 /// Revokes an accepted grant on the caller's topic.
 #[utoipa::path(post, path = "/api/subscriptions/{id}/revoke", tag = "subscriptions",
     security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = SubscriptionView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn revoke(
@@ -269,7 +273,7 @@ async fn revoke(
 /// Withdraws the caller's own request or grant.
 #[utoipa::path(post, path = "/api/subscriptions/{id}/cancel", tag = "subscriptions",
     security(("bearer" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = SubscriptionView), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel(

@@ -28,17 +28,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 3 to 32 characters of `a-z 0-9 _ -`, starting with a letter.
-    #[schema(value_type = String, example = "producer1")]
+    #[schema(value_type = String, example = "producer1", pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     username: Username,
     /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
-    #[schema(value_type = String, example = "producer")]
+    #[schema(value_type = String, example = "producer", pattern = "^(admin|producer|consumer)$")]
     role: Role,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
     /// Required when changing one's own password; not when an admin resets someone else's.
     current_password: Option<String>,
@@ -68,6 +71,7 @@ async fn list_users(
     request_body = CreateUser,
     responses(
         (status = 201, body = UserView),
+        (status = 403, body = ErrorBody, description = "the caller is not an admin"),
         (status = 409, body = ErrorBody, description = "username taken, now or before"),
         (status = 422, body = ErrorBody, description = "invalid username, role or password"),
     ))]
@@ -98,8 +102,10 @@ async fn create_user(
 /// One user.
 #[utoipa::path(get, path = "/api/users/{username}", tag = "users",
     security(("bearer" = [])),
-    params(("username" = String, Path)),
-    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+    params(("username" = String, Path, pattern = "^[a-z][a-z0-9_-]{2,31}$")),
+    responses((status = 200, body = UserView),
+        (status = 403, body = ErrorBody, description = "the caller is not an admin"),
+        (status = 404, body = ErrorBody)))]
 async fn get_user(
     State(state): State<AppState>,
     _admin: Admin,
@@ -117,8 +123,10 @@ async fn get_user(
 /// name is never given to anyone else. The last admin cannot be deleted.
 #[utoipa::path(delete, path = "/api/users/{username}", tag = "users",
     security(("bearer" = [])),
-    params(("username" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody),
+    params(("username" = String, Path, pattern = "^[a-z][a-z0-9_-]{2,31}$")),
+    responses((status = 204),
+        (status = 403, body = ErrorBody, description = "the caller is not an admin"),
+        (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "the last admin")))]
 async fn delete_user(
     State(state): State<AppState>,
@@ -139,11 +147,14 @@ async fn delete_user(
 /// Every session of that user ends.
 #[utoipa::path(put, path = "/api/users/{username}/password", tag = "users",
     security(("bearer" = [])),
-    params(("username" = String, Path)),
+    params(("username" = String, Path, pattern = "^[a-z][a-z0-9_-]{2,31}$")),
     request_body = ChangePassword,
     responses((status = 204), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 403, body = ErrorBody, description = "another user's password and the caller \
+            is no admin, or one's own without the right current_password"),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "the new password breaks the length rule"),
+        (status = 429, body = ErrorBody, description = "too many wrong current passwords")))]
 async fn change_password(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -162,8 +173,9 @@ async fn change_password(
     if is_self {
         // A stolen token alone must not be enough to take the account over, nor to guess the
         // password: the check is limited like a login.
+        // Without the current password the caller has not shown it may: 403, as for a wrong one.
         let current = req.current_password.ok_or_else(|| {
-            ApiError::Unprocessable("current_password is required to change your own".into())
+            ApiError::Forbidden("current_password is required to change your own".into())
         })?;
         let attempt = begin_attempt(&state, username.as_str(), peer.ip())?;
         let stored = state

@@ -188,7 +188,7 @@ async fn users_change_their_own_password_with_the_current_one() {
     let r = app
         .put(path, &token, json!({ "password": "brand-new-password" }))
         .await;
-    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "invalid").await;
+    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     let wrong = json!({ "password": "brand-new-password", "current_password": "nope-nope" });
     let r = app.put(path, &token, wrong).await;
     assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;

@@ -1,0 +1,76 @@
+"""A device the BAL's authors did not write: paho-mqtt publishes readings at QoS 1 with a
+persistent session (clean_session = False) and reconnects by itself whenever the server goes
+away, as field devices do. Used by crash_loop.rs.
+
+    python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE
+
+Publishes `COUNT` payloads `reading-<i>` on `platone/<USERNAME>`, `RATE` per second, then waits
+until every one is acknowledged. At the end it prints `acked <i>` for each reading acknowledged
+and `done <acked> <connects>`; exits 1 if some were never acknowledged within the time allowed.
+"""
+
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+host, port, username, password, client_id = sys.argv[1:6]
+count, rate = int(sys.argv[6]), float(sys.argv[7])
+
+# paho calls on_publish while holding its own lock, which publish() takes too: the callback only
+# records the packet id, and the mapping to readings is made outside paho's calls.
+lock = threading.Lock()
+acked_mids = set()
+connects = 0
+
+
+def on_connect(client, userdata, flags, reason_code, properties):
+    global connects
+    if not reason_code.is_failure:
+        with lock:
+            connects += 1
+
+
+def on_publish(client, userdata, mid, reason_code, properties):
+    with lock:
+        acked_mids.add(mid)
+
+
+client = mqtt.Client(
+    callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+    client_id=client_id,
+    protocol=mqtt.MQTTv311,
+    clean_session=False,
+)
+client.username_pw_set(username, password)
+client.on_connect = on_connect
+client.on_publish = on_publish
+client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
+client.max_queued_messages_set(0)  # no limit: readings wait for the server to come back
+client.connect_async(host, int(port), keepalive=5)
+client.loop_start()
+
+topic = f"platone/{username}"
+mid_of = []  # reading number -> packet id
+for i in range(count):
+    mid_of.append(client.publish(topic, f"reading-{i}".encode(), qos=1).mid)
+    time.sleep(1.0 / rate)
+
+
+def acked():
+    with lock:
+        return [i for i, mid in enumerate(mid_of) if mid in acked_mids]
+
+
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and len(acked()) < count:
+    time.sleep(0.1)
+
+done = acked()
+client.disconnect()
+client.loop_stop()
+for i in done:
+    print(f"acked {i}")
+print(f"done {len(done)} {connects}", flush=True)
+sys.exit(0 if len(done) == count else 1)

@@ -1,0 +1,159 @@
+//! schemathesis, a client we did not write, against `/api/openapi.json`: it generates valid and
+//! invalid requests from the document and checks every answer against it (statuses, bodies,
+//! content types, headers, bounds, authentication, links). One fresh server per role, so that
+//! what one run changes (the admin deletes users, a producer decides grants) cannot hide a
+//! failure from another. The exceptions, each with its reason, are in `schemathesis.toml`.
+
+use std::path::PathBuf;
+
+use crate::helpers::{PASSWORD, TestApp, spawn_app};
+
+/// The `st` command of the virtualenv `scripts/test` makes (schemathesis pinned there).
+fn schemathesis() -> PathBuf {
+    match std::env::var_os("BAL_TEST_SCHEMATHESIS") {
+        Some(path) => path.into(),
+        None => panic!(
+            "BAL_TEST_SCHEMATHESIS is not set: run scripts/test, which installs schemathesis \
+             (pinned) in target/py"
+        ),
+    }
+}
+
+/// How many cases per operation and phase: enough to reach every status, small enough for
+/// four runs on two backends in CI.
+const MAX_EXAMPLES: &str = "25";
+
+/// A server with an object of every kind: two producers with readings, a consumer with an
+/// accepted grant and one with a pending request.
+async fn world() -> TestApp {
+    let app = spawn_app().await;
+    let producer = app.user("producer1", "producer").await;
+    app.user("producer2", "producer").await;
+    let consumer = app.user("consumer1", "consumer").await;
+    let other = app.user("consumer2", "consumer").await;
+    let id = app.request_subscription(&consumer, "producer1").await;
+    let r = app
+        .post_empty(&format!("/api/subscriptions/{id}/accept"), &producer)
+        .await;
+    assert!(r.status().is_success(), "accept: {}", r.status());
+    app.request_subscription(&other, "producer1").await;
+    app.create_user("scratch1", "consumer").await;
+    let r = app
+        .post(
+            "/api/measurements",
+            &producer,
+            serde_json::json!([{ "v": 1 }, "text"]),
+        )
+        .await;
+    assert!(r.status().is_success(), "upload: {}", r.status());
+    app
+}
+
+/// What a schema cannot say: a parameter optional for producers (their own data) is required of
+/// admins and consumers, who must say whose data they mean. Their runs get a 400 or 422 for a
+/// request that leaves it out, which schemathesis reads as a valid request refused.
+const NAME_THE_PRODUCER: &str = r#"
+[[operations]]
+include-name = ["GET /api/measurements", "POST /api/measurements"]
+checks.positive_data_acceptance.enabled = false
+"#;
+
+/// Logging out ends the session the run works with, and the next login may meet the limit that
+/// the run's own failed logins from this address have reached: every later call would be a 401.
+/// The anonymous run covers logout's statuses; auth.rs covers its effect.
+const OWN_SESSION: &str = r#"
+[[operations]]
+include-name = "POST /api/auth/logout"
+enabled = false
+"#;
+
+/// The admin may delete any user and reset any password, its own account included once it has
+/// made another admin: a run left free to do so ends its own session half-way (seen: it made
+/// admins, then deleted `admin`). Its deletions and resets go to a user made for them.
+const ADMIN_TARGETS: &str = r#"
+[[operations]]
+include-name = ["DELETE /api/users/{username}", "PUT /api/users/{username}/password"]
+parameters = { "path.username" = "scratch1" }
+"#;
+
+/// Runs schemathesis with every check and phase, logged in as `user` (none: anonymous), and
+/// fails with its report unless it found nothing.
+async fn run_as(user: Option<(&str, &str)>) {
+    let app = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/api/schemathesis.toml"
+    ))
+    .unwrap();
+    if user.is_some_and(|(name, _)| !name.starts_with("producer")) {
+        config.push_str(NAME_THE_PRODUCER);
+    }
+    if user.is_some_and(|(name, _)| name == "admin") {
+        config.push_str(ADMIN_TARGETS);
+    }
+    if let Some((username, password)) = user {
+        config.push_str(OWN_SESSION);
+        config.push_str(&format!(
+            "\n[auth.dynamic.openapi.bearer]\npath = \"/api/auth/login\"\n\
+             payload = {{ username = \"{username}\", password = \"{password}\" }}\n\
+             extract_selector = \"/token\"\n"
+        ));
+    }
+    let config_file = dir.path().join("schemathesis.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let ca = app.mqtt_ca.clone().expect("the server's CA");
+    let output = tokio::process::Command::new(schemathesis())
+        .arg("--no-color")
+        .arg("--config-file")
+        .arg(&config_file)
+        .args(["run", &app.url("/api/openapi.json")])
+        // Every check runs by default; a `--checks` option would override the exceptions.
+        .args(["--max-examples", MAX_EXAMPLES])
+        .args(["--seed", "20261201", "--workers", "1"])
+        .arg("--tls-verify")
+        .arg(&ca)
+        .current_dir(dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let tail: String = {
+        let chars: Vec<char> = report.chars().collect();
+        chars[chars.len().saturating_sub(40_000)..].iter().collect()
+    };
+    assert!(
+        output.status.success(),
+        "schemathesis as {:?} found failures ({}):\n{tail}\n{}",
+        user.map(|u| u.0),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The summary line names the cases run: a run that tested nothing would pass too.
+    assert!(
+        report.contains("passed") && !report.contains("No test cases"),
+        "schemathesis ran no cases:\n{tail}"
+    );
+    println!("{tail}");
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_as_the_admin() {
+    run_as(Some(("admin", crate::helpers::ADMIN_PASSWORD))).await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_as_a_producer() {
+    run_as(Some(("producer1", PASSWORD))).await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_as_a_consumer() {
+    run_as(Some(("consumer1", PASSWORD))).await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_anonymously() {
+    run_as(None).await;
+}
