@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -141,6 +142,7 @@ impl EmbeddedBroker {
             users: Arc::default(),
             max_payload: config.max_payload_bytes,
             scx: scx.clone(),
+            dropped_qos0: Arc::default(),
         };
         let register = scx.extends.hook_mgr().register();
         for t in [
@@ -248,6 +250,8 @@ struct Hooks {
     users: UserCache,
     max_payload: usize,
     scx: ServerContext,
+    /// QoS 0 readings that could not be stored (the database was down): nobody resends them.
+    dropped_qos0: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn publish_result(reason: PublishAckReason, text: &str, disconnect: bool) -> HookResult {
@@ -428,14 +432,30 @@ impl Hooks {
             let origin = mqtt_origin(&session.id.client_id, packet_id.get());
             m = m.with_origin(origin, p.dup);
         }
+        let qos0 = p.packet_id.is_none();
         match self.ingest.submit(m).await {
             Ok(_) => HookResult::PublishAclResult(PublishAclResult::allow()),
-            Err(e) => {
-                tracing::error!(error = %e, "MQTT ingest failed");
+            Err(e) if qos0 => {
+                // Not stored, so not forwarded either: a consumer never sees an uncertified
+                // reading. QoS 0 promised nothing more; the loss is counted.
+                let dropped = 1 + self.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, dropped_total = dropped, "QoS 0 reading not stored");
                 publish_result(
                     PublishAckReason::ImplementationSpecificError,
-                    "not stored; retry",
-                    v3,
+                    "not stored",
+                    false,
+                )
+            }
+            Err(e) => {
+                // No PUBACK, not even a negative one (after which an MQTT 5 client would
+                // consider the message done): the connection closes with the message
+                // unacknowledged, so a client with a session sends it again when it reconnects,
+                // as it does after any lost connection. The store finds it if it was stored.
+                tracing::error!(error = %e, "MQTT ingest failed; closing the connection");
+                publish_result(
+                    PublishAckReason::ImplementationSpecificError,
+                    "not stored; send it again",
+                    true,
                 )
             }
         }

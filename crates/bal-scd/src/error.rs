@@ -57,8 +57,26 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
+            sqlx::Error::Database(ref db) if is_transient(db.code().as_deref()) => {
+                StoreError::Unavailable(Box::new(e))
+            }
             e => StoreError::Backend(Box::new(e)),
         }
+    }
+}
+
+/// Database errors that say the server cannot write now, not that the request was wrong: a
+/// full disk (SQLite's `SQLITE_FULL`, PostgreSQL's `disk_full`), a server shutting down or
+/// starting (`57P01`–`57P03`), a lost connection (class `08`). Nothing was written; the same
+/// request can succeed later, so callers get a 503 and MQTT publishers are not acknowledged.
+fn is_transient(code: Option<&str>) -> bool {
+    match code {
+        // SQLite reports its extended code; the primary code is its low byte.
+        Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => {
+            c.parse::<u32>().is_ok_and(|n| n & 0xff == 13)
+        }
+        Some(c) => c == "53100" || matches!(c, "57P01" | "57P02" | "57P03") || c.starts_with("08"),
+        None => false,
     }
 }
 
@@ -82,6 +100,19 @@ pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_or_a_server_going_away_is_unavailable_and_a_bad_query_is_not() {
+        assert!(is_transient(Some("13"))); // SQLITE_FULL
+        assert!(is_transient(Some("53100"))); // disk_full
+        assert!(is_transient(Some("57P01"))); // admin_shutdown
+        assert!(is_transient(Some("08006"))); // connection_failure
+        assert!(!is_transient(Some("19"))); // SQLITE_CONSTRAINT
+        assert!(!is_transient(Some("2067"))); // SQLITE_CONSTRAINT_UNIQUE
+        assert!(!is_transient(Some("23505"))); // unique_violation
+        assert!(!is_transient(Some("42P01"))); // undefined_table
+        assert!(!is_transient(None));
+    }
 
     #[test]
     fn reports_carry_the_whole_cause_chain_and_displays_do_not() {

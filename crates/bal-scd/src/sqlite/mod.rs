@@ -38,6 +38,22 @@ pub struct SqliteStore {
     feed: ChangeFeed,
 }
 
+/// Whether a pooled connection may be handed out again.
+///
+/// A COMMIT that fails for lack of room (`SQLITE_FULL`) is rolled back by SQLite itself, but
+/// sqlx still counts the transaction as open: every later BEGIN on that connection fails
+/// ("begin_with at non-zero transaction depth"), and the writer would stay broken after the
+/// disk has room again (the full-disk test caught it). Such a connection is closed instead.
+/// The ping goes through the connection's worker after any rollback queued when a transaction
+/// was dropped, so a depth still open afterwards is a real leftover.
+async fn usable(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    use sqlx_core::transaction::TransactionManager;
+    conn.ping().await?;
+    let depth = <sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn);
+    Ok(depth == 0)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
     pub async fn connect(url: &str) -> StoreResult<Self> {
@@ -58,6 +74,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .before_acquire(|conn, _| Box::pin(usable(conn)))
             .acquire_timeout(options.acquire_timeout.max(Duration::from_secs(10)))
             .connect_with(connect)
             .await?;

@@ -6,38 +6,27 @@
 //! reading is in exactly one anchored batch, with no root twice.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::helpers::{
     ADMIN_PASSWORD, PASSWORD, bal_cli, client_trusting, eventually, free_port,
-    install_crypto_provider,
+    install_crypto_provider, readings_of,
 };
+use crate::paho::PahoDevice;
 
 const KILLS: usize = 20;
 /// Readings the device publishes, and how fast: the kills happen while it publishes.
 const READINGS: usize = 1200;
-const RATE: &str = "80";
+const RATE: u32 = 80;
 /// Readings per HTTPS upload.
 const UPLOAD: usize = 10;
 /// How soon after a restart the server must serve again (the issue's bound for supervisors).
 const RESTART_BOUND: Duration = Duration::from_secs(2);
-
-fn python() -> PathBuf {
-    match std::env::var_os("BAL_TEST_PYTHON") {
-        Some(path) => path.into(),
-        None => panic!(
-            "BAL_TEST_PYTHON is not set: run scripts/test, which installs paho-mqtt (pinned) in \
-             target/py"
-        ),
-    }
-}
 
 /// One `bal serve` process on fixed ports and one data folder, killed and started again.
 struct Server {
@@ -150,34 +139,6 @@ async fn upload_until(
     (created, n)
 }
 
-/// Every reading of `producer`, by id, with its text.
-async fn all_readings(
-    client: &reqwest::Client,
-    server: &Server,
-    token: &str,
-    producer: &str,
-) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = server.url(&format!("/api/measurements?producer={producer}&limit=1000"));
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let r = client.get(url).bearer_auth(token).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let page: Value = r.json().await.unwrap();
-        for m in page["items"].as_array().unwrap() {
-            let text = m["payload_text"].as_str().unwrap_or_default().to_owned();
-            out.push((m["id"].as_i64().unwrap(), text));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kill_9s_under_load_lose_no_acknowledged_reading_and_store_none_twice() {
     install_crypto_provider();
@@ -240,27 +201,7 @@ async fn twenty_kill_9s_under_load_lose_no_acknowledged_reading_and_store_none_t
     assert_eq!(r.status(), StatusCode::CREATED);
     let producer = login("device1", PASSWORD).await;
 
-    let mut device = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/api/paho_device.py"
-        ))
-        .args(["127.0.0.1", &server.mqtt.to_string(), "device1", PASSWORD])
-        .args(["paho-device-1", &READINGS.to_string(), RATE])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let stdout = device.stdout.take().unwrap();
-    let device_log = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let mut all = Vec::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            all.push(line);
-        }
-        all
-    });
+    let device = PahoDevice::start(server.mqtt, "device1", PASSWORD, READINGS, RATE);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let uploader = tokio::spawn(upload_until(
         client.clone(),
@@ -285,22 +226,7 @@ async fn twenty_kill_9s_under_load_lose_no_acknowledged_reading_and_store_none_t
     );
 
     // The device gets every reading acknowledged once the server stays up.
-    let status = tokio::time::timeout(Duration::from_secs(180), device.wait())
-        .await
-        .expect("the device finishes")
-        .unwrap();
-    let lines = device_log.await.unwrap();
-    assert!(
-        status.success(),
-        "the device did not get every reading acknowledged: {:?}",
-        lines.last()
-    );
-    let acked: HashSet<String> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("acked "))
-        .map(|i| format!("reading-{i}"))
-        .collect();
-    assert_eq!(acked.len(), READINGS);
+    let acked = device.finish(READINGS).await;
     stop_tx.send(true).unwrap();
     let (created, tried) = uploader.await.unwrap();
     assert!(
@@ -309,7 +235,8 @@ async fn twenty_kill_9s_under_load_lose_no_acknowledged_reading_and_store_none_t
         created.len()
     );
 
-    let readings = all_readings(&client, &server, &admin, "device1").await;
+    let base = server.url("");
+    let readings = readings_of(&client, &base, &admin, "device1").await;
     let mut count: HashMap<&str, usize> = HashMap::new();
     for (_, text) in &readings {
         *count.entry(text.as_str()).or_default() += 1;

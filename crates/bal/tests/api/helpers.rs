@@ -359,3 +359,27 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Every reading of `producer` on the server at `base`, oldest first: (id, text payload).
+pub async fn readings_of(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    producer: &str,
+) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let url = format!("{base}/api/measurements?producer={producer}&limit=1000{cursor}");
+        let r = client.get(url).bearer_auth(token).send().await.unwrap();
+        let page = json_ok(r, StatusCode::OK).await;
+        for m in page["items"].as_array().unwrap() {
+            let text = m["payload_text"].as_str().unwrap_or_default().to_owned();
+            out.push((m["id"].as_i64().unwrap(), text));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return out,
+        }
+    }
+}

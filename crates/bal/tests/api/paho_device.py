@@ -2,8 +2,10 @@
 persistent session (clean_session = False) and reconnects by itself whenever the server goes
 away, as field devices do. Used by crash_loop.rs.
 
-    python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE
+    python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE [3|5]
 
+The last argument is the MQTT version: 3 (3.1.1, the default) or 5 (a session that outlives
+the connection by an hour). A negative PUBACK (MQTT 5) does not count as acknowledged.
 Publishes `COUNT` payloads `reading-<i>` on `platone/<USERNAME>`, `RATE` per second, then waits
 until every one is acknowledged. At the end it prints `acked <i>` for each reading acknowledged
 and `done <acked> <connects>`; exits 1 if some were never acknowledged within the time allowed.
@@ -17,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 host, port, username, password, client_id = sys.argv[1:6]
 count, rate = int(sys.argv[6]), float(sys.argv[7])
+v5 = len(sys.argv) > 8 and sys.argv[8] == "5"
 
 # paho calls on_publish while holding its own lock, which publish() takes too: the callback only
 # records the packet id, and the mapping to readings is made outside paho's calls.
@@ -33,22 +36,40 @@ def on_connect(client, userdata, flags, reason_code, properties):
 
 
 def on_publish(client, userdata, mid, reason_code, properties):
+    if reason_code.is_failure:
+        print(f"refused {mid} {reason_code}", file=sys.stderr, flush=True)
+        return
     with lock:
         acked_mids.add(mid)
 
 
-client = mqtt.Client(
-    callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-    client_id=client_id,
-    protocol=mqtt.MQTTv311,
-    clean_session=False,
-)
+if v5:
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+else:
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=False,
+    )
 client.username_pw_set(username, password)
 client.on_connect = on_connect
 client.on_publish = on_publish
 client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
 client.max_queued_messages_set(0)  # no limit: readings wait for the server to come back
-client.connect_async(host, int(port), keepalive=5)
+if v5:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    session = Properties(PacketTypes.CONNECT)
+    session.SessionExpiryInterval = 3600
+    client.connect_async(host, int(port), keepalive=5, clean_start=False, properties=session)
+else:
+    client.connect_async(host, int(port), keepalive=5)
 client.loop_start()
 
 topic = f"platone/{username}"

@@ -1,0 +1,90 @@
+//! A device we did not write: `paho_device.py` (paho-mqtt from the test virtualenv) as a child
+//! process, publishing QoS 1 readings with a persistent session and reconnecting by itself.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+fn python() -> PathBuf {
+    match std::env::var_os("BAL_TEST_PYTHON") {
+        Some(path) => path.into(),
+        None => panic!(
+            "BAL_TEST_PYTHON is not set: run scripts/test, which installs paho-mqtt (pinned) in \
+             target/py"
+        ),
+    }
+}
+
+pub struct PahoDevice {
+    child: Child,
+    output: JoinHandle<Vec<String>>,
+}
+
+impl PahoDevice {
+    /// Starts publishing `count` readings `reading-<i>`, `rate` per second, on
+    /// `platone/<username>` at 127.0.0.1:`port`, over MQTT 3.1.1.
+    pub fn start(port: u16, username: &str, password: &str, count: usize, rate: u32) -> Self {
+        Self::start_version(port, username, password, count, rate, 3)
+    }
+
+    /// The same over MQTT `version` 3 (3.1.1) or 5.
+    pub fn start_version(
+        port: u16,
+        username: &str,
+        password: &str,
+        count: usize,
+        rate: u32,
+        version: u8,
+    ) -> Self {
+        let mut child = Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/api/paho_device.py"
+            ))
+            .args(["127.0.0.1", &port.to_string(), username, password])
+            .arg(format!("paho-{username}"))
+            .args([count.to_string(), rate.to_string(), version.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs");
+        let stdout = child.stdout.take().unwrap();
+        let output = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut all = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                all.push(line);
+            }
+            all
+        });
+        Self { child, output }
+    }
+
+    /// Waits until the device has every reading acknowledged (it gives up after two minutes);
+    /// returns the payloads acknowledged, and panics unless that is all of them.
+    pub async fn finish(mut self, count: usize) -> HashSet<String> {
+        let status = tokio::time::timeout(Duration::from_secs(180), self.child.wait())
+            .await
+            .expect("the device finishes")
+            .unwrap();
+        let lines = self.output.await.unwrap();
+        let acked: HashSet<String> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("acked "))
+            .map(|i| format!("reading-{i}"))
+            .collect();
+        assert!(
+            status.success() && acked.len() == count,
+            "the device got {} of {count} readings acknowledged: {:?}",
+            acked.len(),
+            lines.last()
+        );
+        acked
+    }
+}
