@@ -71,11 +71,13 @@ impl From<sqlx::Error> for StoreError {
 /// request can succeed later, so callers get a 503 and MQTT publishers are not acknowledged.
 fn is_transient(code: Option<&str>) -> bool {
     match code {
-        // SQLite reports its extended code; the primary code is its low byte.
-        Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => {
-            c.parse::<u32>().is_ok_and(|n| n & 0xff == 13)
+        // PostgreSQL's SQLSTATEs are five characters, digits or not (`53100`, `08006`).
+        Some(c) if c.len() == 5 => {
+            c == "53100" || matches!(c, "57P01" | "57P02" | "57P03") || c.starts_with("08")
         }
-        Some(c) => c == "53100" || matches!(c, "57P01" | "57P02" | "57P03") || c.starts_with("08"),
+        // SQLite reports its extended code, at most four digits; the primary code is its low
+        // byte.
+        Some(c) => c.parse::<u32>().is_ok_and(|n| n & 0xff == 13),
         None => false,
     }
 }

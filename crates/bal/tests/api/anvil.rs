@@ -39,20 +39,30 @@ fn binary() -> PathBuf {
 
 impl Anvil {
     pub async fn start() -> Self {
-        crate::helpers::install_crypto_provider();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(binary())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--silent",
-            ])
+        Self::start_on(port, None).await
+    }
+
+    /// anvil on `port`; with `state`, it loads that file at start (if it exists) and writes its
+    /// state there when it stops (SIGTERM, see [`Anvil::terminate`]).
+    pub async fn start_on(port: u16, state: Option<&std::path::Path>) -> Self {
+        crate::helpers::install_crypto_provider();
+        let mut cmd = Command::new(binary());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--host",
+            "127.0.0.1",
+            "--silent",
+        ]);
+        if let Some(state) = state {
+            cmd.arg("--state").arg(state);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -70,5 +80,13 @@ impl Anvil {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("anvil did not start on {}", anvil.url);
+    }
+
+    /// Stops anvil as an operator would (SIGTERM), so that it writes its `--state` file.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let _ = self.child.wait();
     }
 }

@@ -4,8 +4,10 @@
 mod anvil;
 mod audit;
 mod auth;
+mod authorization;
 mod browser;
 mod certification;
+mod chain_outage;
 mod cli;
 mod crash_loop;
 mod demo;
