@@ -102,6 +102,11 @@ pub struct BrokerSettings {
     /// The persistent ingest session's client id; distinct and stable per replica. Unset:
     /// `bal-ingest-<host name>`.
     pub ingest_client_id: Option<String>,
+    /// Whether the ingest session joins the shared subscription `$share/bal/platone/#`, for
+    /// several BALs that split the load. Off (one BAL): a plain subscription to `platone/#`,
+    /// which Mosquitto 2.0 restores from its persistence file after a restart; shared ones it
+    /// forgets, and what devices publish before the BAL subscribes again is dropped.
+    pub shared_ingest: bool,
     /// Full reconciliations of the broker with the SCD happen at least this often.
     pub reconcile_secs: u64,
 }
@@ -286,6 +291,7 @@ impl Default for BrokerSettings {
             admin_username: "bal-admin".into(),
             admin_password: None,
             ingest_client_id: None,
+            shared_ingest: false,
             reconcile_secs: 30,
         }
     }
@@ -370,6 +376,10 @@ admin_username = "bal-admin"
 # The persistent ingest session's client id, stable and distinct per replica.
 # Unset: bal-ingest-<host name>.                                        BAL_BROKER__INGEST_CLIENT_ID
 # ingest_client_id = "bal-ingest-0"
+# Join the shared subscription $share/bal/platone/# (several BALs on one broker). Off: one BAL,
+# a plain platone/# that Mosquitto keeps across its restarts (it forgets shared ones, and
+# readings published before the BAL subscribes again are lost).    BAL_BROKER__SHARED_INGEST
+shared_ingest = false
 # Full reconciliations of the broker with the database, in seconds.     BAL_BROKER__RECONCILE_SECS
 reconcile_secs = 30
 
@@ -505,6 +515,7 @@ impl Settings {
         Ok(bal_mqtt::MosquittoConfig {
             connection,
             ingest_client_id,
+            shared_ingest: b.shared_ingest,
             reconcile_every: Duration::from_secs(b.reconcile_secs.max(1)),
             max_payload_bytes: self.ingest.max_payload_bytes,
         })

@@ -5,7 +5,8 @@
 //! - [`connection`]: the broker's URL, TLS trust and the dynsec admin's credentials.
 //! - [`dynsec`]: the JSON control client.
 //! - [`plan`]: the users, roles and rules the broker should hold, and the commands to get there.
-//! - [`ingest`]: the persistent shared-subscription subscriber that acknowledges after commit.
+//! - [`ingest`]: the persistent subscriber (plain, or shared among several BALs) that
+//!   acknowledges after commit.
 //!
 //! The SCD is the truth. The broker is reconciled with it at start, at once after every change
 //! of users or grants this process commits, and every `reconcile_every` (changes made by other
@@ -39,6 +40,8 @@ pub struct MosquittoConfig {
     pub connection: BrokerConnection,
     /// The persistent ingest session's client id: distinct and stable per replica.
     pub ingest_client_id: String,
+    /// Subscribe to [`ingest::SHARED_FILTER`] (several BALs) instead of [`ingest::FILTER`].
+    pub shared_ingest: bool,
     /// Full reconciliations happen at least this often.
     pub reconcile_every: Duration,
     /// Larger messages are dropped (and acknowledged) instead of stored.
@@ -76,9 +79,15 @@ impl MosquittoBroker {
             .await
             .context("cannot bring the broker in line with the SCD")?;
         let reconciler = tokio::spawn(reconciler.follow(store, config.reconcile_every));
+        let filter = if config.shared_ingest {
+            ingest::SHARED_FILTER
+        } else {
+            ingest::FILTER
+        };
         let ingest = tokio::spawn(ingest::run(
             config.connection,
             config.ingest_client_id,
+            filter,
             ingest,
             config.max_payload_bytes,
         ));

@@ -22,6 +22,7 @@ pub struct MosquittoServer {
     pub tls_port: u16,
     pub ca: PathBuf,
     child: Child,
+    conf: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -37,11 +38,25 @@ fn mosquitto_binary() -> String {
     bin
 }
 
+fn spawn(conf: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto starts")
+}
+
 impl MosquittoServer {
     /// Bootstraps a broker folder and starts Mosquitto on two free ports; waits until both
     /// listen. `max_payload` becomes its `message_size_limit`.
     pub fn start(max_payload: usize) -> Self {
-        let bin = mosquitto_binary();
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto started as root runs as the user mosquitto: it must reach the folder.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -65,23 +80,36 @@ impl MosquittoServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let log = dir.path().join("mosquitto.log");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(broker_dir.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("mosquitto starts");
+        let conf = broker_dir.join("mosquitto.conf");
         let mut server = Self {
             port,
             tls_port,
             ca: broker_dir.join("tls/ca.pem"),
-            child,
+            child: spawn(&conf, &log),
+            conf,
             log,
             _dir: dir,
         };
         server.wait_listening();
         server
+    }
+
+    /// Stops the broker with `signal` (`TERM`: it saves its persistence file first; `KILL`:
+    /// what it acknowledged since its last autosave is gone).
+    pub fn stop(&mut self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the broker again on the same folder, configuration and ports.
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.conf, &self.log);
+        self.wait_listening();
     }
 
     fn wait_listening(&mut self) {

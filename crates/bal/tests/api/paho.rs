@@ -23,32 +23,55 @@ fn python() -> PathBuf {
 pub struct PahoDevice {
     child: Child,
     output: JoinHandle<Vec<String>>,
+    prefix: String,
+}
+
+/// What the device does: `count` readings `<prefix>-<i>`, `rate` per second, over MQTT
+/// `version` 3 (3.1.1) or 5, as `username` with client id `paho-<prefix>`.
+pub struct Readings<'a> {
+    pub count: usize,
+    pub rate: u32,
+    pub version: u8,
+    pub prefix: &'a str,
+}
+
+impl Default for Readings<'_> {
+    fn default() -> Self {
+        Self {
+            count: 100,
+            rate: 40,
+            version: 3,
+            prefix: "reading",
+        }
+    }
 }
 
 impl PahoDevice {
     /// Starts publishing `count` readings `reading-<i>`, `rate` per second, on
     /// `platone/<username>` at 127.0.0.1:`port`, over MQTT 3.1.1.
     pub fn start(port: u16, username: &str, password: &str, count: usize, rate: u32) -> Self {
-        Self::start_version(port, username, password, count, rate, 3)
+        let readings = Readings {
+            count,
+            rate,
+            ..Readings::default()
+        };
+        Self::start_with(port, username, password, &readings)
     }
 
-    /// The same over MQTT `version` 3 (3.1.1) or 5.
-    pub fn start_version(
-        port: u16,
-        username: &str,
-        password: &str,
-        count: usize,
-        rate: u32,
-        version: u8,
-    ) -> Self {
+    pub fn start_with(port: u16, username: &str, password: &str, r: &Readings) -> Self {
         let mut child = Command::new(python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/api/paho_device.py"
             ))
             .args(["127.0.0.1", &port.to_string(), username, password])
-            .arg(format!("paho-{username}"))
-            .args([count.to_string(), rate.to_string(), version.to_string()])
+            .arg(format!("paho-{}", r.prefix))
+            .args([
+                r.count.to_string(),
+                r.rate.to_string(),
+                r.version.to_string(),
+            ])
+            .arg(r.prefix)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -63,7 +86,11 @@ impl PahoDevice {
             }
             all
         });
-        Self { child, output }
+        Self {
+            child,
+            output,
+            prefix: r.prefix.to_owned(),
+        }
     }
 
     /// Waits until the device has every reading acknowledged (it gives up after two minutes);
@@ -77,7 +104,7 @@ impl PahoDevice {
         let acked: HashSet<String> = lines
             .iter()
             .filter_map(|l| l.strip_prefix("acked "))
-            .map(|i| format!("reading-{i}"))
+            .map(|i| format!("{}-{i}", self.prefix))
             .collect();
         assert!(
             status.success() && acked.len() == count,

@@ -2,11 +2,11 @@
 persistent session (clean_session = False) and reconnects by itself whenever the server goes
 away, as field devices do. Used by crash_loop.rs.
 
-    python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE [3|5]
+    python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE [3|5 [PREFIX]]
 
 The last argument is the MQTT version: 3 (3.1.1, the default) or 5 (a session that outlives
 the connection by an hour). A negative PUBACK (MQTT 5) does not count as acknowledged.
-Publishes `COUNT` payloads `reading-<i>` on `platone/<USERNAME>`, `RATE` per second, then waits
+Publishes `COUNT` payloads `<PREFIX>-<i>` (`reading-<i>` by default) on `platone/<USERNAME>`, `RATE` per second, then waits
 until every one is acknowledged. At the end it prints `acked <i>` for each reading acknowledged
 and `done <acked> <connects>`; exits 1 if some were never acknowledged within the time allowed.
 """
@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 host, port, username, password, client_id = sys.argv[1:6]
 count, rate = int(sys.argv[6]), float(sys.argv[7])
 v5 = len(sys.argv) > 8 and sys.argv[8] == "5"
+prefix = sys.argv[9] if len(sys.argv) > 9 else "reading"
 
 # paho calls on_publish while holding its own lock, which publish() takes too: the callback only
 # records the packet id, and the mapping to readings is made outside paho's calls.
@@ -75,7 +76,7 @@ client.loop_start()
 topic = f"platone/{username}"
 mid_of = []  # reading number -> packet id
 for i in range(count):
-    mid_of.append(client.publish(topic, f"reading-{i}".encode(), qos=1).mid)
+    mid_of.append(client.publish(topic, f"{prefix}-{i}".encode(), qos=1).mid)
     time.sleep(1.0 / rate)
 
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::helpers::*;
-use crate::paho::PahoDevice;
+use crate::paho::{PahoDevice, Readings};
 
 fn on_postgres() -> bool {
     bal_scd::testing::backend() == bal_scd::Backend::Postgres
@@ -294,7 +294,12 @@ async fn qos1_readings_published_while_the_database_is_down_arrive_once_when_it_
     app.create_user("device1", "producer").await;
     // MQTT 5, where a negative PUBACK would count as an answer (and the reading be lost to a
     // device that trusts it); the crash loop covers 3.1.1.
-    let device = PahoDevice::start_version(app.mqtt_port, "device1", PASSWORD, READINGS, 40, 5);
+    let readings = Readings {
+        count: READINGS,
+        version: 5,
+        ..Readings::default()
+    };
+    let device = PahoDevice::start_with(app.mqtt_port, "device1", PASSWORD, &readings);
     // The outage falls in the middle of the six seconds the device publishes.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     cluster.halt();
