@@ -3,11 +3,11 @@
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use bal_core::merkle::{self, LeafValues};
-use bal_core::{Measurement, Username, WalletAddress};
+use bal_core::{Measurement, Username};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::{PgStore, audit_entry_from_row, get, measurement_from_row, parse};
+use super::{PgStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
     Mark, NewBatch, PendingItem, PendingItems, Span,

@@ -3,11 +3,11 @@
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use bal_core::merkle::{self, LeafValues};
-use bal_core::{Measurement, Username, WalletAddress};
+use bal_core::{Measurement, Username};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row, parse};
+use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
     Mark, NewBatch, PendingItem, PendingItems, Span,
