@@ -44,14 +44,20 @@ pub struct SqliteStore {
 /// sqlx still counts the transaction as open: every later BEGIN on that connection fails
 /// ("begin_with at non-zero transaction depth"), and the writer would stay broken after the
 /// disk has room again (the full-disk test caught it). Such a connection is closed instead.
-/// The ping goes through the connection's worker after any rollback queued when a transaction
-/// was dropped, so a depth still open afterwards is a real leftover.
+/// A depth of 0 is the common case and costs nothing to read. Otherwise it may be a rollback
+/// still queued from a dropped transaction: the ping goes through the connection's worker
+/// after it, so a depth still open afterwards is a real leftover.
 async fn usable(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection;
     use sqlx_core::transaction::TransactionManager;
+    let depth = |c: &sqlx::SqliteConnection| {
+        <sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(c)
+    };
+    if depth(conn) == 0 {
+        return Ok(true);
+    }
     conn.ping().await?;
-    let depth = <sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn);
-    Ok(depth == 0)
+    Ok(depth(conn) == 0)
 }
 
 impl SqliteStore {

@@ -295,11 +295,7 @@ async fn get_by_transaction_never_shows_a_caller_data_it_may_not_read() {
     let p2 = app.user("producer2", "producer").await;
     let c1 = app.user("consumer1", "consumer").await;
     let c2 = app.user("consumer2", "consumer").await;
-    let sub = app.request_subscription(&c1, "producer1").await;
-    let r = app
-        .post_empty(&format!("/api/subscriptions/{sub}/accept"), &p1)
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    let sub = app.grant(&c1, &p1, "producer1").await;
     let a = upload(&app, &p1, json!([{"v": 1}, {"v": 2}])).await;
     let b = upload(&app, &p2, json!([{"v": 3}])).await;
     let tx = tx_of(&proof(&app, &p2, b[0]).await);

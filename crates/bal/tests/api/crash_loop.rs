@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::helpers::{
-    ADMIN_PASSWORD, PASSWORD, bal_cli, client_trusting, eventually, free_port,
+    ADMIN_PASSWORD, PASSWORD, bal_serve, client_trusting, eventually, free_port,
     install_crypto_provider, readings_of,
 };
 use crate::paho::PahoDevice;
@@ -39,15 +39,9 @@ struct Server {
 
 impl Server {
     fn spawn(&mut self) {
-        let mut cmd = Command::from(bal_cli(self.dir.path()));
+        let mut cmd = Command::from(bal_serve(self.dir.path(), self.http, self.mqtt, self.mqtts));
         let child = cmd
-            .arg("serve")
-            .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{}", self.http))
-            .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{}", self.mqtt))
-            .env("BAL_MQTT__LISTEN_TLS", format!("127.0.0.1:{}", self.mqtts))
-            .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("BAL_CERTIFY__BATCH_WINDOW_MS", "300")
-            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -230,7 +224,7 @@ async fn twenty_kill_9s_under_load_lose_no_acknowledged_reading_and_store_none_t
     stop_tx.send(true).unwrap();
     let (created, tried) = uploader.await.unwrap();
     assert!(
-        created.len() * 2 >= tried.min(10),
+        created.len() >= 5,
         "too few uploads succeeded to mean anything: {} of {tried}",
         created.len()
     );

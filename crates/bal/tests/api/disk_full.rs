@@ -91,13 +91,9 @@ async fn a_full_disk_refuses_writes_keeps_what_was_stored_and_recovers_when_room
         .await;
     assert_eq!(r.status(), StatusCode::CREATED, "writes work again");
 
-    let texts = readings_of(&app.client, &app.base, &producer, "device1").await;
-    let mut seen = std::collections::HashMap::<&str, usize>::new();
-    for (_, text) in &texts {
-        *seen.entry(text.as_str()).or_default() += 1;
-    }
+    let seen = app.reading_counts("device1").await;
     for payload in &acked {
-        assert_eq!(seen.get(payload.as_str()), Some(&1), "{payload}");
+        assert_eq!(seen.get(payload), Some(&1), "{payload}");
     }
     assert_eq!(seen.get("stored before the disk filled"), Some(&1));
     app.stop().await;

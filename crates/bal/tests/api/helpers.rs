@@ -91,6 +91,19 @@ pub fn bal_cli(data_dir: &Path) -> std::process::Command {
     cmd
 }
 
+/// `bal serve` on `data_dir` with its listeners on these loopback ports and the tests' admin
+/// password: a server of its own process, for tests that kill it.
+pub fn bal_serve(data_dir: &Path, http: u16, mqtt: u16, mqtts: u16) -> std::process::Command {
+    let mut cmd = bal_cli(data_dir);
+    cmd.arg("serve")
+        .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
+        .env("BAL_MQTT__LISTEN_TLS", format!("127.0.0.1:{mqtts}"))
+        .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "error");
+    cmd
+}
+
 /// A client that trusts exactly the CA at `ca` (and no public roots).
 pub fn client_trusting(ca: &Path) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
@@ -273,6 +286,26 @@ impl TestApp {
     pub async fn user(&self, username: &str, role: &str) -> String {
         self.create_user(username, role).await;
         self.token(username, PASSWORD).await
+    }
+
+    /// The consumer requests the producer's topic and the producer accepts; returns the
+    /// subscription id.
+    pub async fn grant(&self, consumer: &str, producer_token: &str, producer: &str) -> String {
+        let id = self.request_subscription(consumer, producer).await;
+        let r = self
+            .post_empty(&format!("/api/subscriptions/{id}/accept"), producer_token)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "accept");
+        id
+    }
+
+    /// How often each text payload of `producer` is stored (read as admin).
+    pub async fn reading_counts(&self, producer: &str) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, text) in readings_of(&self.client, &self.base, &self.admin, producer).await {
+            *counts.entry(text).or_default() += 1;
+        }
+        counts
     }
 
     /// The consumer requests the producer's topic; returns the subscription id.

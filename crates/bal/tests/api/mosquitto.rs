@@ -187,13 +187,9 @@ async fn an_unreachable_broker_or_a_wrong_admin_password_is_a_clear_start_up_err
 
 /// How many readings of `prefix` are stored, each how often.
 async fn stored_counts(app: &TestApp, prefix: &str) -> std::collections::HashMap<String, usize> {
-    let mut seen = std::collections::HashMap::new();
-    for (_, text) in readings_of(&app.client, &app.base, &app.admin, "device1").await {
-        if text.starts_with(prefix) {
-            *seen.entry(text).or_default() += 1;
-        }
-    }
-    seen
+    let mut counts = app.reading_counts("device1").await;
+    counts.retain(|text, _| text.starts_with(prefix));
+    counts
 }
 
 /// Mosquitto goes away under load and comes back. SIGTERM: it saves what it holds, so every

@@ -138,9 +138,7 @@ pub(crate) async fn granted_world(b: Broker) -> (TestApp, String, String) {
     let p1 = app.user("producer1", "producer").await;
     let c1 = app.user("consumer1", "consumer").await;
     app.create_user("consumer2", "consumer").await;
-    let id = app.request_subscription(&c1, "producer1").await;
-    app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1)
-        .await;
+    let id = app.grant(&c1, &p1, "producer1").await;
     for user in ["producer1", "consumer1", "consumer2"] {
         assert!(
             logs_in_within(&app, user, PASSWORD, Duration::from_secs(2)).await,

@@ -162,11 +162,7 @@ async fn a_server_running_as_a_non_owner_role_works_and_cannot_touch_the_audit_l
     let app = start(settings).await;
     let producer = app.user("producer1", "producer").await;
     let consumer = app.user("consumer1", "consumer").await;
-    let id = app.request_subscription(&consumer, "producer1").await;
-    let r = app
-        .post_empty(&format!("/api/subscriptions/{id}/accept"), &producer)
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    app.grant(&consumer, &producer, "producer1").await;
     let r = app
         .post("/api/measurements", &producer, json!([{"p_kw": 1.5}]))
         .await;
@@ -307,10 +303,7 @@ async fn qos1_readings_published_while_the_database_is_down_arrive_once_when_it_
     cluster.resume();
     let acked = device.finish(READINGS).await;
 
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for (_, text) in readings_of(&app.client, &app.base, &app.admin, "device1").await {
-        *seen.entry(text).or_default() += 1;
-    }
+    let seen = app.reading_counts("device1").await;
     for payload in &acked {
         assert_eq!(seen.get(payload), Some(&1), "{payload}");
     }

@@ -31,21 +31,10 @@ async fn world() -> TestApp {
     app.user("producer2", "producer").await;
     let consumer = app.user("consumer1", "consumer").await;
     let other = app.user("consumer2", "consumer").await;
-    let id = app.request_subscription(&consumer, "producer1").await;
-    let r = app
-        .post_empty(&format!("/api/subscriptions/{id}/accept"), &producer)
-        .await;
-    assert!(r.status().is_success(), "accept: {}", r.status());
+    app.grant(&consumer, &producer, "producer1").await;
     app.request_subscription(&other, "producer1").await;
     app.create_user("scratch1", "consumer").await;
-    let r = app
-        .post(
-            "/api/measurements",
-            &producer,
-            serde_json::json!([{ "v": 1 }, "text"]),
-        )
-        .await;
-    assert!(r.status().is_success(), "upload: {}", r.status());
+    crate::certification::upload(&app, &producer, serde_json::json!([{ "v": 1 }, "text"])).await;
     app
 }
 

@@ -210,13 +210,7 @@ fn after_kill_9_with_devices_connected_serve_binds_its_ports_again_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (http, mqtt, mqtts) = (free_port(), free_port(), free_port());
     let serve = || {
-        bal_cli(dir.path())
-            .arg("serve")
-            .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
-            .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
-            .env("BAL_MQTT__LISTEN_TLS", format!("127.0.0.1:{mqtts}"))
-            .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("RUST_LOG", "error")
+        bal_serve(dir.path(), http, mqtt, mqtts)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
