@@ -11,6 +11,7 @@
 //! - [`measurement`]: measurements, their payload hash and the fields read from payloads.
 //! - [`merkle`]: Merkle batches and proofs in OpenZeppelin's `StandardMerkleTree` format.
 //! - [`proof`]: the `bal-proof/1` bundle and its offline checks.
+//! - [`upload`]: HTTPS upload bodies (JSON arrays and NDJSON) split into payloads.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod merkle;
 pub mod proof;
 pub mod subscription;
 pub mod topic;
+pub mod upload;
 pub mod user;
 pub mod wallet;
 

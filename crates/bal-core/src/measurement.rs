@@ -85,7 +85,7 @@ pub fn mqtt_origin(client_id: &str, packet_id: u16) -> i64 {
 pub const PMU_FIELDS: [&str; 5] = ["amplitude", "phase_deg", "frequency", "pps_tag", "utc_us"];
 
 /// At most this many fields are kept per measurement: enough for any sensor, bounded for abuse.
-const MAX_FIELDS: usize = 256;
+pub const MAX_FIELDS: usize = 256;
 
 /// Reads numeric fields out of a payload: a JSON object's numbers (nested objects give dotted
 /// paths, booleans count as 0/1), or a line of numbers separated by tabs, commas, semicolons or

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use bal_core::upload::{MAX_READINGS, UploadError, UploadFormat, split_upload};
 use bal_core::{NewMeasurement, Role, Topic, Username};
 use bal_scd::{Change, ItemKind, MeasurementCursor, MeasurementQuery, User};
 use chrono::{DateTime, Utc};
@@ -29,9 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(stream))
         .routes(routes!(get_measurement))
 }
-
-/// The most readings one upload may carry.
-pub const MAX_BATCH: usize = 10_000;
 
 /// May `caller` read `producer`'s data now? Owners and admins always; consumers under an
 /// accepted, unexpired grant; nobody else.
@@ -81,7 +79,7 @@ impl utoipa::PartialSchema for UploadDoc {
         ArrayBuilder::new()
             .items(ObjectBuilder::new().schema_type(SchemaType::AnyValue))
             .min_items(Some(1))
-            .max_items(Some(MAX_BATCH))
+            .max_items(Some(MAX_READINGS))
             .into()
     }
 }
@@ -94,49 +92,22 @@ pub struct IngestResponse {
     ids: Vec<i64>,
 }
 
-/// Splits an upload into payloads: a JSON array, or NDJSON (one JSON value per line). A JSON
-/// string is a text payload (stored as its characters); any other value is stored as compact
-/// JSON.
+/// The upload's payloads, or the status that says why it was refused.
 fn payloads(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    let values: Vec<serde_json::Value> = match essence {
-        "application/json" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("body is not a JSON array: {e}")))?,
-        "application/x-ndjson" | "application/ndjson" => body
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(n, line)| {
-                serde_json::from_slice(line)
-                    .map_err(|e| ApiError::BadRequest(format!("line {}: {e}", n + 1)))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::UnsupportedMediaType(
-                "send application/json (an array) or application/x-ndjson".into(),
-            ));
-        }
-    };
-    if values.is_empty() {
-        return Err(ApiError::Unprocessable("no readings in the upload".into()));
-    }
-    if values.len() > MAX_BATCH {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "{} readings in one upload; at most {MAX_BATCH}",
-            values.len()
-        )));
-    }
-    Ok(values
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => s.into_bytes(),
-            other => other.to_string().into_bytes(),
-        })
-        .collect())
+    let format = UploadFormat::from_content_type(content_type).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(
+            "send application/json (an array) or application/x-ndjson".into(),
+        )
+    })?;
+    split_upload(format, body).map_err(|e| match e {
+        UploadError::Malformed(m) => ApiError::BadRequest(m),
+        UploadError::Empty => ApiError::Unprocessable(e.to_string()),
+        UploadError::TooMany(_) => ApiError::PayloadTooLarge(e.to_string()),
+    })
 }
 
 /// Uploads a batch of up to 10 000 readings, all or nothing: 201 means every one is committed.

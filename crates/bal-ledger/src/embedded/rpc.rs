@@ -8,14 +8,14 @@ use alloy_consensus::transaction::Recovered;
 use alloy_consensus::{Header as ConsensusHeader, ReceiptEnvelope, Transaction as _, TxEnvelope};
 use alloy_eips::BlockNumberOrTag;
 use alloy_eips::eip2718::Decodable2718;
-use alloy_primitives::{Address, B256, Bytes, LogData, U64};
+use alloy_primitives::{Address, B256, LogData, U64};
 use alloy_rlp::Decodable;
 use alloy_rpc_types_eth::{
     Block, BlockTransactions, Filter, FilterBlockOption, Header, Log, Transaction,
     TransactionReceipt,
 };
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use bal_rpc::{Body, Method, Request, RpcError, reply};
+use serde_json::Value;
 
 use super::EmbeddedChain;
 use crate::LedgerError;
@@ -27,122 +27,41 @@ pub const MAX_LOGS: u32 = 10_000;
 /// indexed): a scan of every block of a long-lived chain would keep the database busy.
 pub const MAX_LOG_RANGE: u64 = 100_000;
 
-/// The most requests in one batch: with `MAX_LOGS` per call, this bounds what one HTTP request
-/// can make the server hold.
-const MAX_BATCH: usize = 20;
-
-/// A JSON-RPC error object.
-#[derive(Debug)]
-struct RpcError {
-    code: i64,
-    message: String,
-    data: Option<Value>,
-}
-
-impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-    fn params(message: impl Into<String>) -> Self {
-        Self::new(-32602, message)
-    }
-    fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "embedded chain RPC failed");
-        Self::new(-32603, "internal error")
-    }
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    tracing::error!(error = %e, "embedded chain RPC failed");
+    RpcError::new(-32603, "internal error")
 }
 
 type RpcResult = Result<Value, RpcError>;
 
 /// Answers a JSON-RPC request body (one call or a batch). `None` when there is nothing to
-/// send back (only notifications).
+/// send back (only notifications). The body is parsed and checked by `bal-rpc`; this part
+/// only asks the chain.
 pub async fn handle(chain: &EmbeddedChain, body: &[u8]) -> Option<Value> {
-    let request: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => {
-            return Some(reply(
-                Value::Null,
-                Err(RpcError::new(-32700, "parse error")),
-            ));
-        }
-    };
-    match request {
-        Value::Array(calls) if calls.is_empty() => Some(reply(
-            Value::Null,
-            Err(RpcError::new(-32600, "empty batch")),
-        )),
-        Value::Array(calls) if calls.len() > MAX_BATCH => Some(reply(
-            Value::Null,
-            Err(RpcError::new(
-                -32600,
-                format!("at most {MAX_BATCH} calls per batch"),
-            )),
-        )),
-        Value::Array(calls) => {
-            let mut out = Vec::with_capacity(calls.len());
-            for call in calls {
-                out.extend(one(chain, call).await);
+    match bal_rpc::parse(body) {
+        Body::Refused(e) => Some(reply(Value::Null, Err(e))),
+        Body::One(request) => answer(chain, request).await,
+        Body::Batch(requests) => {
+            let mut out = Vec::with_capacity(requests.len());
+            for request in requests {
+                out.extend(answer(chain, request).await);
             }
             (!out.is_empty()).then_some(Value::Array(out))
         }
-        call => one(chain, call).await,
     }
 }
 
-fn reply(id: Value, result: RpcResult) -> Value {
-    match result {
-        Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
-        Err(e) => {
-            let mut error = json!({"code": e.code, "message": e.message});
-            if let Some(d) = e.data {
-                error["data"] = d;
-            }
-            json!({"jsonrpc": "2.0", "id": id, "error": error})
-        }
-    }
-}
-
-async fn one(chain: &EmbeddedChain, call: Value) -> Option<Value> {
-    let Value::Object(mut call) = call else {
-        return Some(reply(
-            Value::Null,
-            Err(RpcError::new(-32600, "invalid request")),
-        ));
-    };
-    let id = call.remove("id");
-    let method = call.remove("method");
-    let params = match call.remove("params") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(p)) => p,
-        Some(_) => {
-            return Some(reply(
-                id.unwrap_or(Value::Null),
-                Err(RpcError::params("params must be an array")),
-            ));
-        }
-    };
-    let result = match method.as_ref().and_then(Value::as_str) {
-        Some(m) => dispatch(chain, m, params).await,
-        None => Err(RpcError::new(-32600, "invalid request: no method")),
+async fn answer(chain: &EmbeddedChain, request: Request) -> Option<Value> {
+    let result = match request.method {
+        Ok(method) => dispatch(chain, method).await,
+        Err(e) => Err(e),
     };
     // A call without an id is a notification: no answer.
-    id.map(|id| reply(id, result))
-}
-
-fn param<T: DeserializeOwned>(params: &[Value], i: usize, what: &str) -> Result<T, RpcError> {
-    let v = params
-        .get(i)
-        .ok_or_else(|| RpcError::params(format!("missing parameter {i}: {what}")))?;
-    serde_json::from_value(v.clone())
-        .map_err(|e| RpcError::params(format!("parameter {i} ({what}): {e}")))
+    request.id.map(|id| reply(id, result))
 }
 
 fn to_json(v: impl serde::Serialize) -> RpcResult {
-    serde_json::to_value(v).map_err(RpcError::internal)
+    serde_json::to_value(v).map_err(internal)
 }
 
 async fn tip(chain: &EmbeddedChain) -> u64 {
@@ -159,14 +78,14 @@ async fn block_number(chain: &EmbeddedChain, tag: BlockNumberOrTag) -> u64 {
 }
 
 /// State is kept for the latest block only.
-async fn latest_only(chain: &EmbeddedChain, params: &[Value], i: usize) -> Result<(), RpcError> {
-    let Some(tag) = params.get(i).filter(|v| !v.is_null()) else {
+async fn latest_only(
+    chain: &EmbeddedChain,
+    block: Option<BlockNumberOrTag>,
+) -> Result<(), RpcError> {
+    let Some(tag) = block else {
         return Ok(());
     };
-    let tag: BlockNumberOrTag = serde_json::from_value(tag.clone())
-        .map_err(|e| RpcError::params(format!("parameter {i} (block): {e}")))?;
-    let n = block_number(chain, tag).await;
-    if n == tip(chain).await {
+    if block_number(chain, tag).await == tip(chain).await {
         Ok(())
     } else {
         Err(RpcError::new(
@@ -176,43 +95,34 @@ async fn latest_only(chain: &EmbeddedChain, params: &[Value], i: usize) -> Resul
     }
 }
 
-async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> RpcResult {
+async fn dispatch(chain: &EmbeddedChain, method: Method) -> RpcResult {
     let blocks = chain.blocks();
     match method {
-        "web3_clientVersion" => to_json(concat!("bal/", env!("CARGO_PKG_VERSION"), "/embedded")),
-        "net_version" => to_json(chain.chain_id_value().to_string()),
-        "net_listening" => to_json(true),
-        "eth_chainId" => to_json(U64::from(chain.chain_id_value())),
-        "eth_syncing" | "eth_mining" => to_json(false),
-        "eth_gasPrice" | "eth_maxPriorityFeePerGas" => to_json(U64::ZERO),
-        "eth_accounts" => to_json(Vec::<Address>::new()),
-        "eth_blockNumber" => to_json(U64::from(tip(chain).await)),
-        "eth_getBlockByNumber" => {
-            let tag: BlockNumberOrTag = param(&params, 0, "block")?;
-            let full: bool = param(&params, 1, "full transactions").unwrap_or(false);
-            let n = block_number(chain, tag).await;
+        Method::ClientVersion => to_json(concat!("bal/", env!("CARGO_PKG_VERSION"), "/embedded")),
+        Method::NetVersion => to_json(chain.chain_id_value().to_string()),
+        Method::NetListening => to_json(true),
+        Method::ChainId => to_json(U64::from(chain.chain_id_value())),
+        Method::Syncing | Method::Mining => to_json(false),
+        Method::GasPrice | Method::MaxPriorityFeePerGas => to_json(U64::ZERO),
+        Method::Accounts => to_json(Vec::<Address>::new()),
+        Method::BlockNumber => to_json(U64::from(tip(chain).await)),
+        Method::BlockByNumber { block, full } => {
+            let n = block_number(chain, block).await;
             let b = blocks
                 .chain_block(BlockKey::Number(n))
                 .await
-                .map_err(RpcError::internal)?;
+                .map_err(internal)?;
             block_json(chain, b, full).await
         }
-        "eth_getBlockByHash" => {
-            let hash: B256 = param(&params, 0, "block hash")?;
-            let full: bool = param(&params, 1, "full transactions").unwrap_or(false);
+        Method::BlockByHash { hash, full } => {
             let b = blocks
                 .chain_block(BlockKey::Hash(hash))
                 .await
-                .map_err(RpcError::internal)?;
+                .map_err(internal)?;
             block_json(chain, b, full).await
         }
-        "eth_getTransactionByHash" => {
-            let hash: B256 = param(&params, 0, "transaction hash")?;
-            match blocks
-                .chain_transaction(hash)
-                .await
-                .map_err(RpcError::internal)?
-            {
+        Method::TransactionByHash(hash) => {
+            match blocks.chain_transaction(hash).await.map_err(internal)? {
                 None => Ok(Value::Null),
                 Some(t) => {
                     let block = stored_block(chain, t.block_number).await?;
@@ -220,13 +130,8 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
                 }
             }
         }
-        "eth_getTransactionReceipt" => {
-            let hash: B256 = param(&params, 0, "transaction hash")?;
-            match blocks
-                .chain_transaction(hash)
-                .await
-                .map_err(RpcError::internal)?
-            {
+        Method::TransactionReceipt(hash) => {
+            match blocks.chain_transaction(hash).await.map_err(internal)? {
                 None => Ok(Value::Null),
                 Some(t) => {
                     let block = stored_block(chain, t.block_number).await?;
@@ -234,72 +139,29 @@ async fn dispatch(chain: &EmbeddedChain, method: &str, params: Vec<Value>) -> Rp
                 }
             }
         }
-        "eth_getLogs" => {
-            let filter: Filter = param(&params, 0, "filter")?;
-            get_logs(chain, &filter).await
-        }
-        "eth_call" => {
-            #[derive(serde::Deserialize)]
-            struct Call {
-                #[serde(default)]
-                from: Option<Address>,
-                to: Option<Address>,
-                // Clients send the call data as `input`, `data`, or both (Foundry, viem):
-                // both are accepted when they are equal.
-                #[serde(default)]
-                input: Option<Bytes>,
-                #[serde(default)]
-                data: Option<Bytes>,
-            }
-            let call: Call = param(&params, 0, "call")?;
-            let input = match (call.input, call.data) {
-                (Some(input), Some(data)) if input != data => {
-                    return Err(RpcError::params(
-                        "eth_call: `input` and `data` differ; send one, or both equal",
-                    ));
-                }
-                (input, data) => input.or(data),
-            };
-            latest_only(chain, &params, 1).await?;
-            let to = call
-                .to
-                .ok_or_else(|| RpcError::params("eth_call needs a `to` address"))?;
-            match chain
-                .call(call.from.unwrap_or_default(), to, input.unwrap_or_default())
-                .await
-            {
+        Method::Logs(filter) => get_logs(chain, &filter).await,
+        Method::Call(call) => {
+            latest_only(chain, call.block).await?;
+            match chain.call(call.from, call.to, call.input).await {
                 Ok(out) => to_json(out),
-                Err(LedgerError::Reverted(reason)) => Err(RpcError {
-                    code: 3,
-                    message: format!("execution reverted: {reason}"),
-                    data: None,
-                }),
-                Err(e) => Err(RpcError::internal(e)),
+                Err(LedgerError::Reverted(reason)) => {
+                    Err(RpcError::new(3, format!("execution reverted: {reason}")))
+                }
+                Err(e) => Err(internal(e)),
             }
         }
-        "eth_getCode" => {
-            let address: Address = param(&params, 0, "address")?;
-            latest_only(chain, &params, 1).await?;
-            to_json(chain.code(address).await)
+        Method::Code(at) => {
+            latest_only(chain, at.block).await?;
+            to_json(chain.code(at.address).await)
         }
-        "eth_getTransactionCount" => {
-            let address: Address = param(&params, 0, "address")?;
-            latest_only(chain, &params, 1).await?;
-            to_json(U64::from(chain.nonce(address).await))
+        Method::TransactionCount(at) => {
+            latest_only(chain, at.block).await?;
+            to_json(U64::from(chain.nonce(at.address).await))
         }
-        "eth_getBalance" => {
-            let address: Address = param(&params, 0, "address")?;
-            latest_only(chain, &params, 1).await?;
-            to_json(chain.balance(address).await)
+        Method::Balance(at) => {
+            latest_only(chain, at.block).await?;
+            to_json(chain.balance(at.address).await)
         }
-        "eth_sendRawTransaction" | "eth_sendTransaction" => Err(RpcError::new(
-            -32601,
-            "the embedded chain accepts transactions from the BAL's certifier only",
-        )),
-        other => Err(RpcError::new(
-            -32601,
-            format!("the method {other} does not exist/is not available"),
-        )),
     }
 }
 
@@ -308,12 +170,12 @@ async fn stored_block(chain: &EmbeddedChain, n: u64) -> Result<StoredBlock, RpcE
         .blocks()
         .chain_block(BlockKey::Number(n))
         .await
-        .map_err(RpcError::internal)?
-        .ok_or_else(|| RpcError::internal(format!("block {n} is missing")))
+        .map_err(internal)?
+        .ok_or_else(|| internal(format!("block {n} is missing")))
 }
 
 fn header(b: &StoredBlock) -> Result<Header, RpcError> {
-    let inner = ConsensusHeader::decode(&mut b.header.as_slice()).map_err(RpcError::internal)?;
+    let inner = ConsensusHeader::decode(&mut b.header.as_slice()).map_err(internal)?;
     Ok(Header {
         hash: b.hash,
         inner,
@@ -323,7 +185,7 @@ fn header(b: &StoredBlock) -> Result<Header, RpcError> {
 }
 
 fn transaction(t: &StoredTransaction, b: &StoredBlock) -> Result<Transaction, RpcError> {
-    let env = TxEnvelope::decode_2718(&mut t.raw.as_slice()).map_err(RpcError::internal)?;
+    let env = TxEnvelope::decode_2718(&mut t.raw.as_slice()).map_err(internal)?;
     Ok(Transaction {
         inner: Recovered::new_unchecked(env, t.sender),
         block_hash: Some(b.hash),
@@ -335,9 +197,8 @@ fn transaction(t: &StoredTransaction, b: &StoredBlock) -> Result<Transaction, Rp
 }
 
 fn receipt(t: &StoredTransaction, b: &StoredBlock) -> Result<TransactionReceipt, RpcError> {
-    let env = TxEnvelope::decode_2718(&mut t.raw.as_slice()).map_err(RpcError::internal)?;
-    let inner =
-        ReceiptEnvelope::decode_2718(&mut t.receipt.as_slice()).map_err(RpcError::internal)?;
+    let env = TxEnvelope::decode_2718(&mut t.raw.as_slice()).map_err(internal)?;
+    let inner = ReceiptEnvelope::decode_2718(&mut t.receipt.as_slice()).map_err(internal)?;
     // Log indexes count within the block: those of earlier transactions come first. With one
     // transaction per block they start at 0.
     let mut index = 0u64;
@@ -379,7 +240,7 @@ async fn block_json(chain: &EmbeddedChain, b: Option<StoredBlock>, full: bool) -
         .blocks()
         .chain_block_transactions(b.number)
         .await
-        .map_err(RpcError::internal)?;
+        .map_err(internal)?;
     let transactions = if full {
         BlockTransactions::Full(
             txs.iter()
@@ -405,7 +266,7 @@ async fn get_logs(chain: &EmbeddedChain, f: &Filter) -> RpcResult {
                 .blocks()
                 .chain_block(BlockKey::Hash(h))
                 .await
-                .map_err(RpcError::internal)?
+                .map_err(internal)?
                 .ok_or_else(|| RpcError::new(-32000, "unknown block"))?;
             (b.number, b.number)
         }
@@ -451,7 +312,7 @@ async fn get_logs(chain: &EmbeddedChain, f: &Filter) -> RpcResult {
             limit: MAX_LOGS + 1,
         })
         .await
-        .map_err(RpcError::internal)?;
+        .map_err(internal)?;
     if logs.len() > MAX_LOGS as usize {
         return Err(RpcError::new(
             -32005,
