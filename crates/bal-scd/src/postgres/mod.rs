@@ -20,6 +20,7 @@ mod grants;
 mod import;
 mod listener;
 mod measurements;
+pub mod nodelay;
 
 use std::str::FromStr;
 
@@ -62,9 +63,22 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Config(format!("invalid PostgreSQL URL: {}", scrub(&e.to_string())))
         })?;
+        // Over TCP (not a Unix socket), turn Nagle's algorithm off on each new connection.
+        let tcp_port = (connect.get_socket().is_none() && !connect.get_host().starts_with('/'))
+            .then(|| connect.get_port());
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |_, _| {
+                Box::pin(async move {
+                    if let Some(port) = tcp_port
+                        && let Err(e) = nodelay::set_on_sockets_to(port)
+                    {
+                        tracing::warn!(error = %e, "could not set TCP_NODELAY on the database connection");
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(connect)
             .await?;
         let status = schema_status(&pool).await?;
