@@ -18,8 +18,9 @@ use std::io;
 pub(super) fn set_on_sockets_to(port: u16) -> io::Result<usize> {
     let mut changed = 0;
     for_each_socket_to(port, |fd| {
+        // A socket to that port that is not TCP (a connected UDP socket) has no such option.
         #[cfg(target_os = "linux")]
-        if !rustix::net::sockopt::tcp_nodelay(fd)? {
+        if let Ok(false) = rustix::net::sockopt::tcp_nodelay(fd) {
             rustix::net::sockopt::set_tcp_nodelay(fd, true)?;
             changed += 1;
         }
@@ -34,7 +35,9 @@ pub fn states(port: u16) -> io::Result<Vec<bool>> {
     let mut states = Vec::new();
     for_each_socket_to(port, |fd| {
         #[cfg(target_os = "linux")]
-        states.push(rustix::net::sockopt::tcp_nodelay(fd)?);
+        if let Ok(on) = rustix::net::sockopt::tcp_nodelay(fd) {
+            states.push(on);
+        }
         Ok(())
     })?;
     Ok(states)
