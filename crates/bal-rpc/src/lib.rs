@@ -195,13 +195,15 @@ fn call_request(params: &[Value]) -> Result<CallRequest, RpcError> {
         }
         (input, data) => input.or(data).unwrap_or_default(),
     };
+    // The block before `to`, as before this parser was split out of the chain.
+    let block = block_param(params, 1)?;
     Ok(CallRequest {
         from: call.from.unwrap_or_default(),
         to: call
             .to
             .ok_or_else(|| RpcError::params("eth_call needs a `to` address"))?,
         input,
-        block: block_param(params, 1)?,
+        block,
     })
 }
 

@@ -71,10 +71,19 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |_, _| {
                 Box::pin(async move {
-                    if let Some(port) = tcp_port
-                        && let Err(e) = nodelay::set_on_sockets_to(port)
-                    {
-                        tracing::warn!(error = %e, "could not set TCP_NODELAY on the database connection");
+                    if let Some(port) = tcp_port {
+                        // A scan of /proc and a few syscalls per descriptor: off the runtime.
+                        let set =
+                            tokio::task::spawn_blocking(move || nodelay::set_on_sockets_to(port))
+                                .await;
+                        if let Ok(Err(e)) = set {
+                            tracing::warn!(
+                                error = %e,
+                                "could not set TCP_NODELAY on the database connection: inserts \
+                                 over TCP may wait ~40 ms each (use the Unix socket, or allow \
+                                 pidfd_getfd)"
+                            );
+                        }
                     }
                     Ok(())
                 })

@@ -14,43 +14,40 @@
 use std::io;
 
 /// Sets `TCP_NODELAY` on every TCP socket of this process whose peer's port is `port`; returns
-/// how many it changed.
+/// how many it changed. Fails when descriptors cannot be duplicated at all (a seccomp profile
+/// that refuses `pidfd_getfd`), so the caller can say that Nagle stays on.
+#[cfg(target_os = "linux")]
 pub(super) fn set_on_sockets_to(port: u16) -> io::Result<usize> {
+    use rustix::net::sockopt::{set_tcp_nodelay, tcp_nodelay};
     let mut changed = 0;
     for_each_socket_to(port, |fd| {
         // A socket to that port that is not TCP (a connected UDP socket) has no such option.
-        #[cfg(target_os = "linux")]
-        if let Ok(false) = rustix::net::sockopt::tcp_nodelay(fd) {
-            rustix::net::sockopt::set_tcp_nodelay(fd, true)?;
+        if let Ok(false) = tcp_nodelay(fd)
+            && set_tcp_nodelay(fd, true).is_ok()
+        {
             changed += 1;
         }
-        Ok(())
     })?;
     Ok(changed)
 }
 
 /// Whether each TCP socket of this process to `port` has `TCP_NODELAY` set: for tests and
 /// diagnostics.
+#[cfg(target_os = "linux")]
 pub fn states(port: u16) -> io::Result<Vec<bool>> {
     let mut states = Vec::new();
     for_each_socket_to(port, |fd| {
-        #[cfg(target_os = "linux")]
         if let Ok(on) = rustix::net::sockopt::tcp_nodelay(fd) {
             states.push(on);
         }
-        Ok(())
     })?;
     Ok(states)
 }
 
-#[cfg(target_os = "linux")]
-type Fd = rustix::fd::OwnedFd;
-#[cfg(not(target_os = "linux"))]
-type Fd = ();
-
 /// Calls `f` with a duplicate of each of this process's sockets whose peer's port is `port`.
 #[cfg(target_os = "linux")]
-fn for_each_socket_to(port: u16, mut f: impl FnMut(&Fd) -> io::Result<()>) -> io::Result<()> {
+fn for_each_socket_to(port: u16, mut f: impl FnMut(&rustix::fd::OwnedFd)) -> io::Result<()> {
+    use rustix::io::Errno;
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
 
     let me = pidfd_open(getpid(), PidfdFlags::empty())?;
@@ -59,29 +56,37 @@ fn for_each_socket_to(port: u16, mut f: impl FnMut(&Fd) -> io::Result<()>) -> io
         let Some(n) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        // Only sockets; a descriptor closed since the listing is simply gone.
         let is_socket = std::fs::read_link(entry.path())
             .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
         if !is_socket {
             continue;
         }
-        let Ok(fd) = pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) else {
-            continue;
+        let fd = match pidfd_getfd(&me, n, PidfdGetfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Closed since the listing: simply gone.
+            Err(Errno::BADF) => continue,
+            // Refused (EPERM under a seccomp profile without CAP_SYS_PTRACE): none will work.
+            Err(e) => return Err(e.into()),
         };
         let peer = rustix::net::getpeername(&fd)
             .ok()
             .flatten()
             .and_then(|a| std::net::SocketAddr::try_from(a).ok());
         if peer.is_some_and(|p| p.port() == port) {
-            f(&fd)?;
+            f(&fd);
         }
     }
     Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn for_each_socket_to(_port: u16, _f: impl FnMut(&Fd) -> io::Result<()>) -> io::Result<()> {
-    Ok(())
+pub(super) fn set_on_sockets_to(_port: u16) -> io::Result<usize> {
+    Ok(0)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn states(_port: u16) -> io::Result<Vec<bool>> {
+    Ok(Vec::new())
 }
 
 #[cfg(all(test, target_os = "linux"))]
