@@ -58,6 +58,8 @@ pub struct ApiConfig {
     pub broker: String,
     /// The external broker `/readyz` checks is reachable; `None` for the embedded one.
     pub broker_address: Option<(String, u16)>,
+    /// This process's `cluster.replica_id`, as `/readyz` reports it.
+    pub replica_id: String,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +73,7 @@ impl Default for ApiConfig {
             secure_cookies: true,
             broker: "embedded (inside bal)".to_owned(),
             broker_address: None,
+            replica_id: "bal".to_owned(),
         }
     }
 }

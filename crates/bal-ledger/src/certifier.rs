@@ -8,13 +8,20 @@
 //! never recorded) the anchor is recognised and recorded; otherwise it is sent again. The
 //! contract refuses a root twice, so nothing is ever anchored twice, and nothing stored is left
 //! out, because batches follow the SCD's watermarks.
+//!
+//! With several replicas on one database, only the holder of the certification lease
+//! ([`bal_scd::CERTIFY_LEASE`], on the database's clock) batches and anchors; the others try to
+//! take it every window, so one of them takes over within the lease's length when the holder
+//! dies. Writing a batch and recording an anchor check the lease in their own transaction
+//! (fencing): a holder that lost the lease while it waited for a receipt writes nothing, and
+//! the next holder recognises its anchor on chain instead of sending the root again.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
 use bal_core::merkle::MerkleTree;
-use bal_scd::{AnchorRecord, Batch, NewBatch, SharedStore, StoreError};
+use bal_scd::{AnchorRecord, Batch, CERTIFY_LEASE, Fence, NewBatch, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -26,6 +33,9 @@ pub struct CertifierConfig {
     pub window: Duration,
     /// The most leaves in one tree.
     pub max_batch: u32,
+    /// How long the certification lease lasts unless renewed: the longest a dead holder's
+    /// work waits for another replica (renewed every third of it).
+    pub lease: Duration,
 }
 
 impl Default for CertifierConfig {
@@ -33,6 +43,7 @@ impl Default for CertifierConfig {
         Self {
             window: Duration::from_millis(1000),
             max_batch: 50_000,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -53,12 +64,16 @@ pub struct CertifierHealth {
     pub last_error: Option<String>,
     pub batches_anchored: u64,
     pub leaves_anchored: u64,
+    /// Whether this process held the certification lease at its last round.
+    pub leader: bool,
 }
 
 pub struct Certifier {
     store: SharedStore,
     ledger: SharedLedger,
     config: CertifierConfig,
+    /// This replica's id: the lease holder's name.
+    holder: String,
     health: Arc<Mutex<CertifierHealth>>,
 }
 
@@ -77,11 +92,18 @@ fn backoff(pause: Duration, window: Duration) -> Duration {
 }
 
 impl Certifier {
-    pub fn new(store: SharedStore, ledger: SharedLedger, config: CertifierConfig) -> Self {
+    /// A certifier that anchors while `holder` (the replica id) holds the certification lease.
+    pub fn new(
+        store: SharedStore,
+        ledger: SharedLedger,
+        config: CertifierConfig,
+        holder: impl Into<String>,
+    ) -> Self {
         Self {
             store,
             ledger,
             config,
+            holder: holder.into(),
             health: Arc::default(),
         }
     }
@@ -91,9 +113,26 @@ impl Certifier {
         self.health.clone()
     }
 
-    /// Runs rounds every batch window until `stop` turns true. A round interrupted by the stop
-    /// is simply resumed at the next start.
+    /// Runs rounds every batch window until `stop` turns true, renewing the lease meanwhile so
+    /// that a long round (a slow receipt) keeps it; gives the lease up on the way out, so that
+    /// another replica takes over at once. A round interrupted by the stop is simply resumed at
+    /// the next start, here or elsewhere.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let renewal = tokio::spawn(renew_lease(
+            self.store.clone(),
+            self.holder.clone(),
+            self.config.lease,
+        ));
+        self.rounds(&mut stop).await;
+        renewal.abort();
+        if let Ok(Some(fence)) = self.held_lease().await
+            && let Err(e) = self.store.release_lease(&fence).await
+        {
+            tracing::warn!(error = %e.report(), "could not give up the certification lease");
+        }
+    }
+
+    async fn rounds(&self, stop: &mut watch::Receiver<bool>) {
         let mut pause = self.config.window;
         loop {
             tokio::select! {
@@ -118,12 +157,25 @@ impl Certifier {
         }
     }
 
-    /// One round: settles the batches left pending, then batches and anchors everything stored
-    /// so far. Returns the batches anchored.
+    /// The lease, taken or renewed for this replica; `None` while another holds it.
+    async fn held_lease(&self) -> Result<Option<Fence>, StoreError> {
+        self.store
+            .acquire_lease(CERTIFY_LEASE, &self.holder, self.config.lease)
+            .await
+    }
+
+    /// One round, if this replica holds the lease (or takes it now): settles the batches left
+    /// pending, then batches and anchors everything stored so far. Returns the batches
+    /// anchored (none while another replica holds the lease).
     pub async fn round(&self) -> Result<Vec<Batch>, CertifyError> {
+        let fence = self.held_lease().await?;
+        self.health.lock().expect("health lock").leader = fence.is_some();
+        let Some(fence) = fence else {
+            return Ok(Vec::new());
+        };
         let mut done = Vec::new();
         for batch in self.store.unanchored_batches().await? {
-            done.push(self.settle(batch, true).await?);
+            done.push(self.settle(batch, true, &fence).await?);
         }
         loop {
             let pending = self.store.pending_items(self.config.max_batch).await?;
@@ -140,17 +192,20 @@ impl Certifier {
                 .count() as u32;
             let batch = self
                 .store
-                .create_batch(&NewBatch {
-                    root: tree.root(),
-                    measurement_count,
-                    items: pending.items.iter().map(|i| i.id).collect(),
-                    leaves,
-                    measurements: pending.measurements,
-                    audit: pending.audit,
-                    created_at: Utc::now(),
-                })
+                .create_batch(
+                    &NewBatch {
+                        root: tree.root(),
+                        measurement_count,
+                        items: pending.items.iter().map(|i| i.id).collect(),
+                        leaves,
+                        measurements: pending.measurements,
+                        audit: pending.audit,
+                        created_at: Utc::now(),
+                    },
+                    &fence,
+                )
                 .await?;
-            done.push(self.settle(batch, false).await?);
+            done.push(self.settle(batch, false, &fence).await?);
             if !full {
                 return Ok(done);
             }
@@ -158,7 +213,12 @@ impl Certifier {
     }
 
     /// Anchors a written batch, or recognises its anchor when a previous attempt got through.
-    async fn settle(&self, batch: Batch, resumed: bool) -> Result<Batch, CertifyError> {
+    async fn settle(
+        &self,
+        batch: Batch,
+        resumed: bool,
+        fence: &Fence,
+    ) -> Result<Batch, CertifyError> {
         let found = if resumed {
             self.ledger.find_anchor(batch.root).await?
         } else {
@@ -188,10 +248,15 @@ impl Certifier {
                 Err(e) => return Err(e.into()),
             },
         };
-        self.record(batch, anchor).await
+        self.record(batch, anchor, fence).await
     }
 
-    async fn record(&self, mut batch: Batch, a: Anchor) -> Result<Batch, CertifyError> {
+    async fn record(
+        &self,
+        mut batch: Batch,
+        a: Anchor,
+        fence: &Fence,
+    ) -> Result<Batch, CertifyError> {
         let record = AnchorRecord {
             chain_id: self.ledger.chain_id(),
             contract: self.ledger.contract(),
@@ -201,7 +266,7 @@ impl Certifier {
             gas_used: a.gas_used,
             anchored_at: Utc::now(),
         };
-        self.store.record_anchor(batch.seq, &record).await?;
+        self.store.record_anchor(batch.seq, &record, fence).await?;
         tracing::debug!(batch = batch.seq, leaves = batch.leaf_count, tx = %a.tx_hash, block = a.block_number, "batch anchored");
         let mut h = self.health.lock().expect("health lock");
         h.last_anchor_at = Some(record.anchored_at);
@@ -209,6 +274,20 @@ impl Certifier {
         h.leaves_anchored += u64::from(batch.leaf_count);
         batch.anchor = Some(record);
         Ok(batch)
+    }
+}
+
+/// Keeps renewing the lease while `holder` has it, every third of its length, so that a round
+/// longer than the lease does not lose it; takes nothing it does not hold already.
+async fn renew_lease(store: SharedStore, holder: String, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let held = matches!(store.lease(CERTIFY_LEASE).await, Ok(Some(l)) if l.holder == holder);
+        if held && let Err(e) = store.acquire_lease(CERTIFY_LEASE, &holder, lease).await {
+            tracing::warn!(error = %e.report(), "could not renew the certification lease");
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{SolCall, SolEvent};
 use anyhow::Context;
 use async_trait::async_trait;
-use bal_scd::SharedStore;
+use bal_scd::{CERTIFY_LEASE, SharedStore};
 use tokio::sync::Mutex;
 
 use crate::contract::{self, Anchored, anchorCall, anchoredAtCall, isAnchorerCall, verifyCall};
@@ -144,7 +144,16 @@ pub struct NodeConfig<'a> {
     pub chain_id: Option<u64>,
     /// The contract to use; otherwise the one remembered for this chain, or a new deployment.
     pub contract: Option<Address>,
+    /// This replica's id: a deployment happens under the certification lease, so that replicas
+    /// starting together deploy one contract between them.
+    pub replica: &'a str,
 }
+
+/// How long the lease taken for a deployment lasts: a deployment waits for one receipt.
+const DEPLOY_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a replica waits for another's deployment before giving up.
+const DEPLOY_WAIT: Duration = Duration::from_secs(90);
 
 impl NodeChain {
     pub async fn connect(config: NodeConfig<'_>, store: &SharedStore) -> anyhow::Result<Self> {
@@ -199,20 +208,7 @@ impl NodeChain {
                 }
                 address
             }
-            None => match store.chain_contract(chain_id).await? {
-                Some(address) if !chain.code_at(address).await?.is_empty() => address,
-                remembered => {
-                    if let Some(gone) = remembered {
-                        tracing::warn!(
-                            contract = %gone, chain_id,
-                            "the remembered certification contract is gone (was the chain reset?): deploying a new one"
-                        );
-                    }
-                    let address = chain.deploy().await?;
-                    store.remember_chain_contract(chain_id, address).await?;
-                    address
-                }
-            },
+            None => chain.remembered_or_deployed(store, config.replica).await?,
         };
         let allowed = chain
             .view(isAnchorerCall { anchorer: operator })
@@ -226,6 +222,65 @@ impl NodeChain {
         }
         tracing::info!(url = %url_shown, chain_id, contract = %chain.contract, %operator, "certifying on an Ethereum node");
         Ok(chain)
+    }
+
+    /// The contract remembered for this chain, or one deployed now, by this replica under the
+    /// certification lease or by the replica that holds it (waited for).
+    async fn remembered_or_deployed(
+        &self,
+        store: &SharedStore,
+        replica: &str,
+    ) -> anyhow::Result<Address> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let remembered = store.chain_contract(self.chain_id).await?;
+            if let Some(address) = remembered
+                && !self.code_at(address).await?.is_empty()
+            {
+                return Ok(address);
+            }
+            if let Some(fence) = store
+                .acquire_lease(CERTIFY_LEASE, replica, DEPLOY_LEASE)
+                .await?
+            {
+                // Read again under the lease: the last holder may have deployed meanwhile.
+                let remembered = store.chain_contract(self.chain_id).await?;
+                let usable = match remembered {
+                    Some(a) => !self.code_at(a).await?.is_empty(),
+                    None => false,
+                };
+                let address = match remembered {
+                    Some(a) if usable => a,
+                    _ => {
+                        if let Some(gone) = remembered {
+                            tracing::warn!(
+                                contract = %gone, chain_id = self.chain_id,
+                                "the remembered certification contract is gone (was the chain reset?): deploying a new one"
+                            );
+                        }
+                        let address = self.deploy().await?;
+                        store
+                            .remember_chain_contract(self.chain_id, address)
+                            .await?;
+                        address
+                    }
+                };
+                // The certifier takes the lease again on its first round.
+                store.release_lease(&fence).await?;
+                return Ok(address);
+            }
+            anyhow::ensure!(
+                started.elapsed() < DEPLOY_WAIT,
+                "no certification contract on chain {} after {} s while another replica holds                  the certification lease: is it stuck? (bal cluster status)",
+                self.chain_id,
+                DEPLOY_WAIT.as_secs()
+            );
+            tracing::info!(
+                chain_id = self.chain_id,
+                "another replica holds the certification lease: waiting for its contract"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     async fn code_at(&self, address: Address) -> anyhow::Result<Bytes> {

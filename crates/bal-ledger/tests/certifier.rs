@@ -35,6 +35,7 @@ fn certifier(store: &SharedStore, ledger: &SharedLedger, max_batch: u32) -> Cert
             max_batch,
             ..CertifierConfig::default()
         },
+        "replica-test",
     )
 }
 
@@ -191,22 +192,45 @@ async fn a_measurement_is_pending_until_its_batch_is_anchored() {
 
 /// What the certifier writes before it sends the anchor: the state a crash leaves behind.
 async fn write_batch(store: &SharedStore) -> bal_scd::Batch {
+    let fence = lease(store, "replica-test")
+        .await
+        .expect("the lease is free");
+    write_batch_as(store, &fence).await
+}
+
+/// Writes a batch of everything pending under `fence`.
+async fn write_batch_as(store: &SharedStore, fence: &bal_scd::Fence) -> bal_scd::Batch {
     let p = store.pending_items(50_000).await.unwrap();
     let leaves: Vec<B256> = p.items.iter().map(|i| i.values.leaf()).collect();
     store
-        .create_batch(&NewBatch {
-            root: MerkleTree::new(&leaves).unwrap().root(),
-            measurement_count: p
-                .items
-                .iter()
-                .filter(|i| i.kind == ItemKind::Measurement)
-                .count() as u32,
-            items: p.items.iter().map(|i| i.id).collect(),
-            leaves,
-            measurements: p.measurements,
-            audit: p.audit,
-            created_at: chrono::Utc::now(),
-        })
+        .create_batch(
+            &NewBatch {
+                root: MerkleTree::new(&leaves).unwrap().root(),
+                measurement_count: p
+                    .items
+                    .iter()
+                    .filter(|i| i.kind == ItemKind::Measurement)
+                    .count() as u32,
+                items: p.items.iter().map(|i| i.id).collect(),
+                leaves,
+                measurements: p.measurements,
+                audit: p.audit,
+                created_at: chrono::Utc::now(),
+            },
+            fence,
+        )
+        .await
+        .unwrap()
+}
+
+/// The certification lease for `holder`, as a certifier takes it.
+async fn lease(store: &SharedStore, holder: &str) -> Option<bal_scd::Fence> {
+    store
+        .acquire_lease(
+            bal_scd::CERTIFY_LEASE,
+            holder,
+            CertifierConfig::default().lease,
+        )
         .await
         .unwrap()
 }
@@ -330,4 +354,106 @@ async fn a_chain_outage_pauses_certification_and_it_resumes_after() {
         ));
     }
     assert!(c.health().lock().unwrap().batches_anchored >= 2);
+}
+
+fn replica_certifier(
+    store: &SharedStore,
+    ledger: &SharedLedger,
+    holder: &str,
+    lease: std::time::Duration,
+) -> Certifier {
+    Certifier::new(
+        store.clone(),
+        ledger.clone(),
+        CertifierConfig {
+            lease,
+            ..CertifierConfig::default()
+        },
+        holder,
+    )
+}
+
+#[tokio::test]
+async fn one_replica_anchors_and_another_takes_over_when_its_lease_lapses() {
+    let (db, ledger) = setup().await;
+    let lease = std::time::Duration::from_millis(400);
+    let r1 = replica_certifier(&db.store, &ledger, "bal-1", lease);
+    let r2 = replica_certifier(&db.store, &ledger, "bal-2", lease);
+    let first = measurements(&db.store, "prod1", 10).await;
+    assert_eq!(r1.round().await.unwrap().len(), 1, "bal-1 takes the lease");
+    assert!(r1.health().lock().unwrap().leader);
+    measurements(&db.store, "prod1", 5).await;
+    // bal-2 waits while bal-1's lease runs: nothing anchored twice, nothing by two replicas.
+    assert!(r2.round().await.unwrap().is_empty());
+    assert!(!r2.health().lock().unwrap().leader);
+
+    // bal-1 dies (it renews no more); once its lease lapses bal-2 takes over and certifies
+    // what bal-1 left.
+    tokio::time::sleep(lease * 2).await;
+    let taken = r2.round().await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].measurement_count, 5);
+    assert!(
+        r1.round().await.unwrap().is_empty(),
+        "bal-1 is a follower now"
+    );
+    let status = db.store.certification_status().await.unwrap();
+    assert_eq!(
+        (
+            status.unbatched_measurements,
+            status.pending_batches,
+            status.anchored_batches
+        ),
+        (0, 0, 2)
+    );
+    assert!(
+        db.store
+            .batch_of(ItemKind::Measurement, first[0])
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn an_ex_holder_cannot_record_its_anchor_and_the_new_holder_recognises_it() {
+    let (db, ledger) = setup().await;
+    measurements(&db.store, "prod1", 3).await;
+    // bal-1 writes a batch and sends its anchor, then loses the lease before recording it.
+    let old = lease(&db.store, "bal-1").await.unwrap();
+    let batch = write_batch_as(&db.store, &old).await;
+    let anchor = ledger
+        .anchor(batch.root, batch.leaf_count, batch_id(batch.seq))
+        .await
+        .unwrap();
+    db.store.release_lease(&old).await.unwrap();
+    let new = lease(&db.store, "bal-2").await.expect("released");
+    let record = bal_scd::AnchorRecord {
+        chain_id: ledger.chain_id(),
+        contract: ledger.contract(),
+        tx_hash: anchor.tx_hash,
+        block_number: anchor.block_number,
+        block_time: anchor.block_time,
+        gas_used: anchor.gas_used,
+        anchored_at: chrono::Utc::now(),
+    };
+    let refused = db.store.record_anchor(batch.seq, &record, &old).await;
+    assert!(
+        matches!(&refused, Err(bal_scd::StoreError::Conflict(m)) if m.contains("no longer held")),
+        "{refused:?}"
+    );
+    assert_eq!(db.store.unanchored_batches().await.unwrap().len(), 1);
+    drop(new);
+
+    // bal-2 resumes the batch: the root is on chain already, so it records bal-1's anchor
+    // instead of sending the root again.
+    let r2 = certifier_as(&db.store, &ledger, "bal-2");
+    let settled = r2.round().await.unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].anchor.unwrap().tx_hash, anchor.tx_hash);
+    assert!(db.store.unanchored_batches().await.unwrap().is_empty());
+}
+
+fn certifier_as(store: &SharedStore, ledger: &SharedLedger, holder: &str) -> Certifier {
+    replica_certifier(store, ledger, holder, CertifierConfig::default().lease)
 }

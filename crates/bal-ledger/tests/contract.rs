@@ -280,6 +280,7 @@ async fn the_contract_on_anvil() {
             signer: signer(ANVIL_KEY_0),
             chain_id: Some(31337),
             contract: None,
+            replica: "replica-test",
         },
         &db.store,
     )
@@ -296,6 +297,7 @@ async fn the_contract_on_anvil() {
             signer: signer(ANVIL_KEY_0),
             chain_id: None,
             contract: None,
+            replica: "replica-test",
         },
         &db.store,
     )
@@ -311,6 +313,7 @@ async fn the_contract_on_anvil() {
             signer: signer(ANVIL_KEY_1),
             chain_id: None,
             contract: Some(chain.contract()),
+            replica: "replica-test",
         },
         &db.store,
     )
@@ -353,6 +356,7 @@ async fn the_contract_on_anvil() {
             signer: signer(ANVIL_KEY_1),
             chain_id: None,
             contract: Some(chain.contract()),
+            replica: "replica-test",
         },
         &db.store,
     )
@@ -367,6 +371,7 @@ async fn the_contract_on_anvil() {
             signer: signer(ANVIL_KEY_0),
             chain_id: Some(5),
             contract: None,
+            replica: "replica-test",
         },
         &db.store,
     )

@@ -236,7 +236,8 @@ async fn kick(scx: &ServerContext, id: Id) {
 
 /// The users of live sessions, so that publish checks need no database round trip. Roles never
 /// change; a deleted user is removed (and kicked) by [`enforce_grants`].
-type UserCache = Arc<RwLock<HashMap<String, User>>>;
+/// Shared, so that a publish check clones a pointer, not the user's strings.
+type UserCache = Arc<RwLock<HashMap<String, Arc<User>>>>;
 
 #[derive(Clone)]
 struct Hooks {
@@ -272,16 +273,17 @@ impl Hooks {
         self.store.upgrade()
     }
 
-    async fn user_of(&self, session: &Session) -> Option<User> {
+    async fn user_of(&self, session: &Session) -> Option<Arc<User>> {
         let name = session.id.username.as_deref()?;
         if let Some(u) = self.users.read().expect("user cache lock").get(name) {
             return Some(u.clone());
         }
-        let user = self
-            .store()?
-            .user(&Username::parse(name).ok()?)
-            .await
-            .ok()??;
+        let user = Arc::new(
+            self.store()?
+                .user(&Username::parse(name).ok()?)
+                .await
+                .ok()??,
+        );
         self.users
             .write()
             .expect("user cache lock")
@@ -374,7 +376,7 @@ impl Hooks {
         self.users
             .write()
             .expect("user cache lock")
-            .insert(name, user);
+            .insert(name, Arc::new(user));
         auth(AuthResult::Allow(false, None))
     }
 

@@ -61,20 +61,29 @@ impl Ingest {
 
 async fn write_batches(store: SharedStore, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let batch: Vec<NewMeasurement> = jobs.iter().map(|j| j.measurement.clone()).collect();
+        // Moved apart, not cloned: the store takes a slice of measurements.
+        for job in jobs.drain(..) {
+            batch.push(job.measurement);
+            replies.push(job.reply);
+        }
         let span = tracing::debug_span!("ingest_batch", size = batch.len());
-        match store.insert_measurements(&batch).instrument(span).await {
+        let stored = store.insert_measurements(&batch).instrument(span).await;
+        let size = batch.len();
+        batch.clear();
+        match stored {
             Ok(ids) => {
-                for (job, id) in jobs.drain(..).zip(ids) {
-                    let _ = job.reply.send(Ok(id));
+                for (reply, id) in replies.drain(..).zip(ids) {
+                    let _ = reply.send(Ok(id));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e.report(), size = batch.len(), "ingest batch failed");
+                tracing::error!(error = %e.report(), size, "ingest batch failed");
                 let e = std::sync::Arc::new(e);
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(IngestError::Store(e.clone())));
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(IngestError::Store(e.clone())));
                 }
             }
         }

@@ -22,6 +22,7 @@ use bal_core::merkle::LeafValues;
 use bal_core::{Measurement, Username};
 use chrono::{DateTime, Utc};
 
+use crate::cluster::Fence;
 use crate::{AuditEntry, StoreResult};
 
 /// The two kinds of certified item.
@@ -171,12 +172,19 @@ pub trait CertificationStore: Send + Sync {
     /// Up to `max` items not in any batch yet, measurements before audit entries of grant
     /// decisions; leaf values carry the producer's wallet as of now (wallets never change).
     async fn pending_items(&self, max: u32) -> StoreResult<PendingItems>;
-    /// Writes a batch. `Conflict` when its spans do not continue the last batch's (another
-    /// certifier got there first).
-    async fn create_batch(&self, batch: &NewBatch) -> StoreResult<Batch>;
+    /// Writes a batch, if `fence` still holds the certification lease. `Conflict` when its spans
+    /// do not continue the last batch's (another certifier got there first) or the lease is lost.
+    async fn create_batch(&self, batch: &NewBatch, fence: &Fence) -> StoreResult<Batch>;
     /// Batches not anchored yet, oldest first.
     async fn unanchored_batches(&self) -> StoreResult<Vec<Batch>>;
-    async fn record_anchor(&self, seq: i64, anchor: &AnchorRecord) -> StoreResult<()>;
+    /// Records a batch's anchor, if `fence` still holds the certification lease (`Conflict`
+    /// otherwise: the next holder finds the anchor on chain and records it).
+    async fn record_anchor(
+        &self,
+        seq: i64,
+        anchor: &AnchorRecord,
+        fence: &Fence,
+    ) -> StoreResult<()>;
     async fn batch(&self, key: BatchKey) -> StoreResult<Option<Batch>>;
     /// Newest first; only batches numbered below `before` when given.
     async fn batches(&self, before: Option<i64>, limit: u32) -> StoreResult<Vec<Batch>>;

@@ -10,13 +10,15 @@
 //! data, and every committed change is announced on the [`ChangeFeed`].
 //!
 //! - [`accounts`]: users and sessions; [`grants`]: subscriptions and the audit log;
-//!   [`measurements`]: ingest and history; [`certification`]: Merkle batches and anchors.
+//!   [`measurements`]: ingest and history; [`certification`]: Merkle batches and anchors;
+//!   [`cluster`]: the registry of live replicas and the leases of jobs only one may do.
 //! - [`sqlite`]: the embedded default (one file, WAL). [`postgres`]: for production and for
 //!   several replicas on one database.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
 pub mod certification;
+pub mod cluster;
 pub mod copy;
 mod error;
 pub mod feed;
@@ -40,6 +42,7 @@ pub use certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
     Mark, NewBatch, PendingItem, PendingItems, Span,
 };
+pub use cluster::{CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
 pub use error::{StoreError, StoreResult};
 pub use feed::{Change, ChangeFeed};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};
@@ -52,7 +55,9 @@ pub use sqlite::SqliteStore;
 
 /// The store's traits, for callers that hold a [`SharedStore`] and call its methods.
 pub mod prelude {
-    pub use crate::{AccountStore, CertificationStore, GrantStore, MeasurementStore, Store};
+    pub use crate::{
+        AccountStore, CertificationStore, ClusterStore, GrantStore, MeasurementStore, Store,
+    };
 }
 
 /// Which database a store runs on.
@@ -115,7 +120,14 @@ impl Default for ConnectOptions {
 /// The SCD as the BAL uses it: every aggregate's store, the change feed and a health check.
 #[async_trait]
 pub trait Store:
-    AccountStore + GrantStore + MeasurementStore + CertificationStore + Send + Sync + 'static
+    AccountStore
+    + GrantStore
+    + MeasurementStore
+    + CertificationStore
+    + ClusterStore
+    + Send
+    + Sync
+    + 'static
 {
     fn backend(&self) -> Backend;
     /// The connection pool, for the embedded chain's tables (`bal-ledger`), which share this

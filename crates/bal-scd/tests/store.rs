@@ -5,8 +5,8 @@
 use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionStatus, Topic, Username};
 use bal_scd::testing::TestDatabase;
 use bal_scd::{
-    AuditQuery, Backend, Change, ItemKind, MeasurementQuery, NewBatch, NewUser, SharedStore,
-    StoreError, SubscriptionQuery,
+    AuditQuery, Backend, CERTIFY_LEASE, Change, ItemKind, MeasurementQuery, NewBatch, NewUser,
+    SharedStore, StoreError, SubscriptionQuery,
 };
 use chrono::{Duration, Utc};
 
@@ -583,7 +583,16 @@ async fn batch_pending(store: &SharedStore) -> Option<bal_scd::Batch> {
         audit: pending.audit,
         created_at: Utc::now(),
     };
-    match store.create_batch(&batch).await {
+    let fence = store
+        .acquire_lease(
+            CERTIFY_LEASE,
+            "batch-test",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("only this holder takes the lease here");
+    match store.create_batch(&batch, &fence).await {
         Ok(b) => Some(b),
         // Another certifier got there first: its batch covers these.
         Err(StoreError::Conflict(_)) => None,

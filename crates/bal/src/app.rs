@@ -27,6 +27,7 @@ use bal_wallet::{MasterKey, Sealer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cluster;
 use crate::settings::{BrokerKind, Settings};
 use crate::tls;
 
@@ -46,6 +47,9 @@ pub struct Application {
     broker: Broker,
     ingest_writer: tokio::task::JoinHandle<()>,
     certifier: Certifier,
+    /// This replica in the registry, and how often it says it is alive.
+    replica: bal_scd::ReplicaInfo,
+    heartbeat_every: Duration,
     /// `http.shutdown_delay_ms`.
     shutdown_delay: Duration,
 }
@@ -159,6 +163,7 @@ pub async fn open_store(
 pub async fn open_ledger(
     settings: &Settings,
     store: &SharedStore,
+    replica: &str,
 ) -> anyhow::Result<(SharedLedger, Option<Arc<EmbeddedChain>>)> {
     let c = &settings.chain;
     let signer = bal_ledger::operator::load(
@@ -184,6 +189,7 @@ pub async fn open_ledger(
                     signer,
                     chain_id: c.chain_id,
                     contract,
+                    replica,
                 },
                 store,
             )
@@ -235,6 +241,15 @@ impl Application {
             bal_scd::Migrate::Refuse
         };
         let (store, keys) = open_store(&settings, migrate).await?;
+        let replica = bal_scd::ReplicaInfo {
+            id: settings.replica_id()?,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            embedded_broker: embedded,
+            embedded_chain: settings.chain.rpc_url.is_none(),
+        };
+        let heartbeat_every = Duration::from_secs(settings.cluster.heartbeat_secs.max(1));
+        // Before anything is started: a refusal leaves nothing half-running.
+        cluster::join(&store, &replica, cluster::heartbeat_ttl(heartbeat_every)).await?;
         let admin_password = settings
             .admin_password
             .as_ref()
@@ -261,14 +276,16 @@ impl Application {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
 
-        let (ledger, embedded) = open_ledger(&settings, &store).await?;
+        let (ledger, embedded) = open_ledger(&settings, &store, &replica.id).await?;
         let certifier = Certifier::new(
             store.clone(),
             ledger.clone(),
             CertifierConfig {
                 window: Duration::from_millis(settings.certify.batch_window_ms.max(1)),
                 max_batch: settings.certify.max_batch.max(1),
+                lease: Duration::from_secs(settings.certify.lease_secs.max(1)),
             },
+            replica.id.clone(),
         );
         let certification = Certification {
             ledger,
@@ -297,6 +314,8 @@ impl Application {
             broker,
             ingest_writer,
             certifier,
+            replica,
+            heartbeat_every,
             shutdown_delay: Duration::from_millis(settings.http.shutdown_delay_ms),
         })
     }
@@ -375,6 +394,12 @@ impl Application {
         let mut tasks = JoinSet::new();
         tasks.spawn(expire_grants(self.state.store.clone(), stop_rx.clone()));
         tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx.clone()));
+        tasks.spawn(cluster::heartbeats(
+            self.state.store.clone(),
+            self.replica,
+            self.heartbeat_every,
+            stop_rx.clone(),
+        ));
         tasks.spawn(self.certifier.run(stop_rx));
 
         let handle = Handle::new();

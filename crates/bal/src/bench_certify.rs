@@ -95,6 +95,7 @@ async fn run_on(args: &CertifyBenchArgs, database: Option<&str>) -> anyhow::Resu
                     signer,
                     chain_id: None,
                     contract: None,
+                    replica: "bench-certify",
                 },
                 &store,
             )
@@ -149,7 +150,9 @@ async fn end_to_end(
         CertifierConfig {
             window: Duration::from_millis(args.window_ms),
             max_batch: 50_000,
+            ..CertifierConfig::default()
         },
+        "bench-certify",
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(certifier.run(stop_rx));

@@ -16,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_certify;
 pub mod cli;
+pub mod cluster;
 pub mod db;
 pub mod demo;
 pub mod devices;

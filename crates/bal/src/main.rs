@@ -50,6 +50,25 @@ enum Command {
     /// The database: schema migrations and moving to PostgreSQL.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Several replicas on one database: who is live, who anchors, retiring one for good.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Lists the live replicas and the holder of the certification lease.
+    Status,
+    /// Retires a replica stopped for good: removes it from the registry and, with Mosquitto,
+    /// ends its persistent ingest session (which would keep taking a share of the readings).
+    Leave {
+        /// The replica's cluster.replica_id.
+        id: String,
+        /// Its ingest session's client id, when broker.ingest_client_id was set (default:
+        /// bal-ingest-<ID>).
+        #[arg(long)]
+        ingest_client_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +211,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::User(UserCommand::List) => bal::cli::list(&settings).await,
                 Command::Db(DbCommand::Migrate) => bal::db::migrate(&settings).await,
                 Command::Db(DbCommand::Status) => bal::db::status(&settings).await,
+                Command::Cluster(ClusterCommand::Status) => bal::cluster::status(&settings).await,
+                Command::Cluster(ClusterCommand::Leave {
+                    id,
+                    ingest_client_id,
+                }) => bal::cluster::leave(&settings, &id, ingest_client_id.as_deref()).await,
                 Command::Db(DbCommand::Copy { from, to }) => {
                     bal::db::copy(&settings, &from, &to).await
                 }

@@ -41,6 +41,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub chain: ChainSettings,
     pub certify: CertifySettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
     /// The first admin's password, used only when no admin exists yet (`BAL_ADMIN_PASSWORD`).
     pub admin_password: Option<Secret>,
@@ -100,7 +101,7 @@ pub struct BrokerSettings {
     pub admin_username: String,
     pub admin_password: Option<Secret>,
     /// The persistent ingest session's client id; distinct and stable per replica. Unset:
-    /// `bal-ingest-<host name>`.
+    /// `bal-ingest-<cluster.replica_id>`.
     pub ingest_client_id: Option<String>,
     /// Whether the ingest session joins the shared subscription `$share/bal/platone/#`, for
     /// several BALs that split the load. Off (one BAL): a plain subscription to `platone/#`,
@@ -214,6 +215,9 @@ pub struct CertifySettings {
     pub batch_window_ms: u64,
     /// The most leaves in one Merkle batch.
     pub max_batch: u32,
+    /// How long the certification lease lasts unless renewed: how soon another replica takes
+    /// over anchoring when the holder dies.
+    pub lease_secs: u64,
 }
 
 impl Default for CertifySettings {
@@ -221,6 +225,27 @@ impl Default for CertifySettings {
         Self {
             batch_window_ms: 1000,
             max_batch: 50_000,
+            lease_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This replica's name: in the registry of live replicas, as the lease holder and in the
+    /// default ingest client id. Unset: the host name (a StatefulSet pod's name).
+    pub replica_id: Option<String>,
+    /// How often this replica says it is alive, in seconds; it counts as gone after three
+    /// missed heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            replica_id: None,
+            heartbeat_secs: 3,
         }
     }
 }
@@ -251,6 +276,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             chain: ChainSettings::default(),
             certify: CertifySettings::default(),
+            cluster: ClusterSettings::default(),
             log: LogSettings::default(),
             admin_password: None,
         }
@@ -374,7 +400,7 @@ admin_username = "bal-admin"
 #                                                                       BAL_BROKER__ADMIN_PASSWORD
 # admin_password = "..."
 # The persistent ingest session's client id, stable and distinct per replica.
-# Unset: bal-ingest-<host name>.                                        BAL_BROKER__INGEST_CLIENT_ID
+# Unset: bal-ingest-<cluster.replica_id>.                               BAL_BROKER__INGEST_CLIENT_ID
 # ingest_client_id = "bal-ingest-0"
 # Join the shared subscription $share/bal/platone/# (several BALs on one broker). Off: one BAL,
 # a plain platone/# that Mosquitto keeps across its restarts (it forgets shared ones, and
@@ -434,6 +460,16 @@ max_payload_bytes = 262144
 batch_window_ms = 1000
 # The most leaves (measurements and grant decisions) in one batch.      BAL_CERTIFY__MAX_BATCH
 max_batch = 50000
+# One replica anchors at a time, under a lease in the database; if it dies another takes over
+# within this many seconds.                                             BAL_CERTIFY__LEASE_SECS
+lease_secs = 10
+
+[cluster]
+# This replica's name: the registry of live replicas, the certification lease, the default
+# ingest client id. Unset: the host name (a StatefulSet's pod name).     BAL_CLUSTER__REPLICA_ID
+# replica_id = "bal-0"
+# Seconds between this replica's heartbeats; gone after three missed.   BAL_CLUSTER__HEARTBEAT_SECS
+heartbeat_secs = 3
 
 [log]
 # "text" or "json". Levels come from RUST_LOG (default: info).          BAL_LOG__FORMAT
@@ -442,7 +478,7 @@ format = "text"
 
 /// The top-level keys an environment variable may set; other `BAL_*` variables (such as a
 /// shell's `BAL_HOME`) are not settings and are ignored rather than refused.
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 13] = [
     "data_dir",
     "http",
     "mqtt",
@@ -453,6 +489,7 @@ const TOP_LEVEL_KEYS: [&str; 12] = [
     "ingest",
     "chain",
     "certify",
+    "cluster",
     "log",
     "admin_password",
 ];
@@ -510,7 +547,7 @@ impl Settings {
         )?;
         let ingest_client_id = match &b.ingest_client_id {
             Some(id) => id.clone(),
-            None => format!("bal-ingest-{}", host_name()),
+            None => format!("bal-ingest-{}", self.replica_id()?),
         };
         Ok(bal_mqtt::MosquittoConfig {
             connection,
@@ -519,6 +556,20 @@ impl Settings {
             reconcile_every: Duration::from_secs(b.reconcile_secs.max(1)),
             max_payload_bytes: self.ingest.max_payload_bytes,
         })
+    }
+
+    /// `cluster.replica_id`, or the host name: letters, digits, `.`, `_` and `-`, at most 63.
+    pub fn replica_id(&self) -> anyhow::Result<String> {
+        let id = self.cluster.replica_id.clone().unwrap_or_else(host_name);
+        anyhow::ensure!(
+            !id.is_empty()
+                && id.len() <= 63
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+            "cluster.replica_id {id:?}: use 1 to 63 letters, digits, '.', '_' or '-'"
+        );
+        Ok(id)
     }
 
     /// How to open the database; `migrate` says whether this command may migrate it.
@@ -550,6 +601,8 @@ impl Settings {
                 ..bal_api::LimiterConfig::default()
             },
             secure_cookies: self.http.tls,
+            // Refused at start when invalid (Application::build).
+            replica_id: self.replica_id().unwrap_or_default(),
             broker_address: match self.broker.kind {
                 BrokerKind::Embedded => None,
                 BrokerKind::Mosquitto => self

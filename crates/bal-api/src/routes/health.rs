@@ -48,6 +48,23 @@ pub struct Readiness {
     /// By name: `database` (readiness depends on it), `broker` and `chain` (reported only: a
     /// process whose chain is out still stores and serves; certification catches up later).
     pub dependencies: BTreeMap<&'static str, DependencyState>,
+    pub cluster: ClusterState,
+}
+
+/// This replica among the others on the same database (reported only: readiness does not
+/// depend on it).
+#[derive(Clone, Serialize, ToSchema)]
+pub struct ClusterState {
+    /// This process's `cluster.replica_id`.
+    #[schema(example = "bal-0")]
+    pub replica: String,
+    /// The replica that anchors now (holds the certification lease); absent when none holds it
+    /// or the database does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "bal-1")]
+    pub lease_holder: Option<String>,
+    /// The live replicas' ids (this one included while its heartbeats reach the database).
+    pub replicas: Vec<String>,
 }
 
 #[derive(Clone, Serialize, ToSchema)]
@@ -130,7 +147,28 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
             None => Ok::<(), std::io::Error>(()),
         }
     });
-    let (database, chain, broker) = tokio::join!(database, chain, broker);
+    let cluster = async {
+        let found = tokio::time::timeout(CHECK_TIMEOUT, async {
+            tokio::join!(
+                state.store.lease(bal_scd::CERTIFY_LEASE),
+                state.store.live_replicas()
+            )
+        })
+        .await;
+        let (lease, replicas) = match found {
+            Ok((lease, replicas)) => (lease.ok().flatten(), replicas.unwrap_or_default()),
+            Err(_) => (None, Vec::new()),
+        };
+        ClusterState {
+            replica: state.config.replica_id.clone(),
+            // The process's clock against the database's: off by the clocks' skew at most.
+            lease_holder: lease
+                .filter(|l| l.expires_at > Utc::now())
+                .map(|l| l.holder),
+            replicas: replicas.into_iter().map(|r| r.info.id).collect(),
+        }
+    };
+    let (database, chain, broker, cluster) = tokio::join!(database, chain, broker, cluster);
     let deps = &state.dependencies;
     let database_up = database.is_ok();
     let dependencies = BTreeMap::from([
@@ -148,6 +186,7 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
     Readiness {
         status,
         dependencies,
+        cluster,
     }
 }
 

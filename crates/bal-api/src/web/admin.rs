@@ -103,6 +103,14 @@ pub async fn show(
                         @if let Some(e) = &dep.error { ": " (e) }
                     }
                 }
+                dt { "Replicas" } dd #replicas {
+                    "this is " span.mono { (readiness.cluster.replica) } "; live: "
+                    (readiness.cluster.replicas.join(", ")) "; anchoring: "
+                    @match &readiness.cluster.lease_holder {
+                        Some(h) => span.mono #lease-holder { (h) },
+                        None => span.failed { "no replica holds the certification lease" },
+                    }
+                }
                 dt { "Broker" } dd { (state.config.broker) }
                 dt { "Chain" } dd {
                     (ledger.describe()) ", chain id " (ledger.chain_id()) ", contract "

@@ -145,3 +145,37 @@ async fn store(ingest: &Ingest, client_id: &str, p: &Publish, max_payload: usize
         }
     }
 }
+
+/// Ends the persistent ingest session `client_id` for good: a replica removed from the cluster
+/// leaves a session that Mosquitto 2.0 keeps handing its share of `$share/bal/...` to (it does
+/// not move a dead member's share to the others, mosquitto#2662). Connecting once with a clean
+/// start and no session expiry makes Mosquitto drop it and its queue. Run it only once that
+/// replica is stopped for good: whatever was queued for it is dropped with the session.
+pub async fn retire(conn: &BrokerConnection, client_id: &str) -> anyhow::Result<()> {
+    let mut options = conn.options(client_id);
+    options
+        .set_clean_start(true)
+        .set_session_expiry_interval(None);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let wait = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.disconnect().await;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+        }
+    });
+    match wait.await {
+        Ok(result) => result.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot end session {client_id:?} at {}: {e}",
+                conn.address()
+            )
+        }),
+        Err(_) => anyhow::bail!("{} did not answer within 15 s", conn.address()),
+    }
+}

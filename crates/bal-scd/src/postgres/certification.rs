@@ -7,6 +7,7 @@ use bal_core::{Measurement, Username};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder};
 
+use super::cluster::check_fence;
 use super::{PgStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
@@ -14,7 +15,7 @@ use crate::certification::{
 };
 use crate::error::corrupt;
 use crate::rows::{measurement_columns, ms, time};
-use crate::{AuditEntry, StoreError, StoreResult};
+use crate::{AuditEntry, Fence, StoreError, StoreResult};
 
 /// A mark from two columns `<prefix>_xid` and `<prefix>_id`.
 fn mark(row: &PgRow, xid: &str, id: &str) -> StoreResult<Mark> {
@@ -170,8 +171,9 @@ impl CertificationStore for PgStore {
         Ok(pending)
     }
 
-    async fn create_batch(&self, b: &NewBatch) -> StoreResult<Batch> {
+    async fn create_batch(&self, b: &NewBatch, fence: &Fence) -> StoreResult<Batch> {
         let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(BATCH_LOCK)
             .execute(&mut *tx)
@@ -223,7 +225,9 @@ impl CertificationStore for PgStore {
         .collect()
     }
 
-    async fn record_anchor(&self, seq: i64, a: &AnchorRecord) -> StoreResult<()> {
+    async fn record_anchor(&self, seq: i64, a: &AnchorRecord, fence: &Fence) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
             "UPDATE cert_batches SET chain_id = $1, contract = $2, tx_hash = $3, block_number = $4, \
              block_time = $5, gas_used = $6, anchored_at = $7 WHERE seq = $8 AND tx_hash IS NULL",
@@ -236,13 +240,14 @@ impl CertificationStore for PgStore {
         .bind(a.gas_used as i64)
         .bind(ms(a.anchored_at))
         .bind(seq)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
                 "batch {seq} is unknown or already anchored"
             )));
         }
+        tx.commit(self).await?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@
 
 mod accounts;
 mod certification;
+mod cluster;
 mod grants;
 mod import;
 mod listener;

@@ -7,6 +7,7 @@ use bal_core::{Measurement, Username};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
+use super::cluster::check_fence;
 use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
@@ -14,7 +15,7 @@ use crate::certification::{
 };
 use crate::error::corrupt;
 use crate::rows::{measurement_columns, ms, time};
-use crate::{AuditEntry, StoreError, StoreResult};
+use crate::{AuditEntry, Fence, StoreError, StoreResult};
 
 /// On SQLite ids are assigned in commit order (one writer), so a mark is the id alone.
 fn mark(id: i64) -> Mark {
@@ -129,8 +130,9 @@ impl CertificationStore for SqliteStore {
         Ok(pending)
     }
 
-    async fn create_batch(&self, b: &NewBatch) -> StoreResult<Batch> {
+    async fn create_batch(&self, b: &NewBatch, fence: &Fence) -> StoreResult<Batch> {
         let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         let last: Option<(i64, i64)> = sqlx::query_as(
             "SELECT measurements_upto, audit_upto FROM cert_batches ORDER BY seq DESC LIMIT 1",
         )
@@ -176,7 +178,9 @@ impl CertificationStore for SqliteStore {
         .collect()
     }
 
-    async fn record_anchor(&self, seq: i64, a: &AnchorRecord) -> StoreResult<()> {
+    async fn record_anchor(&self, seq: i64, a: &AnchorRecord, fence: &Fence) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
             "UPDATE cert_batches SET chain_id = ?, contract = ?, tx_hash = ?, block_number = ?, \
              block_time = ?, gas_used = ?, anchored_at = ? WHERE seq = ? AND tx_hash IS NULL",
@@ -189,13 +193,14 @@ impl CertificationStore for SqliteStore {
         .bind(a.gas_used as i64)
         .bind(ms(a.anchored_at))
         .bind(seq)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
                 "batch {seq} is unknown or already anchored"
             )));
         }
+        tx.commit(&self.feed).await?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod certification;
+mod cluster;
 mod export;
 mod grants;
 mod measurements;

@@ -9,6 +9,7 @@ mod browser;
 mod certification;
 mod chain_outage;
 mod cli;
+mod cluster;
 mod crash_loop;
 mod demo;
 mod disk_full;

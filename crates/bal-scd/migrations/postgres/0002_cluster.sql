@@ -1,0 +1,23 @@
+-- Several replicas on one database (src/cluster.rs). Expand only: the previous release ignores
+-- both tables, so it keeps working beside this one during a rolling update. Times are Unix
+-- milliseconds on the database's clock (bal_now_ms), never a replica's.
+
+-- The live replicas: each refreshes its row (heartbeat); a row past expires_at is a dead one.
+CREATE TABLE replicas (
+    id              TEXT PRIMARY KEY,
+    version         TEXT NOT NULL,
+    embedded_broker BOOLEAN NOT NULL,
+    embedded_chain  BOOLEAN NOT NULL,
+    started_at      BIGINT NOT NULL,
+    seen_at         BIGINT NOT NULL,
+    expires_at      BIGINT NOT NULL
+);
+
+-- Leases: one holder at a time per name until expires_at. epoch grows each time the lease
+-- changes hands or lapses, so that a fence (holder, epoch) taken before never matches again.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);

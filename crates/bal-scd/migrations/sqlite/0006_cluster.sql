@@ -1,0 +1,19 @@
+-- The replica registry and leases (src/cluster.rs), as on PostgreSQL. On SQLite every replica
+-- is on one machine, but the rules (one embedded broker per database, one anchoring process)
+-- are the same. Times are Unix milliseconds.
+CREATE TABLE replicas (
+    id              TEXT PRIMARY KEY,
+    version         TEXT NOT NULL,
+    embedded_broker INTEGER NOT NULL,
+    embedded_chain  INTEGER NOT NULL,
+    started_at      INTEGER NOT NULL,
+    seen_at         INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;

@@ -1,0 +1,235 @@
+//! This process as one replica among several: joining the registry (refusing when a
+//! single-node part would be shared), heartbeats, leaving it on the way out; and `bal cluster
+//! status|leave`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bal_scd::{Replica, ReplicaInfo, SharedStore};
+use tokio::sync::watch;
+
+use crate::settings::{BrokerKind, Settings};
+
+/// A replica counts as gone after this many missed heartbeats.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// How long a heartbeat keeps a replica alive.
+pub fn heartbeat_ttl(every: Duration) -> Duration {
+    every * MISSED_HEARTBEATS
+}
+
+/// Why `other` and `me` cannot serve one database together, if they cannot.
+fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
+    let part = |r: &ReplicaInfo| match (r.embedded_broker, r.embedded_chain) {
+        (true, true) => "the embedded broker and the embedded chain",
+        (true, false) => "the embedded broker",
+        (false, true) => "the embedded chain",
+        (false, false) => "",
+    };
+    let fix = "several replicas need broker.kind = \"mosquitto\" and chain.rpc_url (see \
+               \"Running several replicas\" in the README)";
+    if me.single_node() {
+        Some(format!(
+            "replica {:?} (bal {}, last seen {}) serves this database already, and this process \
+             would run {} (one process only): stop it, or {fix}",
+            other.info.id,
+            other.info.version,
+            other.seen_at.to_rfc3339(),
+            part(me)
+        ))
+    } else if other.info.single_node() {
+        Some(format!(
+            "replica {:?} (last seen {}) serves this database with {}, which cannot be shared: \
+             stop it, or give it {fix}",
+            other.info.id,
+            other.seen_at.to_rfc3339(),
+            part(&other.info)
+        ))
+    } else {
+        None
+    }
+}
+
+/// Enters this replica in the registry, or refuses (with the message for the operator) when it
+/// and a live replica cannot share the database. A live row under this replica's own id is
+/// taken over: it is this replica's previous life (a restart after a crash), or a second
+/// process given the same id, which the warning names.
+pub async fn join(store: &SharedStore, me: &ReplicaInfo, ttl: Duration) -> anyhow::Result<()> {
+    let live = store.live_replicas().await?;
+    if let Some(own) = live.iter().find(|r| r.info.id == me.id) {
+        tracing::warn!(
+            replica = %me.id,
+            last_seen = %own.seen_at.to_rfc3339(),
+            "a replica with this id was alive moments ago: taking its place (a restart); if \
+             another process runs with this id, give each its own cluster.replica_id"
+        );
+    }
+    let check = |live: &[Replica]| {
+        live.iter()
+            .filter(|r| r.info.id != me.id)
+            .find_map(|r| conflict(me, r))
+    };
+    if let Some(why) = check(&live) {
+        anyhow::bail!("{why}");
+    }
+    store.heartbeat(me, ttl).await?;
+    // Two processes that joined at the same moment both see each other now: both refuse, and
+    // their supervisors' restarts (at different moments) let one in.
+    if let Some(why) = check(&store.live_replicas().await?) {
+        let _ = store.leave(&me.id).await;
+        anyhow::bail!("{why}");
+    }
+    Ok(())
+}
+
+/// Renews this replica's entry every `every` until told to stop, then removes it.
+pub async fn heartbeats(
+    store: SharedStore,
+    me: ReplicaInfo,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ttl = heartbeat_ttl(every);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = store.heartbeat(&me, ttl).await {
+                    tracing::warn!(error = %e.report(), "replica heartbeat failed");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    if let Err(e) = store.leave(&me.id).await {
+        tracing::warn!(error = %e.report(), "could not leave the replica registry");
+    }
+}
+
+/// Opens the database for a `bal cluster` command (never migrating it).
+async fn open(settings: &Settings) -> anyhow::Result<SharedStore> {
+    let url = settings.database_url();
+    bal_scd::connect(&url, &settings.connect_options(bal_scd::Migrate::Refuse))
+        .await
+        .context("cannot open the database (database.url)")
+}
+
+/// `bal cluster status`: the live replicas and the certification lease.
+pub async fn status(settings: &Settings) -> anyhow::Result<()> {
+    let store = open(settings).await?;
+    let replicas = store.live_replicas().await?;
+    println!(
+        "{:<24}  {:<10}  {:<25}  {:<25}  SINGLE-NODE PARTS",
+        "REPLICA", "VERSION", "STARTED", "LAST SEEN"
+    );
+    for r in &replicas {
+        let parts = match (r.info.embedded_broker, r.info.embedded_chain) {
+            (true, true) => "embedded broker, embedded chain",
+            (true, false) => "embedded broker",
+            (false, true) => "embedded chain",
+            (false, false) => "-",
+        };
+        println!(
+            "{:<24}  {:<10}  {:<25}  {:<25}  {parts}",
+            r.info.id,
+            r.info.version,
+            r.started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.seen_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+    }
+    match store.lease(bal_scd::CERTIFY_LEASE).await? {
+        Some(l) if l.expires_at > chrono::Utc::now() => println!(
+            "certification lease: {} (epoch {}, until {})",
+            l.holder,
+            l.epoch,
+            l.expires_at.to_rfc3339()
+        ),
+        Some(l) => println!(
+            "certification lease: free (last held by {}, epoch {})",
+            l.holder, l.epoch
+        ),
+        None => println!("certification lease: never taken"),
+    }
+    Ok(())
+}
+
+/// `bal cluster leave ID`: retires a replica that is stopped for good. Removes it from the
+/// registry and, with Mosquitto, ends its persistent ingest session, which would otherwise
+/// keep taking a share of the readings that nobody receives.
+pub async fn leave(
+    settings: &Settings,
+    id: &str,
+    ingest_client_id: Option<&str>,
+) -> anyhow::Result<()> {
+    let store = open(settings).await?;
+    if let Some(r) = store
+        .live_replicas()
+        .await?
+        .into_iter()
+        .find(|r| r.info.id == id)
+    {
+        anyhow::bail!(
+            "replica {id:?} is running (last seen {}): stop it first; `leave` is for a replica \
+             removed for good",
+            r.seen_at.to_rfc3339()
+        );
+    }
+    let removed = store.leave(id).await?;
+    println!(
+        "replica {id:?}: {}",
+        if removed {
+            "removed from the registry"
+        } else {
+            "not in the registry"
+        }
+    );
+    if settings.broker.kind == BrokerKind::Mosquitto {
+        let client_id = ingest_client_id.map_or_else(|| format!("bal-ingest-{id}"), str::to_owned);
+        let connection = settings.mosquitto_config()?.connection;
+        bal_mqtt::mosquitto::ingest::retire(&connection, &client_id).await?;
+        println!(
+            "ingest session {client_id:?} on {} ended: its share goes to the other replicas",
+            connection.address()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(id: &str, broker: bool, chain: bool) -> Replica {
+        Replica {
+            info: ReplicaInfo {
+                id: id.into(),
+                version: "0.1.0".into(),
+                embedded_broker: broker,
+                embedded_chain: chain,
+            },
+            started_at: chrono::Utc::now(),
+            seen_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_replicas_without_single_node_parts_share_a_database() {
+        let shared = replica("a", false, false);
+        let broker = replica("b", true, false);
+        let chain = replica("c", false, true);
+        assert_eq!(conflict(&shared.info, &replica("d", false, false)), None);
+        let why = conflict(&broker.info, &shared).unwrap();
+        assert!(
+            why.contains("\"a\"") && why.contains("the embedded broker"),
+            "{why}"
+        );
+        let why = conflict(&shared.info, &chain).unwrap();
+        assert!(
+            why.contains("\"c\"") && why.contains("the embedded chain"),
+            "{why}"
+        );
+        assert!(conflict(&chain.info, &broker).is_some());
+    }
+}
