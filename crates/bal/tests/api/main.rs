@@ -22,6 +22,7 @@ mod mqtt;
 mod mqtt_client;
 mod paho;
 mod postgres;
+mod replicas;
 mod schemathesis;
 mod server;
 mod subscriptions;

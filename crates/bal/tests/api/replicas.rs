@@ -1,0 +1,444 @@
+//! Three `bal serve` processes on one PostgreSQL database, one Mosquitto with dynsec and one
+//! anvil node, acting as one BAL: a device publishes QoS 1 with a persistent session while the
+//! test `kill -9`s the certification lease holder, then another replica, and restarts them.
+//! Every reading the device got acknowledged is stored once and certified, every root is
+//! anchored once (read back from the node's logs), sessions work on every replica and end
+//! everywhere at a password change, and a live stream on one replica shows readings ingested by
+//! the others and ends within a second of a revocation made on another.
+//!
+//! Replicas need PostgreSQL: this test makes a database of its own there on both passes of the
+//! suite (on the SQLite pass too), and fails when PostgreSQL, Mosquitto, anvil or paho-mqtt is
+//! missing.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::B256;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::anvil::{Anvil, KEY_0};
+use crate::helpers::{
+    ADMIN_PASSWORD, PASSWORD, eventually, free_port, install_crypto_provider, read_events,
+    readings_of,
+};
+use crate::mosquitto_server::{self, MosquittoServer};
+use crate::paho::PahoDevice;
+
+/// Readings the device publishes, and how fast: the kills happen while it publishes.
+const READINGS: usize = 5000;
+const RATE: u32 = 250;
+/// The certification lease: a dead holder's work waits this long for another replica.
+const LEASE_SECS: u64 = 3;
+const MASTER_KEY: &str = "replicas-test-master-key-0123456789";
+
+struct Replica {
+    id: String,
+    dir: tempfile::TempDir,
+    http: u16,
+    child: Option<Child>,
+}
+
+/// What every replica shares: the database, the broker, the chain and the keys.
+struct Cluster {
+    database: String,
+    broker: u16,
+    chain: String,
+    replicas: Vec<Replica>,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    fn spawn(&mut self, i: usize) {
+        let r = &mut self.replicas[i];
+        let child = Command::new(env!("CARGO_BIN_EXE_bal"))
+            .arg("--data-dir")
+            .arg(r.dir.path())
+            .arg("serve")
+            .env("BAL_DATABASE__URL", &self.database)
+            .env("BAL_DATABASE__MAX_CONNECTIONS", "4")
+            .env("BAL_HTTP__TLS", "false")
+            .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{}", r.http))
+            .env("BAL_HTTP__SHUTDOWN_DELAY_MS", "0")
+            .env("BAL_BROKER__KIND", "mosquitto")
+            .env(
+                "BAL_BROKER__URL",
+                format!("mqtt://127.0.0.1:{}", self.broker),
+            )
+            .env("BAL_BROKER__ADMIN_USERNAME", mosquitto_server::ADMIN)
+            .env(
+                "BAL_BROKER__ADMIN_PASSWORD",
+                mosquitto_server::ADMIN_PASSWORD,
+            )
+            .env("BAL_BROKER__SHARED_INGEST", "true")
+            .env("BAL_BROKER__RECONCILE_SECS", "1")
+            .env("BAL_CHAIN__RPC_URL", &self.chain)
+            .env("BAL_CHAIN__OPERATOR_KEY", KEY_0)
+            .env("BAL_KEYS__MASTER_KEY", MASTER_KEY)
+            .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("BAL_CLUSTER__REPLICA_ID", &r.id)
+            .env("BAL_CLUSTER__HEARTBEAT_SECS", "1")
+            .env("BAL_CERTIFY__LEASE_SECS", LEASE_SECS.to_string())
+            .env("BAL_CERTIFY__BATCH_WINDOW_MS", "300")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("bal serve starts");
+        r.child = Some(child);
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.replicas[i].http)
+    }
+
+    async fn readyz(&self, i: usize) -> Option<Value> {
+        let r = self.client.get(self.url(i, "/readyz")).send().await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())?;
+        r.json().await.ok()
+    }
+
+    async fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let child = self.replicas[i].child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status} while starting",
+                    self.replicas[i].id
+                );
+            }
+            if self.readyz(i).await.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start",
+                self.replicas[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill(&mut self, i: usize) {
+        let mut child = self.replicas[i].child.take().unwrap();
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+    }
+
+    /// The lease holder as a live replica reports it.
+    async fn lease_holder(&self) -> Option<String> {
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].child.is_none() {
+                continue;
+            }
+            if let Some(body) = self.readyz(i).await {
+                return body["cluster"]["lease_holder"].as_str().map(str::to_owned);
+            }
+        }
+        None
+    }
+
+    async fn request(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .request(method, self.url(i, path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn token(&self, i: usize, user: &str, password: &str) -> String {
+        let r = self
+            .client
+            .post(self.url(i, "/api/auth/login"))
+            .json(&json!({ "username": user, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "login as {user} on replica {i}");
+        r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// The roots anchored on the node, each as often as it was anchored (the contract's events).
+async fn anchored_roots(chain: &str, contract: &str) -> HashMap<B256, usize> {
+    // Only the contract's Anchored events (the deployment logs others).
+    let anchored = alloy_primitives::keccak256("Anchored(bytes32,address,uint32,bytes32)");
+    let r: Value = reqwest::Client::new()
+        .post(chain)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "eth_getLogs",
+            "params": [{ "address": contract, "fromBlock": "0x0", "toBlock": "latest",
+                "topics": [anchored.to_string()] }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut roots = HashMap::new();
+    for log in r["result"].as_array().expect("logs") {
+        // Anchored(bytes32 indexed root, address indexed anchorer, ...): topics[1] is the root.
+        let root: B256 = log["topics"][1].as_str().unwrap().parse().unwrap();
+        *roots.entry(root).or_default() += 1;
+    }
+    roots
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_another() {
+    install_crypto_provider();
+    let mosquitto = MosquittoServer::start(256 * 1024);
+    let anvil = Anvil::start().await;
+    let mut cluster = Cluster {
+        database: bal_scd::testing::create_postgres_database(),
+        broker: mosquitto.port,
+        chain: anvil.url.clone(),
+        replicas: (1..=3)
+            .map(|n| Replica {
+                id: format!("bal-{n}"),
+                dir: tempfile::tempdir().unwrap(),
+                http: free_port(),
+                child: None,
+            })
+            .collect(),
+        client: reqwest::Client::new(),
+    };
+    // The first replica migrates and deploys the contract; the others join it.
+    cluster.spawn(0);
+    cluster.wait_ready(0).await;
+    for i in 1..3 {
+        cluster.spawn(i);
+    }
+    for i in 1..3 {
+        cluster.wait_ready(i).await;
+    }
+    let live = cluster.readyz(2).await.unwrap()["cluster"]["replicas"].clone();
+    assert_eq!(live, json!(["bal-1", "bal-2", "bal-3"]));
+
+    // Sessions: a token from one replica works on the others.
+    let admin = cluster.token(0, "admin", ADMIN_PASSWORD).await;
+    let r = cluster
+        .request(
+            1,
+            reqwest::Method::POST,
+            "/api/users",
+            &admin,
+            Some(json!({ "username": "device1", "password": PASSWORD, "role": "producer" })),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = cluster
+        .request(
+            2,
+            reqwest::Method::POST,
+            "/api/users",
+            &admin,
+            Some(json!({ "username": "consumer1", "password": PASSWORD, "role": "consumer" })),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let producer = cluster.token(0, "device1", PASSWORD).await;
+    let consumer = cluster.token(2, "consumer1", PASSWORD).await;
+
+    // The device's account reaches Mosquitto through the reconciliation.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let device = PahoDevice::start(mosquitto.port, "device1", PASSWORD, READINGS, RATE);
+
+    // kill -9 of the lease holder while the device publishes; another takes over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let holder = cluster.lease_holder().await.expect("a lease holder");
+    let leader = cluster
+        .replicas
+        .iter()
+        .position(|r| r.id == holder)
+        .unwrap();
+    // The second kill's target, and the replica never killed (it serves the live stream).
+    let (other, calm) = match leader {
+        0 => (1, 2),
+        1 => (2, 0),
+        _ => (0, 1),
+    };
+    let killed_at = Instant::now();
+    cluster.kill(leader).await;
+    let mut next = None;
+    while next.is_none() || next.as_deref() == Some(holder.as_str()) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(LEASE_SECS + 10),
+            "no replica took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        next = cluster.lease_holder().await;
+    }
+    let failover = killed_at.elapsed();
+    println!("lease taken over by {next:?} {failover:?} after the kill of {holder}");
+    assert!(
+        failover <= Duration::from_secs(LEASE_SECS + 2),
+        "{failover:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.spawn(leader);
+    cluster.wait_ready(leader).await;
+
+    // Then another replica (the lease holder now, or not).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill(other).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.spawn(other);
+    cluster.wait_ready(other).await;
+
+    let acked = device.finish(READINGS).await;
+
+    // Every acknowledged reading stored once, readable on any replica.
+    let readings = readings_of(&cluster.client, &cluster.url(1, ""), &admin, "device1").await;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (_, text) in &readings {
+        *count.entry(text.as_str()).or_default() += 1;
+    }
+    for payload in &acked {
+        assert_eq!(count.get(payload.as_str()), Some(&1), "{payload}");
+    }
+    assert!(count.values().all(|c| *c == 1), "a reading stored twice");
+
+    // Every reading certified, each root anchored once on the node.
+    let store = bal_scd::connect(&cluster.database, &bal_scd::ConnectOptions::default())
+        .await
+        .unwrap();
+    eventually(30, "every reading certified", || async {
+        let s = store.certification_status().await.unwrap();
+        s.unbatched_measurements == 0 && s.pending_batches == 0
+    })
+    .await;
+    let batches = store.batches(None, 10_000).await.unwrap();
+    let contract = batches[0].anchor.unwrap().contract.to_string();
+    let on_chain = anchored_roots(&cluster.chain, &contract).await;
+    let in_db: std::collections::HashSet<B256> = batches.iter().map(|b| b.root).collect();
+    let strays: Vec<_> = on_chain.keys().filter(|r| !in_db.contains(*r)).collect();
+    assert!(strays.is_empty(), "roots anchored that no batch has: {strays:?}");
+    assert_eq!(on_chain.len(), batches.len(), "one anchor per batch");
+    for b in &batches {
+        assert_eq!(on_chain.get(&b.root), Some(&1), "batch {} root", b.seq);
+    }
+    let certified: u64 = batches.iter().map(|b| u64::from(b.measurement_count)).sum();
+    assert_eq!(certified, readings.len() as u64);
+
+    // A password change on bal-3 ends the session at once on bal-1; the new one works.
+    let r = cluster
+        .request(
+            2,
+            reqwest::Method::PUT,
+            "/api/users/device1/password",
+            &admin,
+            Some(json!({ "password": "another-long-password" })),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = cluster
+        .request(0, reqwest::Method::GET, "/api/me", &producer, None)
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let producer = cluster.token(0, "device1", "another-long-password").await;
+
+    // A consumer's live stream on the replica never killed shows every reading of a second
+    // burst, whichever replica ingested it (the shared subscription splits them), and ends
+    // within a second of a revocation made on another replica.
+    let r = cluster
+        .request(
+            2,
+            reqwest::Method::POST,
+            "/api/subscriptions",
+            &consumer,
+            Some(json!({ "topic": "platone/device1" })),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let grant = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = cluster
+        .request(
+            0,
+            reqwest::Method::POST,
+            &format!("/api/subscriptions/{grant}/accept"),
+            &producer,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let stream = cluster
+        .request(
+            calm,
+            reqwest::Method::GET,
+            "/api/measurements/stream?producer=device1",
+            &consumer,
+            None,
+        )
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let watcher = tokio::spawn(read_events(stream, Duration::from_secs(120), |name, _| {
+        name == "end"
+    }));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burst = crate::paho::Readings {
+        count: 90,
+        rate: 60,
+        prefix: "burst",
+        ..crate::paho::Readings::default()
+    };
+    let second = PahoDevice::start_with(mosquitto.port, "device1", "another-long-password", &burst);
+    let burst_acked = second.finish(burst.count).await;
+    eventually(10, "the burst stored", || async {
+        let stored = readings_of(&cluster.client, &cluster.url(calm, ""), &admin, "device1").await;
+        stored
+            .iter()
+            .filter(|(_, t)| t.starts_with("burst-"))
+            .count()
+            == burst.count
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked_at = Instant::now();
+    let r = cluster
+        .request(
+            other,
+            reqwest::Method::POST,
+            &format!("/api/subscriptions/{grant}/revoke"),
+            &producer,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let events = watcher.await.unwrap();
+    let ended_after = revoked_at.elapsed();
+    assert_eq!(events.last().map(|(n, _)| n.as_str()), Some("end"));
+    assert!(ended_after < Duration::from_secs(1), "{ended_after:?}");
+    let streamed: std::collections::HashSet<String> = events
+        .iter()
+        .filter(|(n, _)| n == "measurement")
+        .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|m| m["payload_text"].as_str().map(str::to_owned))
+        .collect();
+    for payload in &burst_acked {
+        assert!(streamed.contains(payload), "{payload} not streamed");
+    }
+    // The replicas first, so that none logs a lost broker.
+    drop(cluster);
+    drop(mosquitto);
+}
