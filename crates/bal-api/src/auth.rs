@@ -18,19 +18,68 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::error::ApiError;
 
+/// A rate-limited password check under way. Failures are counted twice: in this process,
+/// which also counts the attempts still under way (so that concurrent guesses cannot overrun
+/// the limit), and in the database, so that the limits hold across replicas.
+#[must_use]
+pub struct LoginAttempt<'a> {
+    local: bal_auth::limiter::Attempt<'a>,
+    /// The claimed username's key and the client address's, as the database counts them.
+    keys: [String; 2],
+    state: &'a AppState,
+}
+
 /// Starts a rate-limited password check for `username` from `address`; 429 while either is
-/// at its limit of failures.
-pub fn begin_attempt<'a>(
+/// at its limit of failures, in this process or across all on the database.
+pub async fn begin_attempt<'a>(
     state: &'a AppState,
     username: &str,
     address: std::net::IpAddr,
-) -> Result<bal_auth::limiter::Attempt<'a>, ApiError> {
-    state
-        .limiter
-        .begin(username, address)
-        .map_err(|wait| ApiError::TooManyRequests {
-            retry_after_secs: wait.as_secs().max(1),
-        })
+) -> Result<LoginAttempt<'a>, ApiError> {
+    let too_many = |wait: std::time::Duration| ApiError::TooManyRequests {
+        retry_after_secs: wait.as_secs().max(1),
+    };
+    let local = state.limiter.begin(username, address).map_err(too_many)?;
+    let limits = &state.config.login_limits;
+    let keys = [format!("user:{username}"), format!("addr:{address}")];
+    let counted = state
+        .store
+        .login_failures(&keys, chrono::Utc::now() - window(state)?)
+        .await?;
+    if counted[0] >= limits.per_username || counted[1] >= limits.per_address {
+        return Err(too_many(limits.window));
+    }
+    Ok(LoginAttempt { local, keys, state })
+}
+
+fn window(state: &AppState) -> Result<chrono::Duration, ApiError> {
+    chrono::Duration::from_std(state.config.login_limits.window).map_err(ApiError::internal)
+}
+
+impl LoginAttempt<'_> {
+    /// Counts a failure; returns how long to hold the answer back.
+    pub async fn failed(self) -> std::time::Duration {
+        let now = chrono::Utc::now();
+        let forget = window(self.state).map(|w| now - w).unwrap_or(now);
+        if let Err(e) = self
+            .state
+            .store
+            .record_login_failure(&self.keys, now, forget)
+            .await
+        {
+            // The answer is a refusal either way; only the count across replicas is missing.
+            tracing::error!(error = %e.report(), "a failed login could not be counted in the database");
+        }
+        self.local.failed()
+    }
+
+    /// A success clears its username's failures (not its address's).
+    pub async fn succeeded(self) {
+        if let Err(e) = self.state.store.clear_login_failures(&self.keys[0]).await {
+            tracing::warn!(error = %e.report(), "could not clear a username's failed logins");
+        }
+        self.local.succeeded();
+    }
 }
 
 /// A new token and the digest to store for it.

@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod client;
 pub mod error;
 mod openapi;
 mod routes;
@@ -60,6 +61,8 @@ pub struct ApiConfig {
     pub broker_address: Option<(String, u16)>,
     /// This process's `cluster.replica_id`, as `/readyz` reports it.
     pub replica_id: String,
+    /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<client::TrustedProxy>,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +77,7 @@ impl Default for ApiConfig {
             broker: "embedded (inside bal)".to_owned(),
             broker_address: None,
             replica_id: "bal".to_owned(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -3,8 +3,9 @@
 //! An attempt is counted from the moment it starts ([`LoginLimiter::begin`]), not when its slow
 //! password check ends, so a thousand concurrent guesses get no further than the limit allows.
 //! Each failure also slows the answer a little more, so guessing is slow even below the limit.
-//! Counters live in memory: with several replicas each enforces its own limit, which still
-//! bounds guessing to replicas × limit per window.
+//! These counters live in this process's memory; the HTTPS login also counts failures in the
+//! database (`bal_api::auth::begin_attempt`), so that the limits hold across replicas. The
+//! embedded broker's MQTT login, a single-node part, counts here only.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

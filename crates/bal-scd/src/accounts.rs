@@ -67,7 +67,9 @@ impl std::fmt::Debug for Credentials {
 /// - no session survives a password change: `create_session` checks the hash it was given
 ///   against the user's row under a lock that `set_password` also takes, so a session is
 ///   either created before the change (and deleted by it) or refused;
-/// - every change is in the audit log, written in the same transaction.
+/// - every change is in the audit log, written in the same transaction;
+/// - failed logins are counted by every process on the database alike, so that the limits
+///   hold across replicas.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Stores a new user. `Conflict` when the name was ever used, even by a deleted user.
@@ -134,4 +136,17 @@ pub trait AccountStore: Send + Sync {
     async fn delete_session(&self, token_hash: [u8; 32]) -> StoreResult<()>;
     /// Removes sessions that expired before `now`; returns how many.
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// How many failed logins each of `keys` (a claimed username, a client address) had since
+    /// `since`, in the order of `keys`.
+    async fn login_failures(&self, keys: &[String], since: DateTime<Utc>) -> StoreResult<Vec<u32>>;
+    /// Counts a failed login at `at` against each of `keys`, and forgets their failures from
+    /// before `forget_before`.
+    async fn record_login_failure(
+        &self,
+        keys: &[String],
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Forgets the failures of `key` (a successful login clears its username's).
+    async fn clear_login_failures(&self, key: &str) -> StoreResult<()>;
 }

@@ -223,6 +223,7 @@ impl Application {
                  set http.listen to 127.0.0.1:<port> or turn TLS on"
             );
         }
+        settings.trusted_proxies()?;
         let embedded = settings.broker.kind == BrokerKind::Embedded;
         if let Some(addr) = settings.mqtt.listen
             && embedded

@@ -65,6 +65,9 @@ pub struct HttpSettings {
     /// After SIGTERM, how long `/readyz` answers 503 while everything is still served, so that
     /// a load balancer stops sending before the listeners close.
     pub shutdown_delay_ms: u64,
+    /// Load balancers or proxies (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For`
+    /// names the client; the login limits count that address. Empty: the peer's own.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -294,6 +297,7 @@ impl Default for HttpSettings {
             body_limit_bytes: 1024 * 1024,
             ingest_body_limit_bytes: 32 * 1024 * 1024,
             shutdown_delay_ms: 2000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -377,6 +381,9 @@ tls_names = []
 body_limit_bytes = 1048576
 # Largest measurement upload (up to 10 000 readings), in bytes.         BAL_HTTP__INGEST_BODY_LIMIT_BYTES
 ingest_body_limit_bytes = 33554432
+# Load balancers whose X-Forwarded-For names the client (addresses or networks, e.g.
+# "10.0.0.0/8"); login limits count that address. Empty: the peer's.   BAL_HTTP__TRUSTED_PROXIES
+trusted_proxies = []
 
 [mqtt]
 # Plain MQTT (3.1.1 and 5) for devices; "off" disables it.             BAL_MQTT__LISTEN
@@ -558,6 +565,18 @@ impl Settings {
         })
     }
 
+    /// `http.trusted_proxies`, parsed.
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<bal_api::client::TrustedProxy>> {
+        self.http
+            .trusted_proxies
+            .iter()
+            .map(|t| {
+                bal_api::client::TrustedProxy::parse(t)
+                    .map_err(|e| anyhow::anyhow!("http.trusted_proxies: {e}"))
+            })
+            .collect()
+    }
+
     /// `cluster.replica_id`, or the host name: letters, digits, `.`, `_` and `-`, at most 63.
     pub fn replica_id(&self) -> anyhow::Result<String> {
         let id = self.cluster.replica_id.clone().unwrap_or_else(host_name);
@@ -601,6 +620,8 @@ impl Settings {
                 ..bal_api::LimiterConfig::default()
             },
             secure_cookies: self.http.tls,
+            // Refused at start when invalid (Application::build).
+            trusted_proxies: self.trusted_proxies().unwrap_or_default(),
             // Refused at start when invalid (Application::build).
             replica_id: self.replica_id().unwrap_or_default(),
             broker_address: match self.broker.kind {

@@ -1,8 +1,6 @@
 //! Logging in and out, and who the caller is.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use bal_core::Username;
 use chrono::{DateTime, Utc};
@@ -13,6 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::accounts;
 use crate::auth::{AuthUser, begin_attempt, new_token};
+use crate::client::ClientAddr;
 use crate::error::{ApiError, ErrorBody, Json};
 use crate::views::UserView;
 use bal_auth::password;
@@ -60,10 +59,10 @@ const BAD_LOGIN: &str = "invalid username or password";
     ))]
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let session = authenticate(&state, &req.username, req.password, peer.ip()).await?;
+    let session = authenticate(&state, &req.username, req.password, client).await?;
     Ok(Json(LoginResponse {
         token: session.token,
         expires_at: session.expires_at,
@@ -86,7 +85,7 @@ pub(crate) async fn authenticate(
     password: String,
     address: std::net::IpAddr,
 ) -> Result<NewSession, ApiError> {
-    let attempt = begin_attempt(state, username, address)?;
+    let attempt = begin_attempt(state, username, address).await?;
     let credentials = match Username::parse(username) {
         Ok(name) => state.store.credentials(&name).await?,
         Err(_) => None,
@@ -99,12 +98,12 @@ pub(crate) async fn authenticate(
     let plain = needs_copy.then(|| zeroize::Zeroizing::new(password.clone()));
     // Unknown users are checked against a dummy hash: same time, same answer.
     if !password::verify(password, phc).await? {
-        let delay = attempt.failed();
+        let delay = attempt.failed().await;
         tracing::warn!(%address, "failed login");
         tokio::time::sleep(delay).await;
         return Err(ApiError::Unauthorized(BAD_LOGIN));
     }
-    attempt.succeeded();
+    attempt.succeeded().await;
     let credentials = credentials.expect("verify is false without credentials");
     let user = credentials.user;
     let (token, digest) = new_token();

@@ -1,9 +1,7 @@
 //! User administration: admins create, list, read and delete users; anyone changes their own
 //! password (with the current one), admins reset anyone's.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use bal_core::{Actor, Role, Username};
@@ -12,6 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::{Admin, AuthUser, begin_attempt};
+use crate::client::ClientAddr;
 use crate::error::{ApiError, ErrorBody, Json, Path};
 use crate::views::UserView;
 use crate::{AppState, accounts};
@@ -157,7 +156,7 @@ async fn delete_user(
         (status = 429, body = ErrorBody, description = "too many wrong current passwords")))]
 async fn change_password(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     caller: AuthUser,
     Path(username): Path<String>,
     Json(req): Json<ChangePassword>,
@@ -177,17 +176,17 @@ async fn change_password(
         let current = req.current_password.ok_or_else(|| {
             ApiError::Forbidden("current_password is required to change your own".into())
         })?;
-        let attempt = begin_attempt(&state, username.as_str(), peer.ip())?;
+        let attempt = begin_attempt(&state, username.as_str(), client).await?;
         let stored = state
             .store
             .credentials(&username)
             .await?
             .map(|c| c.password_hash);
         if !password::verify(current, stored).await? {
-            tokio::time::sleep(attempt.failed()).await;
+            tokio::time::sleep(attempt.failed().await).await;
             return Err(ApiError::Forbidden("current_password is wrong".into()));
         }
-        attempt.succeeded();
+        attempt.succeeded().await;
     }
     let actor = Actor::User(caller.username);
     accounts::change_password(

@@ -1,9 +1,7 @@
 //! Figure 3: the login page, for every role, and logging out. The same login as the API (same
 //! limits on failed attempts, same answer for any wrong name or password).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use maud::html;
@@ -16,6 +14,7 @@ use super::session::{
 use super::{WebError, check_csrf};
 use crate::AppState;
 use crate::auth::new_token;
+use crate::client::ClientAddr;
 use crate::error::ApiError;
 use crate::routes::auth::authenticate;
 
@@ -78,7 +77,7 @@ impl std::fmt::Debug for LoginForm {
 
 pub async fn submit(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
@@ -102,7 +101,7 @@ pub async fn submit(
             "The login form expired or did not come from this site. Please try again.",
         );
     }
-    match authenticate(&state, &f.username, f.password, peer.ip()).await {
+    match authenticate(&state, &f.username, f.password, client).await {
         Ok(session) => {
             let max_age = (session.expires_at - chrono::Utc::now())
                 .num_seconds()

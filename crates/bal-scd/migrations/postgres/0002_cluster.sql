@@ -1,6 +1,7 @@
--- Several replicas on one database (src/cluster.rs). Expand only: the previous release ignores
--- both tables, so it keeps working beside this one during a rolling update. Times are Unix
--- milliseconds on the database's clock (bal_now_ms), never a replica's.
+-- Several replicas on one database (src/cluster.rs, and the login limits of src/accounts.rs).
+-- Expand only: the previous release ignores these tables, so it keeps working beside this one
+-- during a rolling update. Times are Unix milliseconds on the database's clock (bal_now_ms),
+-- never a replica's.
 
 -- The live replicas: each refreshes its row (heartbeat); a row past expires_at is a dead one.
 CREATE TABLE replicas (
@@ -21,3 +22,12 @@ CREATE TABLE leases (
     epoch      BIGINT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+
+-- Failed logins, one row per failure and key ("user:<claimed name>", "addr:<client address>"),
+-- so that the login limits count across replicas. Rows older than the window are deleted as
+-- new failures of the same key come in; a successful login deletes its username's.
+CREATE TABLE login_failures (
+    key TEXT NOT NULL,
+    at  BIGINT NOT NULL
+);
+CREATE INDEX login_failures_by_key ON login_failures (key, at);

@@ -17,3 +17,12 @@ CREATE TABLE leases (
     epoch      INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 ) STRICT;
+
+-- Failed logins, one row per failure and key ("user:<claimed name>", "addr:<client address>"),
+-- so that the login limits count across replicas. Rows older than the window are deleted as
+-- new failures of the same key come in; a successful login deletes its username's.
+CREATE TABLE login_failures (
+    key TEXT NOT NULL,
+    at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX login_failures_by_key ON login_failures (key, at);

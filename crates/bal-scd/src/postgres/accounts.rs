@@ -341,4 +341,50 @@ impl AccountStore for PgStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn login_failures(&self, keys: &[String], since: DateTime<Utc>) -> StoreResult<Vec<u32>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key, count(*) FROM login_failures WHERE key = ANY($1) AND at >= $2 \
+             GROUP BY key",
+        )
+        .bind(keys)
+        .bind(ms(since))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                rows.iter()
+                    .find(|(key, _)| key == k)
+                    .map_or(0, |(_, n)| u32::try_from(*n).unwrap_or(u32::MAX))
+            })
+            .collect())
+    }
+
+    async fn record_login_failure(
+        &self,
+        keys: &[String],
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        // One statement: the old rows go and the new ones come in the same round trip.
+        sqlx::query(
+            "WITH forgotten AS (DELETE FROM login_failures WHERE key = ANY($1) AND at < $3) \
+             INSERT INTO login_failures (key, at) SELECT k, $2 FROM unnest($1::text[]) AS k",
+        )
+        .bind(keys)
+        .bind(ms(at))
+        .bind(ms(forget_before))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_login_failures(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

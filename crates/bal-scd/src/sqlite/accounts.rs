@@ -325,4 +325,47 @@ impl AccountStore for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn login_failures(&self, keys: &[String], since: DateTime<Utc>) -> StoreResult<Vec<u32>> {
+        let mut counts = Vec::with_capacity(keys.len());
+        for key in keys {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM login_failures WHERE key = ? AND at >= ?")
+                    .bind(key)
+                    .bind(ms(since))
+                    .fetch_one(&self.pool)
+                    .await?;
+            counts.push(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+        Ok(counts)
+    }
+
+    async fn record_login_failure(
+        &self,
+        keys: &[String],
+        at: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        for key in keys {
+            sqlx::query("DELETE FROM login_failures WHERE key = ? AND at < ?")
+                .bind(key)
+                .bind(ms(forget_before))
+                .execute(&self.pool)
+                .await?;
+            sqlx::query("INSERT INTO login_failures (key, at) VALUES (?, ?)")
+                .bind(key)
+                .bind(ms(at))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn clear_login_failures(&self, key: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -3,8 +3,10 @@
 //! test `kill -9`s the certification lease holder, then another replica, and restarts them.
 //! Every reading the device got acknowledged is stored once and certified, every root is
 //! anchored once (read back from the node's logs), sessions work on every replica and end
-//! everywhere at a password change, and a live stream on one replica shows readings ingested by
-//! the others and ends within a second of a revocation made on another.
+//! everywhere at a password change, failed logins spread over the replicas hit the limits as if
+//! on one (counting the client address a trusted balancer forwards), and a live stream on one
+//! replica shows readings ingested by the others and ends within a second of a revocation made
+//! on another.
 //!
 //! Replicas need PostgreSQL: this test makes a database of its own there on both passes of the
 //! suite (on the SQLite pass too), and fails when PostgreSQL, Mosquitto, anvil or paho-mqtt is
@@ -33,6 +35,9 @@ const RATE: u32 = 250;
 /// The certification lease: a dead holder's work waits this long for another replica.
 const LEASE_SECS: u64 = 3;
 const MASTER_KEY: &str = "replicas-test-master-key-0123456789";
+/// Failed logins allowed per username and per client address (small, to keep the test short).
+const USER_LIMIT: usize = 3;
+const ADDRESS_LIMIT: usize = 6;
 
 struct Replica {
     id: String,
@@ -82,6 +87,16 @@ impl Cluster {
             .env("BAL_CLUSTER__HEARTBEAT_SECS", "1")
             .env("BAL_CERTIFY__LEASE_SECS", LEASE_SECS.to_string())
             .env("BAL_CERTIFY__BATCH_WINDOW_MS", "300")
+            // The test stands for the load balancer in front of the replicas.
+            .env("BAL_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")
+            .env(
+                "BAL_AUTH__MAX_FAILED_LOGINS_PER_USER",
+                USER_LIMIT.to_string(),
+            )
+            .env(
+                "BAL_AUTH__MAX_FAILED_LOGINS_PER_ADDRESS",
+                ADDRESS_LIMIT.to_string(),
+            )
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -158,6 +173,25 @@ impl Cluster {
             r = r.json(&b);
         }
         r.send().await.unwrap()
+    }
+
+    /// A login's status on replica `i`, from the client `forwarded` names (as the balancer
+    /// says in `X-Forwarded-For`), or from the test's own address.
+    async fn login_status(
+        &self,
+        i: usize,
+        user: &str,
+        password: &str,
+        forwarded: Option<&str>,
+    ) -> StatusCode {
+        let mut r = self
+            .client
+            .post(self.url(i, "/api/auth/login"))
+            .json(&json!({ "username": user, "password": password }));
+        if let Some(client) = forwarded {
+            r = r.header("x-forwarded-for", client);
+        }
+        r.send().await.unwrap().status()
     }
 
     async fn token(&self, i: usize, user: &str, password: &str) -> String {
@@ -329,7 +363,10 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
     let on_chain = anchored_roots(&cluster.chain, &contract).await;
     let in_db: std::collections::HashSet<B256> = batches.iter().map(|b| b.root).collect();
     let strays: Vec<_> = on_chain.keys().filter(|r| !in_db.contains(*r)).collect();
-    assert!(strays.is_empty(), "roots anchored that no batch has: {strays:?}");
+    assert!(
+        strays.is_empty(),
+        "roots anchored that no batch has: {strays:?}"
+    );
     assert_eq!(on_chain.len(), batches.len(), "one anchor per batch");
     for b in &batches {
         assert_eq!(on_chain.get(&b.root), Some(&1), "batch {} root", b.seq);
@@ -353,6 +390,39 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let producer = cluster.token(0, "device1", "another-long-password").await;
+
+    // Failed logins spread over the three replicas hit the limits as if on one: per username
+    // (then even the right password is refused for a while)...
+    for i in 0..USER_LIMIT {
+        let status = cluster
+            .login_status(i % 3, "consumer1", "wrong-password", None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    for i in 0..3 {
+        let status = cluster.login_status(i, "consumer1", PASSWORD, None).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "replica {i}");
+    }
+    // ...and per client address: behind the trusted balancer, the one it forwards.
+    for i in 0..ADDRESS_LIMIT {
+        let user = format!("nobody{i}");
+        let status = cluster
+            .login_status(i % 3, &user, "wrong-password", Some("203.0.113.7"))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let locked = cluster
+        .login_status(2, "nobody-else", "wrong-password", Some("203.0.113.7"))
+        .await;
+    assert_eq!(locked, StatusCode::TOO_MANY_REQUESTS);
+    let other_client = cluster
+        .login_status(1, "nobody-else", "wrong-password", Some("198.51.100.9"))
+        .await;
+    assert_eq!(
+        other_client,
+        StatusCode::UNAUTHORIZED,
+        "another client is not locked out"
+    );
 
     // A consumer's live stream on the replica never killed shows every reading of a second
     // burst, whichever replica ingested it (the shared subscription splits them), and ends
