@@ -4,6 +4,7 @@
 //! Every time here is the database's clock, never a replica's: replicas whose clocks disagree
 //! still agree on who holds a lease and who is alive.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,10 @@ use crate::StoreResult;
 
 /// The lease under which one replica anchors batches (and deploys the contract).
 pub const CERTIFY_LEASE: &str = "certify";
+
+/// The lease under which one replica keeps an external Mosquitto in line with the SCD, so that
+/// a change reaches the broker once (and a user is disconnected once), not once per replica.
+pub const BROKER_LEASE: &str = "broker";
 
 /// What a replica says of itself in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,16 @@ pub trait ClusterStore {
     async fn release_lease(&self, fence: &Fence) -> StoreResult<()>;
     /// The lease as it stands, expired or not; `None` when never taken.
     async fn lease(&self, lease: &'static str) -> StoreResult<Option<Lease>>;
+    /// The sealed broker password last given to the external broker, per username: what the
+    /// holder of [`BROKER_LEASE`] compares with to tell a changed password, whichever replica
+    /// pushed it.
+    async fn broker_pushed(&self) -> StoreResult<HashMap<String, String>>;
+    /// Replaces what [`ClusterStore::broker_pushed`] returns, if `fence` still holds its lease.
+    async fn record_broker_pushed(
+        &self,
+        pushed: &HashMap<String, String>,
+        fence: &Fence,
+    ) -> StoreResult<()>;
 }
 
 /// The message for a replica whose fence no longer holds.

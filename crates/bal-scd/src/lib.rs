@@ -42,7 +42,7 @@ pub use certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
     Mark, NewBatch, PendingItem, PendingItems, Span,
 };
-pub use cluster::{CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
+pub use cluster::{BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
 pub use error::{StoreError, StoreResult};
 pub use feed::{Change, ChangeFeed};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};

@@ -143,3 +143,46 @@ async fn the_registry_lists_replicas_until_their_heartbeats_stop_or_they_leave()
     assert!(!store.leave("bal-2").await.unwrap());
     assert_eq!(ids(store.live_replicas().await.unwrap()), ["bal-0"]);
 }
+
+#[tokio::test]
+async fn what_the_broker_was_given_is_kept_for_the_next_holder_and_fenced() {
+    let (_db, store) = store().await;
+    assert!(store.broker_pushed().await.unwrap().is_empty());
+    let a = store
+        .acquire_lease(bal_scd::BROKER_LEASE, "replica-a", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let given = std::collections::HashMap::from([
+        ("meter1".to_owned(), "sealed-1".to_owned()),
+        ("dso".to_owned(), "sealed-2".to_owned()),
+    ]);
+    store.record_broker_pushed(&given, &a).await.unwrap();
+    assert_eq!(store.broker_pushed().await.unwrap(), given);
+    // The broker lease is not the certification lease.
+    assert!(take(&store, "replica-b", LONG).await.is_some());
+
+    store.release_lease(&a).await.unwrap();
+    let b = store
+        .acquire_lease(bal_scd::BROKER_LEASE, "replica-b", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.broker_pushed().await.unwrap(),
+        given,
+        "b reads what a gave"
+    );
+    let mut now = given.clone();
+    now.remove("dso");
+    now.insert("meter1".into(), "sealed-3".into());
+    // The ex-holder's write is refused and changes nothing.
+    let refused = store.record_broker_pushed(&now, &a).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.broker_pushed().await.unwrap(), given);
+    store.record_broker_pushed(&now, &b).await.unwrap();
+    assert_eq!(store.broker_pushed().await.unwrap(), now);
+}

@@ -562,6 +562,8 @@ impl Settings {
             shared_ingest: b.shared_ingest,
             reconcile_every: Duration::from_secs(b.reconcile_secs.max(1)),
             max_payload_bytes: self.ingest.max_payload_bytes,
+            replica_id: self.replica_id()?,
+            lease: Duration::from_secs(self.certify.lease_secs.max(1)),
         })
     }
 

@@ -9,8 +9,11 @@
 //!   acknowledges after commit.
 //!
 //! The SCD is the truth. The broker is reconciled with it at start, at once after every change
-//! of users or grants this process commits, and every `reconcile_every` (changes made by other
-//! replicas or by `bal user` in another process, a wiped or tampered broker).
+//! of users or grants (this process's, and on PostgreSQL every other's), and every
+//! `reconcile_every` (a wiped or tampered broker). With several replicas only the holder of the
+//! broker lease ([`bal_scd::BROKER_LEASE`]) reconciles, so that a change reaches the broker
+//! once and a user whose password changed is disconnected once; what it gave the broker is
+//! kept in the database, so the next holder carries on where it stopped.
 
 pub mod connection;
 pub mod dynsec;
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bal_core::SubscriptionStatus;
-use bal_scd::{Change, SharedStore, SubscriptionQuery};
+use bal_scd::{BROKER_LEASE, Change, Fence, SharedStore, SubscriptionQuery};
 use bal_wallet::Sealer;
 use chrono::Utc;
 use serde_json::json;
@@ -46,12 +49,18 @@ pub struct MosquittoConfig {
     pub reconcile_every: Duration,
     /// Larger messages are dropped (and acknowledged) instead of stored.
     pub max_payload_bytes: usize,
+    /// This replica's id, as the broker lease's holder.
+    pub replica_id: String,
+    /// How long the broker lease lasts unless renewed (renewed every third of it).
+    pub lease: Duration,
 }
 
 /// The running adapter: the reconciler and the ingest subscriber.
 pub struct MosquittoBroker {
     reconciler: JoinHandle<()>,
     ingest: JoinHandle<()>,
+    store: SharedStore,
+    replica_id: String,
 }
 
 impl MosquittoBroker {
@@ -73,12 +82,19 @@ impl MosquittoBroker {
             sealer,
             admin: config.connection.username.clone(),
             pushed: HashMap::new(),
+            holder: config.replica_id.clone(),
+            lease: config.lease,
+            fence: None,
         };
-        reconciler
-            .reconcile()
-            .await
-            .context("cannot bring the broker in line with the SCD")?;
-        let reconciler = tokio::spawn(reconciler.follow(store, config.reconcile_every));
+        // The lease holder reconciles now, so that a broker that cannot be brought in line
+        // stops the start; the others checked the admin's access by connecting.
+        if reconciler.lead().await? {
+            reconciler
+                .reconcile()
+                .await
+                .context("cannot bring the broker in line with the SCD")?;
+        }
+        let reconciler = tokio::spawn(reconciler.follow(store.clone(), config.reconcile_every));
         let filter = if config.shared_ingest {
             ingest::SHARED_FILTER
         } else {
@@ -91,7 +107,12 @@ impl MosquittoBroker {
             ingest,
             config.max_payload_bytes,
         ));
-        Ok(Self { reconciler, ingest })
+        Ok(Self {
+            reconciler,
+            ingest,
+            store,
+            replica_id: config.replica_id,
+        })
     }
 
     /// Stops reconciling and ingesting. Messages delivered but not yet committed are not
@@ -101,6 +122,17 @@ impl MosquittoBroker {
         self.reconciler.abort();
         let _ = self.ingest.await;
         let _ = self.reconciler.await;
+        // Another replica takes over the reconciliation at once.
+        if let Ok(Some(l)) = self.store.lease(BROKER_LEASE).await
+            && l.holder == self.replica_id
+        {
+            let fence = Fence {
+                lease: BROKER_LEASE,
+                holder: l.holder,
+                epoch: l.epoch,
+            };
+            let _ = self.store.release_lease(&fence).await;
+        }
     }
 }
 
@@ -116,11 +148,32 @@ struct Reconciler {
     sealer: Sealer,
     admin: String,
     /// The sealed password last given to the broker per user: a different one means the
-    /// password changed, so the broker gets the new one and the user's sessions end.
+    /// password changed, so the broker gets the new one and the user's sessions end. Kept in
+    /// the database too, for the next holder of the lease.
     pushed: HashMap<String, String>,
+    /// This replica's id and the broker lease it holds, if it does.
+    holder: String,
+    lease: Duration,
+    fence: Option<Fence>,
 }
 
 impl Reconciler {
+    /// Takes or renews the broker lease; true while this replica holds it. A replica that
+    /// takes it (again) first reads what the broker was last given, by whichever holder.
+    async fn lead(&mut self) -> anyhow::Result<bool> {
+        let fence = self
+            .store
+            .acquire_lease(BROKER_LEASE, &self.holder, self.lease)
+            .await?;
+        let epoch = |f: &Option<Fence>| f.as_ref().map(|f| f.epoch);
+        if fence.is_some() && epoch(&fence) != epoch(&self.fence) {
+            self.pushed = self.store.broker_pushed().await?;
+            tracing::info!(replica = %self.holder, "this replica keeps the broker in line now");
+        }
+        self.fence = fence;
+        Ok(self.fence.is_some())
+    }
+
     async fn reconcile(&mut self) -> anyhow::Result<()> {
         let now = Utc::now();
         let users = self.store.users().await?;
@@ -241,6 +294,11 @@ impl Reconciler {
         if !kicks.is_empty() {
             self.dynsec.run_ok(kicks).await?;
         }
+        if pushed != self.pushed
+            && let Some(fence) = &self.fence
+        {
+            self.store.record_broker_pushed(&pushed, fence).await?;
+        }
         self.pushed = pushed;
         Ok(())
     }
@@ -252,6 +310,9 @@ impl Reconciler {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.tick().await;
         let mut failing = false;
         loop {
             let retry = async {
@@ -269,6 +330,29 @@ impl Reconciler {
                 },
                 _ = tick.tick() => {}
                 () = retry => {}
+                _ = renew.tick() => {
+                    // Renewing is all a holder does here; one that just took the lease over
+                    // reconciles at once.
+                    let held = self.fence.is_some();
+                    match self.lead().await {
+                        Ok(true) if !held => {}
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "cannot renew the broker lease");
+                            continue;
+                        }
+                    }
+                }
+            }
+            match self.lead().await {
+                Ok(true) => {}
+                // Another replica holds the lease: it reconciles.
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot take the broker lease");
+                    failing = true;
+                    continue;
+                }
             }
             // Announcements that arrived meanwhile are covered by this reconciliation.
             while let Ok(_) | Err(TryRecvError::Lagged(_)) = changes.try_recv() {}

@@ -31,3 +31,11 @@ CREATE TABLE login_failures (
     at  BIGINT NOT NULL
 );
 CREATE INDEX login_failures_by_key ON login_failures (key, at);
+
+-- The sealed broker password last given to the external Mosquitto per user, written by the
+-- holder of the broker lease: a new holder tells a changed password (and ends that user's
+-- sessions on the broker) even when the change was made while another replica held it.
+CREATE TABLE broker_pushed (
+    username TEXT PRIMARY KEY,
+    sealed   TEXT NOT NULL
+);

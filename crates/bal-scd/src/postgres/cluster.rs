@@ -1,5 +1,6 @@
 //! [`ClusterStore`] on PostgreSQL: the registry and leases on the database's clock.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +126,37 @@ impl ClusterStore for PgStore {
             })
         })
         .transpose()
+    }
+    async fn broker_pushed(&self) -> StoreResult<HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT username, sealed FROM broker_pushed")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn record_broker_pushed(
+        &self,
+        pushed: &HashMap<String, String>,
+        fence: &Fence,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query("DELETE FROM broker_pushed")
+            .execute(&mut *tx)
+            .await?;
+        let (names, sealed): (Vec<&str>, Vec<&str>) =
+            pushed.iter().map(|(n, s)| (n.as_str(), s.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO broker_pushed (username, sealed) \
+             SELECT * FROM unnest($1::text[], $2::text[])",
+        )
+        .bind(names)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit(self).await?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`ClusterStore`] on SQLite: the registry and leases, on the clock SQLite reads.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,6 +126,34 @@ impl ClusterStore for SqliteStore {
             })
         })
         .transpose()
+    }
+    async fn broker_pushed(&self) -> StoreResult<HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT username, sealed FROM broker_pushed")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn record_broker_pushed(
+        &self,
+        pushed: &HashMap<String, String>,
+        fence: &Fence,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query("DELETE FROM broker_pushed")
+            .execute(&mut *tx)
+            .await?;
+        for (name, sealed) in pushed {
+            sqlx::query("INSERT INTO broker_pushed (username, sealed) VALUES (?, ?)")
+                .bind(name)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit(&self.feed).await?;
+        Ok(())
     }
 }
 
