@@ -134,6 +134,14 @@ pub async fn ensure_first_admin(
             (p.clone(), FirstAdmin::Generated(p))
         }
     };
-    create_user(store, keys, name, Role::Admin, password, &Actor::System).await?;
-    Ok(outcome)
+    match create_user(store, keys, name, Role::Admin, password, &Actor::System).await {
+        Ok(_) => Ok(outcome),
+        // Replicas starting together: another one created it between the check and now.
+        Err(ApiError::Conflict(_))
+            if store.users().await?.iter().any(|u| u.role == Role::Admin) =>
+        {
+            Ok(FirstAdmin::Exists)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -156,6 +156,8 @@ pub struct CertificationStatus {
     pub unbatched_measurements: u64,
     /// Batches written but not anchored yet.
     pub pending_batches: u64,
+    /// Measurements in those batches.
+    pub pending_measurements: u64,
     pub anchored_batches: u64,
     /// Measurements in anchored batches.
     pub certified_measurements: u64,

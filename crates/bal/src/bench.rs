@@ -44,14 +44,24 @@ pub struct BenchArgs {
     /// scratch database is created for the phase and dropped after it.
     #[arg(long)]
     pub database: Option<String>,
+    /// Measure QoS 1 through --mosquitto with 1, 2 … N separate `bal serve` processes on one
+    /// scratch database of --database each, and the failover time; needs --rpc.
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// The Ethereum node the replicas anchor on (with --replicas).
+    #[arg(long)]
+    pub rpc: Option<String>,
+    /// The key that anchors on --rpc (with --replicas).
+    #[arg(long, env = "BAL_BENCH_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<String>,
 }
 
 /// The external broker of `--mosquitto`.
-struct Mosquitto {
-    url: String,
-    admin: String,
-    password: String,
-    addr: SocketAddr,
+pub(crate) struct Mosquitto {
+    pub(crate) url: String,
+    pub(crate) admin: String,
+    pub(crate) password: String,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Mosquitto {
@@ -77,7 +87,7 @@ impl Mosquitto {
     }
 
     /// Ends the BAL's persistent ingest session, so that no queue for it builds up.
-    async fn drop_ingest_session(&self, client_id: &str) {
+    pub(crate) async fn drop_ingest_session(&self, client_id: &str) {
         let mut o =
             rumqttc::v5::MqttOptions::new(client_id, self.addr.ip().to_string(), self.addr.port());
         o.set_credentials(&self.admin, &self.password);
@@ -100,17 +110,17 @@ impl Mosquitto {
 
 const BENCH_INGEST_ID: &str = "bal-ingest-bench";
 
-const PASSWORD: &str = "bench-password-0";
+pub(crate) const PASSWORD: &str = "bench-password-0";
 const WARM_UP: Duration = Duration::from_secs(2);
 
-struct Phase {
-    name: &'static str,
-    per_second: f64,
-    offered: f64,
+pub(crate) struct Phase {
+    pub(crate) name: &'static str,
+    pub(crate) per_second: f64,
+    pub(crate) offered: f64,
 }
 
 /// Runs devices against `broker` and returns (counted per second, offered per second).
-async fn drive(
+pub(crate) async fn drive(
     args: &BenchArgs,
     broker: SocketAddr,
     qos: QoS,
@@ -151,7 +161,10 @@ async fn drive(
     (counted, offered)
 }
 
-async fn passthrough(args: &BenchArgs, mosquitto: Option<&Mosquitto>) -> anyhow::Result<Phase> {
+pub(crate) async fn passthrough(
+    args: &BenchArgs,
+    mosquitto: Option<&Mosquitto>,
+) -> anyhow::Result<Phase> {
     let embedded = match mosquitto {
         Some(_) => None,
         None => Some(EmbeddedBroker::start_passthrough("127.0.0.1:0".parse()?).await?),
@@ -335,6 +348,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(Mosquitto::from_args)
         .transpose()?;
     let m = mosquitto.as_ref();
+    if let Some(n) = args.replicas {
+        let m = m.ok_or_else(|| anyhow::anyhow!("--replicas needs --mosquitto"))?;
+        return crate::bench_replicas::run(&args, m, n).await;
+    }
     let (raw, qos1, qos0) = if m.is_some() {
         // The BAL first, so that the producer accounts exist on the broker for the baseline.
         let qos1 = bal_phase(&args, QoS::AtLeastOnce, m, None).await?;

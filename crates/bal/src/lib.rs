@@ -15,6 +15,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_certify;
+pub mod bench_replicas;
 pub mod cli;
 pub mod cluster;
 pub mod db;

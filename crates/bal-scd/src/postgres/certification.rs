@@ -425,6 +425,8 @@ impl CertificationStore for PgStore {
             "SELECT \
                (SELECT COUNT(*) FROM measurements WHERE (xid, id) > ($1, $2)) AS unbatched, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NULL) AS pending, \
+               (SELECT COALESCE(SUM(measurement_count), 0)::bigint FROM cert_batches \
+                  WHERE tx_hash IS NULL) AS pending_measurements, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NOT NULL) AS anchored, \
                (SELECT COALESCE(SUM(measurement_count), 0)::bigint FROM cert_batches \
                   WHERE tx_hash IS NOT NULL) AS certified",
@@ -436,6 +438,7 @@ impl CertificationStore for PgStore {
         Ok(CertificationStatus {
             unbatched_measurements: u64_of(&row, "unbatched")?,
             pending_batches: u64_of(&row, "pending")?,
+            pending_measurements: u64_of(&row, "pending_measurements")?,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
         })

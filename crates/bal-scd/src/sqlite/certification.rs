@@ -361,6 +361,8 @@ impl CertificationStore for SqliteStore {
             "SELECT \
                (SELECT COUNT(*) FROM measurements WHERE id > ?) AS unbatched, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NULL) AS pending, \
+               (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
+                  WHERE tx_hash IS NULL) AS pending_measurements, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NOT NULL) AS anchored, \
                (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
                   WHERE tx_hash IS NOT NULL) AS certified",
@@ -371,6 +373,7 @@ impl CertificationStore for SqliteStore {
         Ok(CertificationStatus {
             unbatched_measurements: u64_of(&row, "unbatched")?,
             pending_batches: u64_of(&row, "pending")?,
+            pending_measurements: u64_of(&row, "pending_measurements")?,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
         })

@@ -253,13 +253,13 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
             .collect(),
         client: reqwest::Client::new(),
     };
-    // The first replica migrates and deploys the contract; the others join it.
-    cluster.spawn(0);
-    cluster.wait_ready(0).await;
-    for i in 1..3 {
+    // All three start at once on the empty database, as a StatefulSet's pods may: one
+    // migrates (the others wait for its lock), one creates the first admin (once), one deploys
+    // the contract (under the lease).
+    for i in 0..3 {
         cluster.spawn(i);
     }
-    for i in 1..3 {
+    for i in 0..3 {
         cluster.wait_ready(i).await;
     }
     let live = cluster.readyz(2).await.unwrap()["cluster"]["replicas"].clone();
