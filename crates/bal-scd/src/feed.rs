@@ -9,6 +9,7 @@
 //! `postgres::listener`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bal_core::{Measurement, Subscription, Username};
 use tokio::sync::broadcast;
@@ -42,6 +43,21 @@ const CHANGE_BUFFER: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
     sender: broadcast::Sender<Change>,
+    /// Live [`MeasurementWatch`]es. Measurements are announced only while one exists: copying
+    /// every committed reading into the feed (and, on PostgreSQL, reading back every reading
+    /// another replica stored) is work that nobody needs most of the time.
+    watchers: Arc<AtomicUsize>,
+}
+
+/// Held by whoever wants [`Change::Measurements`] (a live stream): while one is held, committed
+/// measurements are announced on the feed.
+#[derive(Debug)]
+pub struct MeasurementWatch(Arc<AtomicUsize>);
+
+impl Drop for MeasurementWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for ChangeFeed {
@@ -53,7 +69,10 @@ impl Default for ChangeFeed {
 impl ChangeFeed {
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(CHANGE_BUFFER);
-        Self { sender }
+        Self {
+            sender,
+            watchers: Arc::default(),
+        }
     }
 
     /// Changes committed from now on.
@@ -61,9 +80,16 @@ impl ChangeFeed {
         self.sender.subscribe()
     }
 
-    /// Whether anyone listens (measurements are only copied into a change when someone does).
-    pub fn has_listeners(&self) -> bool {
-        self.sender.receiver_count() > 0
+    /// Asks for measurements on the feed until the watch is dropped. Take it before
+    /// [`ChangeFeed::subscribe`]-ing, so that nothing committed in between is missed.
+    pub fn watch_measurements(&self) -> MeasurementWatch {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        MeasurementWatch(self.watchers.clone())
+    }
+
+    /// Whether committed measurements are to be announced (someone holds a watch).
+    pub fn wants_measurements(&self) -> bool {
+        self.watchers.load(Ordering::SeqCst) > 0 && self.sender.receiver_count() > 0
     }
 
     /// Announces changes that are committed. The one place changes enter the feed.

@@ -44,7 +44,7 @@ pub use certification::{
 };
 pub use cluster::{BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
 pub use error::{StoreError, StoreResult};
-pub use feed::{Change, ChangeFeed};
+pub use feed::{Change, ChangeFeed, MeasurementWatch};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
@@ -136,7 +136,10 @@ pub trait Store:
     /// Fails when the database cannot answer: the readiness probe.
     async fn ping(&self) -> StoreResult<()>;
     /// Changes committed from now on, by this process and (on PostgreSQL) by every other.
+    /// Measurements among them only while a [`Store::watch_measurements`] is held.
     fn changes(&self) -> broadcast::Receiver<Change>;
+    /// Asks for [`Change::Measurements`] on the feed until the watch is dropped.
+    fn watch_measurements(&self) -> MeasurementWatch;
     /// Records the master key's fingerprint on first use; afterwards `Config` when a process
     /// comes with another key (its wallets and sealed passwords would not open).
     async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()>;

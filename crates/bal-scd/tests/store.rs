@@ -243,6 +243,7 @@ fn reading(payload: &str, origin: Option<(i64, bool)>) -> bal_core::NewMeasureme
 async fn a_batch_keeps_its_order_and_stores_a_matching_redelivery_once() {
     let db = db().await;
     seed(&db.store).await;
+    let _watch = db.store.watch_measurements();
     let mut changes = db.store.changes();
     let batch = [
         reading("a", Some((7, false))),
@@ -835,6 +836,7 @@ async fn committed_changes_reach_this_process_and_on_postgresql_every_other_with
     let db = db().await;
     seed(&db.store).await;
     let other = db.database.store().await;
+    let (_watch_here, _watch_there) = (db.store.watch_measurements(), other.watch_measurements());
     let mut here = db.store.changes();
     let mut there = other.changes();
     let sub = db
@@ -995,4 +997,52 @@ async fn a_consumer_reads_only_under_an_accepted_unexpired_grant() {
         !db.store.can_read(&cons, &prod, t0).await.unwrap(),
         "revoked"
     );
+}
+
+#[tokio::test]
+async fn measurements_are_announced_only_while_someone_watches_them() {
+    let db = db().await;
+    seed(&db.store).await;
+    let other = db.database.store().await;
+    let mut here = db.store.changes();
+    let mut there = other.changes();
+    let unwatched = db
+        .store
+        .insert_measurements(&[reading("a", None)])
+        .await
+        .unwrap();
+    // Time for the other process's listener to see the first notification, unwatched.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let watch_here = db.store.watch_measurements();
+    let watch_there = other.watch_measurements();
+    let watched = db
+        .store
+        .insert_measurements(&[reading("b", None)])
+        .await
+        .unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    // This process announced only the reading committed while it watched.
+    match tokio::time::timeout(wait, here.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Change::Measurements(m) => assert_eq!(m[0].id, watched[0]),
+        other => panic!("unexpected {other:?}"),
+    }
+    if db.database.backend == Backend::Postgres {
+        // The other process reads back only what was notified while it watched.
+        match tokio::time::timeout(wait, there.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Change::Measurements(m) => {
+                assert_eq!(m.iter().map(|m| m.id).collect::<Vec<_>>(), watched);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_ne!(unwatched, watched);
+    drop((watch_here, watch_there));
 }

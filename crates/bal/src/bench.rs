@@ -319,6 +319,7 @@ async fn drive_counting_commits(
     qos: QoS,
 ) -> (f64, f64) {
     let stored = Arc::new(AtomicU64::new(0));
+    let watch = store.watch_measurements();
     let mut changes = store.changes();
     let counter = stored.clone();
     let listener = tokio::spawn(async move {
@@ -330,6 +331,7 @@ async fn drive_counting_commits(
     });
     let result = drive(args, broker, qos, |_| stored.load(Ordering::Relaxed)).await;
     listener.abort();
+    drop(watch);
     result
 }
 

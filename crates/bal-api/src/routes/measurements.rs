@@ -345,23 +345,27 @@ async fn stream(
     let caller = caller.user;
     let producer = producer_param(&caller, p.producer)?;
     // Listen before checking, so nothing committed in between is missed.
+    let watch = state.store.watch_measurements();
     let changes = state.store.changes();
     authorize_read(&state, &caller, &producer).await?;
-    let events = live_readings(state, caller, session, producer, changes);
+    let events = live_readings(state, caller, session, producer, watch, changes);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// `measurement` events with each new reading of `producer`, for as long as `caller` may read
-/// them and its session lasts; then one `end` event. `changes` must be taken before access
-/// was checked, so that nothing committed in between is missed.
+/// them and its session lasts; then one `end` event. `watch` and `changes` must be taken (in
+/// that order) before access was checked, so that nothing committed in between is missed.
 pub(crate) fn live_readings(
     state: AppState,
     caller: User,
     session: [u8; 32],
     producer: Username,
+    watch: bal_scd::MeasurementWatch,
     mut changes: tokio::sync::broadcast::Receiver<Change>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
+        // Held as long as the stream lives: measurements are announced meanwhile.
+        let _watch = watch;
         let mut recheck = tokio::time::interval(RECHECK);
         loop {
             tokio::select! {

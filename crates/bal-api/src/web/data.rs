@@ -339,9 +339,10 @@ pub async fn events(
     who: WebUser,
     Path(raw): Path<String>,
 ) -> Result<Response, WebError> {
+    let watch = state.store.watch_measurements();
     let changes = state.store.changes();
     let producer = producer_for(&state, &who, &raw).await?;
-    let stream = live_readings(state, who.user, who.session, producer, changes);
+    let stream = live_readings(state, who.user, who.session, producer, watch, changes);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -173,6 +173,11 @@ async fn listen(mut listener: PgListener, pool: PgPool, feed: ChangeFeed, origin
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
+                // Another replica's readings are read back only for someone who watches.
+                let wanted = feed.wants_measurements() || !is_measurements(n.payload());
+                if !wanted {
+                    continue;
+                }
                 if let Some(change) = read(&pool, &origin, n.payload()).await {
                     feed.publish([change]);
                 }
@@ -198,6 +203,11 @@ async fn start(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     Ok(listener)
+}
+
+/// Whether a notification names measurements (`<origin>|m|<ids>`).
+fn is_measurements(payload: &str) -> bool {
+    payload.split('|').nth(1) == Some("m")
 }
 
 /// The change a notification from another process names, read from the database. `None` for

@@ -70,7 +70,7 @@ impl MeasurementStore for PgStore {
             .filter(|(_, n)| **n)
             .map(|(i, _)| *i)
             .collect();
-        if !stored.is_empty() && self.feed.has_listeners() {
+        if !stored.is_empty() && self.feed.wants_measurements() {
             let rows = committed(batch, &ids, &new, time(stamp)?);
             tx.announce(Change::Measurements(rows.into()));
         }

@@ -256,6 +256,10 @@ impl Store for PgStore {
         self.feed.subscribe()
     }
 
+    fn watch_measurements(&self) -> crate::MeasurementWatch {
+        self.feed.watch_measurements()
+    }
+
     async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO bal_schema (key, value) VALUES ('master_key', $1) \

@@ -52,7 +52,7 @@ impl MeasurementStore for SqliteStore {
         }
         insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
         new.resize(ids.len(), true);
-        if self.feed.has_listeners() {
+        if self.feed.wants_measurements() {
             let stored = committed(batch, &ids, &new, time(stamp)?);
             if !stored.is_empty() {
                 tx.announce(Change::Measurements(stored.into()));
