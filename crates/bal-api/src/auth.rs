@@ -41,7 +41,7 @@ pub async fn begin_attempt<'a>(
     };
     let local = state.limiter.begin(username, address).map_err(too_many)?;
     let limits = &state.config.login_limits;
-    let keys = [format!("user:{username}"), format!("addr:{address}")];
+    let keys = [username_key(username), format!("addr:{address}")];
     let counted = state
         .store
         .login_failures(&keys, chrono::Utc::now() - window(state)?)
@@ -50,6 +50,17 @@ pub async fn begin_attempt<'a>(
         return Err(too_many(limits.window));
     }
     Ok(LoginAttempt { local, keys, state })
+}
+
+/// The database's key for a claimed username: the name itself when it is a valid one, else a
+/// digest of it. Any text may be claimed, and a claimed name must neither reach the database
+/// raw (PostgreSQL refuses a NUL in text, which would turn a wrong login into a 500) nor take
+/// up to a request body's size per row; `#` never occurs in a valid name.
+fn username_key(claimed: &str) -> String {
+    match bal_core::Username::parse(claimed) {
+        Ok(name) => format!("user:{name}"),
+        Err(_) => format!("user#{}", hex::encode(Sha256::digest(claimed.as_bytes()))),
+    }
 }
 
 fn window(state: &AppState) -> Result<chrono::Duration, ApiError> {

@@ -125,10 +125,18 @@ impl Certifier {
         ));
         self.rounds(&mut stop).await;
         renewal.abort();
-        if let Ok(Some(fence)) = self.held_lease().await
-            && let Err(e) = self.store.release_lease(&fence).await
+        // Only a lease this replica holds (a follower takes nothing on its way out).
+        if let Ok(Some(l)) = self.store.lease(CERTIFY_LEASE).await
+            && l.holder == self.holder
         {
-            tracing::warn!(error = %e.report(), "could not give up the certification lease");
+            let fence = Fence {
+                lease: CERTIFY_LEASE,
+                holder: l.holder,
+                epoch: l.epoch,
+            };
+            if let Err(e) = self.store.release_lease(&fence).await {
+                tracing::warn!(error = %e.report(), "could not give up the certification lease");
+            }
         }
     }
 

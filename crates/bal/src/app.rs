@@ -250,7 +250,14 @@ impl Application {
         };
         let heartbeat_every = Duration::from_secs(settings.cluster.heartbeat_secs.max(1));
         // Before anything is started: a refusal leaves nothing half-running.
-        cluster::join(&store, &replica, cluster::heartbeat_ttl(heartbeat_every)).await?;
+        let own_ca = settings.http.tls && settings.http.cert_file.is_none();
+        cluster::join(
+            &store,
+            &replica,
+            own_ca,
+            cluster::heartbeat_ttl(heartbeat_every),
+        )
+        .await?;
         let admin_password = settings
             .admin_password
             .as_ref()

@@ -50,11 +50,32 @@ fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
     }
 }
 
+/// Why `me` cannot join the live replicas `others` (itself left out), if it cannot. With
+/// `own_ca`, this replica would serve a certificate of a CA it generated itself: the others'
+/// clients would not trust it.
+fn refusal(me: &ReplicaInfo, own_ca: bool, others: &[Replica]) -> Option<String> {
+    if let Some(why) = others.iter().find_map(|r| conflict(me, r)) {
+        return Some(why);
+    }
+    let first = others.first()?;
+    own_ca.then(|| {
+        format!(
+            "replica {:?} serves this database already, and this one would serve a certificate              of its own generated CA, which the clients of the others do not trust: give every              replica the same http.cert_file and http.key_file",
+            first.info.id
+        )
+    })
+}
+
 /// Enters this replica in the registry, or refuses (with the message for the operator) when it
-/// and a live replica cannot share the database. A live row under this replica's own id is
-/// taken over: it is this replica's previous life (a restart after a crash), or a second
-/// process given the same id, which the warning names.
-pub async fn join(store: &SharedStore, me: &ReplicaInfo, ttl: Duration) -> anyhow::Result<()> {
+/// and a live replica cannot share the database (see [`refusal`]). A live row under this
+/// replica's own id is taken over: it is this replica's previous life (a restart after a
+/// crash), or a second process given the same id, which the warning names.
+pub async fn join(
+    store: &SharedStore,
+    me: &ReplicaInfo,
+    own_ca: bool,
+    ttl: Duration,
+) -> anyhow::Result<()> {
     let live = store.live_replicas().await?;
     if let Some(own) = live.iter().find(|r| r.info.id == me.id) {
         tracing::warn!(
@@ -65,9 +86,12 @@ pub async fn join(store: &SharedStore, me: &ReplicaInfo, ttl: Duration) -> anyho
         );
     }
     let check = |live: &[Replica]| {
-        live.iter()
+        let others: Vec<Replica> = live
+            .iter()
             .filter(|r| r.info.id != me.id)
-            .find_map(|r| conflict(me, r))
+            .cloned()
+            .collect();
+        refusal(me, own_ca, &others)
     };
     if let Some(why) = check(&live) {
         anyhow::bail!("{why}");
@@ -231,5 +255,22 @@ mod tests {
             "{why}"
         );
         assert!(conflict(&chain.info, &broker).is_some());
+    }
+
+    #[test]
+    fn a_replica_with_a_generated_ca_joins_no_other() {
+        let me = replica("b", false, false).info;
+        let other = replica("a", false, false);
+        assert_eq!(
+            refusal(&me, true, &[]),
+            None,
+            "the first may generate its own"
+        );
+        assert_eq!(refusal(&me, false, std::slice::from_ref(&other)), None);
+        let why = refusal(&me, true, &[other]).unwrap();
+        assert!(
+            why.contains("http.cert_file") && why.contains("\"a\""),
+            "{why}"
+        );
     }
 }

@@ -165,3 +165,19 @@ async fn the_login_body_is_checked_like_any_other() {
         .unwrap();
     assert!(body["token"].is_string());
 }
+
+/// Found by schemathesis on PostgreSQL: a claimed username with a NUL byte reached the failed
+/// login counter raw, which PostgreSQL refuses in text, and the wrong login became a 500.
+#[tokio::test]
+async fn any_claimed_username_is_a_plain_401_and_is_limited_like_a_real_one() {
+    let app = spawn_app_with(|s| s.auth.max_failed_logins_per_user = 2).await;
+    for claimed in ["\u{0}\u{1a}ª/\u{16}\nK$", &"x".repeat(10_000), "Admin"] {
+        for _ in 0..2 {
+            let r = app.login(claimed, "wrong-password").await;
+            assert_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        }
+        let r = app.login(claimed, "wrong-password").await;
+        let shown: String = claimed.chars().take(8).collect();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "{shown:?}");
+    }
+}
