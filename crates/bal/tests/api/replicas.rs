@@ -3,7 +3,7 @@
 //! test `kill -9`s the certification lease holder, then another replica, and restarts them.
 //! Every reading the device got acknowledged is stored once and certified, every root is
 //! anchored once (read back from the node's logs), sessions work on every replica and end
-//! everywhere at a password change, failed logins spread over the replicas hit the limits as if
+//! everywhere at a password change (on the broker too), failed logins spread over the replicas hit the limits as if
 //! on one (counting the client address a trusted balancer forwards), and a live stream on one
 //! replica shows readings ingested by the others and ends within a second of a revocation made
 //! on another.
@@ -234,6 +234,30 @@ async fn anchored_roots(chain: &str, contract: &str) -> HashMap<B256, usize> {
     roots
 }
 
+/// Whether Mosquitto accepts this MQTT 5 login.
+async fn mqtt_login(port: u16, user: &str, password: &str) -> bool {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(format!("login-check-{user}"), "127.0.0.1", port);
+    o.set_credentials(user, password);
+    let (client, mut events) = AsyncClient::new(o, 10);
+    let accepted = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return ack.code == ConnectReturnCode::Success;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let _ = client.disconnect().await;
+    accepted
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_another() {
     install_crypto_provider();
@@ -390,6 +414,13 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let producer = cluster.token(0, "device1", "another-long-password").await;
+    // ...and on the broker the old password stops working (the broker lease holder pushed the
+    // new one, whichever replica that is).
+    eventually(10, "MQTT refusing the old password", || async {
+        !mqtt_login(mosquitto.port, "device1", PASSWORD).await
+    })
+    .await;
+    assert!(mqtt_login(mosquitto.port, "device1", "another-long-password").await);
 
     // Failed logins spread over the three replicas hit the limits as if on one: per username
     // (then even the right password is refused for a while)...
