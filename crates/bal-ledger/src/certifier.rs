@@ -125,18 +125,12 @@ impl Certifier {
         ));
         self.rounds(&mut stop).await;
         renewal.abort();
-        // Only a lease this replica holds (a follower takes nothing on its way out).
-        if let Ok(Some(l)) = self.store.lease(CERTIFY_LEASE).await
-            && l.holder == self.holder
+        if let Err(e) = self
+            .store
+            .release_if_held(CERTIFY_LEASE, &self.holder)
+            .await
         {
-            let fence = Fence {
-                lease: CERTIFY_LEASE,
-                holder: l.holder,
-                epoch: l.epoch,
-            };
-            if let Err(e) = self.store.release_lease(&fence).await {
-                tracing::warn!(error = %e.report(), "could not give up the certification lease");
-            }
+            tracing::warn!(error = %e.report(), "could not give up the certification lease");
         }
     }
 

@@ -73,7 +73,7 @@ pub struct Lease {
 /// `CertificationStore`) writes only while that fence's lease is held, checked in the writing
 /// transaction, so an ex-holder cannot write after losing it.
 #[async_trait]
-pub trait ClusterStore {
+pub trait ClusterStore: Send + Sync {
     /// Records that `replica` is alive for the next `ttl` (inserting its row or refreshing it).
     async fn heartbeat(&self, replica: &ReplicaInfo, ttl: Duration) -> StoreResult<()>;
     /// Replicas whose last heartbeat has not expired, by id.
@@ -92,6 +92,21 @@ pub trait ClusterStore {
     async fn release_lease(&self, fence: &Fence) -> StoreResult<()>;
     /// The lease as it stands, expired or not; `None` when never taken.
     async fn lease(&self, lease: &'static str) -> StoreResult<Option<Lease>>;
+    /// Gives `lease` up if `holder` holds it now (a clean stop, so that another replica takes
+    /// over at once); a replica that does not hold it takes nothing on its way out.
+    async fn release_if_held(&self, lease: &'static str, holder: &str) -> StoreResult<()> {
+        match self.lease(lease).await? {
+            Some(l) if l.holder == holder => {
+                let fence = Fence {
+                    lease,
+                    holder: l.holder,
+                    epoch: l.epoch,
+                };
+                self.release_lease(&fence).await
+            }
+            _ => Ok(()),
+        }
+    }
     /// The sealed broker password last given to the external broker, per username: what the
     /// holder of [`BROKER_LEASE`] compares with to tell a changed password, whichever replica
     /// pushed it.

@@ -119,6 +119,28 @@ pub(crate) struct Phase {
     pub(crate) offered: f64,
 }
 
+/// The accounts the devices log in as: `producer0` … with [`PASSWORD`].
+pub(crate) async fn create_producers(
+    store: &bal_scd::SharedStore,
+    keys: &accounts::AccountKeys,
+    producers: usize,
+) -> anyhow::Result<()> {
+    for p in 0..producers.max(1) {
+        let name = Username::parse(&format!("producer{p}"))?;
+        accounts::create_user(
+            store.as_ref(),
+            keys,
+            name,
+            Role::Producer,
+            PASSWORD.into(),
+            &Actor::System,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs devices against `broker` and returns (counted per second, offered per second).
 pub(crate) async fn drive(
     args: &BenchArgs,
@@ -241,19 +263,7 @@ async fn bal_phase(
     }
     let app = Application::build(settings).await?;
     let store = app.store();
-    for p in 0..args.producers.max(1) {
-        let name = Username::parse(&format!("producer{p}"))?;
-        accounts::create_user(
-            store.as_ref(),
-            app.account_keys(),
-            name,
-            Role::Producer,
-            PASSWORD.into(),
-            &Actor::System,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    create_producers(&store, app.account_keys(), args.producers).await?;
     let broker = match mosquitto {
         Some(m) => m.addr,
         None => app.mqtt_addr().expect("listening"),

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bal_api::accounts;
-use bal_core::{Actor, NewMeasurement, Role, Topic, Username};
+use bal_core::{NewMeasurement, Topic};
 use bal_scd::{CERTIFY_LEASE, SharedStore};
 use rumqttc::QoS;
 
-use crate::bench::{BenchArgs, Mosquitto, PASSWORD, Phase, drive, passthrough};
+use crate::bench::{BenchArgs, Mosquitto, Phase, create_producers, drive, passthrough};
 use crate::scratch::ScratchDatabase;
 use crate::settings::{BrokerKind, Secret, Settings};
 
@@ -135,19 +134,7 @@ async fn phase(
         bal_scd::Migrate::Auto,
     )
     .await?;
-    for p in 0..args.producers.max(1) {
-        let name = Username::parse(&format!("producer{p}"))?;
-        accounts::create_user(
-            store.as_ref(),
-            &keys,
-            name,
-            Role::Producer,
-            PASSWORD.into(),
-            &Actor::System,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    create_producers(&store, &keys, args.producers).await?;
     let mut replicas = spawn(n, &scratch.url, m, shared)?;
     wait_live(&store, n).await?;
 

@@ -123,15 +123,12 @@ impl MosquittoBroker {
         let _ = self.ingest.await;
         let _ = self.reconciler.await;
         // Another replica takes over the reconciliation at once.
-        if let Ok(Some(l)) = self.store.lease(BROKER_LEASE).await
-            && l.holder == self.replica_id
+        if let Err(e) = self
+            .store
+            .release_if_held(BROKER_LEASE, &self.replica_id)
+            .await
         {
-            let fence = Fence {
-                lease: BROKER_LEASE,
-                holder: l.holder,
-                epoch: l.epoch,
-            };
-            let _ = self.store.release_lease(&fence).await;
+            tracing::warn!(error = %e.report(), "could not give up the broker lease");
         }
     }
 }
