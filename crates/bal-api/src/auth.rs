@@ -70,6 +70,7 @@ fn window(state: &AppState) -> Result<chrono::Duration, ApiError> {
 impl LoginAttempt<'_> {
     /// Counts a failure; returns how long to hold the answer back.
     pub async fn failed(self) -> std::time::Duration {
+        self.state.metrics.failed_login(bal_metrics::Channel::Https);
         let now = chrono::Utc::now();
         let forget = window(self.state).map(|w| now - w).unwrap_or(now);
         if let Err(e) = self

@@ -26,9 +26,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use bal_core::GrantAction;
 use bal_ledger::certifier::CertifierHealth;
 use bal_ledger::proofs::Prover;
 use bal_ledger::{EmbeddedChain, SharedLedger};
+use bal_metrics::{GrantDecision, Metrics};
 use bal_scd::SharedStore;
 
 use crate::accounts::AccountKeys;
@@ -63,6 +65,9 @@ pub struct ApiConfig {
     pub replica_id: String,
     /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
     pub trusted_proxies: Vec<client::TrustedProxy>,
+    /// Whether `GET /metrics` is served here; false when `metrics.listen` gives it a listener
+    /// of its own (see [`metrics_router`]).
+    pub metrics_route: bool,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +83,7 @@ impl Default for ApiConfig {
             broker_address: None,
             replica_id: "bal".to_owned(),
             trusted_proxies: Vec::new(),
+            metrics_route: true,
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct AppState {
     pub certification: Arc<Certification>,
     /// What `/readyz` reports: each dependency's state and since when.
     pub dependencies: Arc<routes::health::Dependencies>,
+    /// What `/metrics` exports; the brokers and the certifier count in the same registry.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The chain side: where batches are anchored, proofs, and the certifier's health.
@@ -117,7 +125,25 @@ impl AppState {
             config: Arc::new(config),
             certification: Arc::new(certification),
             dependencies: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts in `metrics`, the registry the rest of the process counts in.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// The kind of a grant decision, as `bal_grant_decisions_total` counts it.
+pub fn decision_of(action: &GrantAction) -> GrantDecision {
+    match action {
+        GrantAction::Accept { .. } => GrantDecision::Accepted,
+        GrantAction::Refuse => GrantDecision::Refused,
+        GrantAction::Revoke => GrantDecision::Revoked,
+        GrantAction::Cancel => GrantDecision::Cancelled,
+        GrantAction::Expire => GrantDecision::Expired,
     }
 }
 
@@ -143,11 +169,19 @@ pub fn router(state: AppState) -> Router {
     let (api, mut doc) = documented_routes(&state.config).split_for_parts();
     openapi::complete(&mut doc);
     let request_id = HeaderName::from_static("x-request-id");
-    api.merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc))
-        .route("/rpc", axum::routing::post(routes::rpc::rpc))
-        .merge(web::router())
+    let mut app = api
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", doc))
+        .route("/rpc", axum::routing::post(routes::rpc::rpc));
+    if state.config.metrics_route {
+        app = app.route("/metrics", axum::routing::get(routes::metrics::metrics));
+    }
+    app.merge(web::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::metrics::count_request,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -167,6 +201,15 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// `GET /metrics` alone, for the listener `metrics.listen` names (plain HTTP, meant for the
+/// pod network or loopback, never the public port).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(routes::metrics::metrics))
+        .fallback(routes::not_found)
+        .with_state(state)
 }
 
 /// The OpenAPI document alone, for `bal` to print or tests to inspect.

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
 use bal_core::merkle::MerkleTree;
+use bal_metrics::Metrics;
 use bal_scd::{AnchorRecord, Batch, CERTIFY_LEASE, Fence, NewBatch, SharedStore, StoreError};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -75,6 +76,7 @@ pub struct Certifier {
     /// This replica's id: the lease holder's name.
     holder: String,
     health: Arc<Mutex<CertifierHealth>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The on-chain batch id of batch `seq`: the number, as a 32-byte word.
@@ -105,7 +107,14 @@ impl Certifier {
             config,
             holder: holder.into(),
             health: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts batches, anchor latency and failures in `metrics` (a private registry otherwise).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A handle on the health the worker reports.
@@ -151,6 +160,7 @@ impl Certifier {
                     self.config.window
                 }
                 Err(e) => {
+                    self.metrics.anchor_failed();
                     tracing::warn!(error = %e, chain = %self.ledger.describe(), "certification paused; retrying");
                     self.health.lock().expect("health lock").last_error = Some(e.to_string());
                     backoff(pause, self.config.window)
@@ -172,12 +182,16 @@ impl Certifier {
     pub async fn round(&self) -> Result<Vec<Batch>, CertifyError> {
         let fence = self.held_lease().await?;
         self.health.lock().expect("health lock").leader = fence.is_some();
+        self.metrics.set_lease_held(CERTIFY_LEASE, fence.is_some());
         let Some(fence) = fence else {
             return Ok(Vec::new());
         };
         let mut done = Vec::new();
         for batch in self.store.unanchored_batches().await? {
-            done.push(self.settle(batch, true, &fence).await?);
+            let batch = self.settle(batch, true, &fence).await?;
+            self.metrics
+                .batch_anchored(u64::from(batch.measurement_count), []);
+            done.push(batch);
         }
         loop {
             let pending = self.store.pending_items(self.config.max_batch).await?;
@@ -207,7 +221,22 @@ impl Certifier {
                     &fence,
                 )
                 .await?;
-            done.push(self.settle(batch, false, &fence).await?);
+            let batch = self.settle(batch, false, &fence).await?;
+            // Latency from storing to the recorded anchor, per measurement (a resumed batch's
+            // measurements are not at hand: only fresh ones are observed).
+            let anchored_ms = Utc::now().timestamp_millis();
+            self.metrics.batch_anchored(
+                u64::from(measurement_count),
+                pending
+                    .items
+                    .iter()
+                    .filter(|i| i.kind == bal_scd::ItemKind::Measurement)
+                    .map(|i| {
+                        let age = anchored_ms.saturating_sub(i.values.received_at_ms as i64);
+                        Duration::from_millis(u64::try_from(age).unwrap_or(0))
+                    }),
+            );
+            done.push(batch);
             if !full {
                 return Ok(done);
             }

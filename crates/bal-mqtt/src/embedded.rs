@@ -23,6 +23,7 @@ use anyhow::Context;
 use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
 use bal_core::measurement::mqtt_origin;
 use bal_core::{NewMeasurement, SubscriptionStatus, Username};
+use bal_metrics::{Channel, Refusal, Source};
 use bal_scd::{Change, SharedStore, User};
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
@@ -134,6 +135,15 @@ impl EmbeddedBroker {
             server = server.listener_by_id(l, 2);
         }
 
+        // The context's own counters (a clone of a counter would be a copy of its value).
+        let counted = scx.clone();
+        ingest.metrics().on_render(move |m| {
+            let count = |c: isize| usize::try_from(c).unwrap_or(0);
+            m.set_mqtt_clients(
+                count(counted.connections.count()),
+                count(counted.sessions.count()),
+            );
+        });
         let hooks = Hooks {
             store: Arc::downgrade(&store),
             ingest,
@@ -342,6 +352,7 @@ impl Hooks {
         };
         let Some(user) = credentials.filter(|_| valid).map(|c| c.user) else {
             let delay = attempt.failed();
+            self.ingest.metrics().failed_login(Channel::Mqtt);
             tracing::warn!(%address, "MQTT login failed");
             tokio::time::sleep(delay).await;
             return auth(AuthResult::BadUsernameOrPassword);
@@ -403,6 +414,12 @@ impl Hooks {
         })
     }
 
+    fn refused(&self, reason: Refusal) {
+        self.ingest
+            .metrics()
+            .measurement_refused(Source::Mqtt, reason, 1);
+    }
+
     async fn publish(&self, session: &Session, p: &Publish) -> HookResult {
         // MQTT 3.1.1 has no negative PUBACK: the only refusal it understands is a disconnect.
         let v3 = session.protocol().await.map_or(true, |v| v < 5);
@@ -412,6 +429,7 @@ impl Hooks {
         let topic = match check_publish(&user, &p.topic) {
             Ok(t) => t,
             Err(PublishRefusal::InvalidTopic) => {
+                self.refused(Refusal::InvalidTopic);
                 return publish_result(
                     PublishAckReason::TopicNameInvalid,
                     "not a platone/<producer> topic",
@@ -419,10 +437,12 @@ impl Hooks {
                 );
             }
             Err(PublishRefusal::NotAuthorized) => {
+                self.refused(Refusal::NotAuthorized);
                 return publish_result(PublishAckReason::NotAuthorized, "not your topic", v3);
             }
         };
         if p.payload.len() > self.max_payload {
+            self.refused(Refusal::TooLarge);
             return publish_result(
                 PublishAckReason::QuotaExceeded,
                 "payload over the limit",
@@ -438,6 +458,7 @@ impl Hooks {
         match self.ingest.submit(m).await {
             Ok(_) => HookResult::PublishAclResult(PublishAclResult::allow()),
             Err(e) if qos0 => {
+                self.refused(Refusal::NotStored);
                 // Not stored, so not forwarded either: a consumer never sees an uncertified
                 // reading. QoS 0 promised nothing more; the loss is counted.
                 let dropped = 1 + self.dropped_qos0.fetch_add(1, Ordering::Relaxed);
@@ -449,6 +470,7 @@ impl Hooks {
                 )
             }
             Err(e) => {
+                self.refused(Refusal::NotStored);
                 // No PUBACK, not even a negative one (after which an MQTT 5 client would
                 // consider the message done): the connection closes with the message
                 // unacknowledged, so a client with a session sends it again when it reconnects,

@@ -9,7 +9,11 @@
 //! (one device's, or those Mosquitto hands over on the ingest session) are stored, paged and
 //! certified in that order.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bal_core::NewMeasurement;
+use bal_metrics::{Metrics, Source, Stored};
 use bal_scd::{SharedStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -32,6 +36,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Ingest {
     jobs: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
 }
 
 /// Messages waiting beyond this make publishers wait their turn (back-pressure) instead of
@@ -41,10 +46,21 @@ const QUEUE: usize = 64 * 1024;
 impl Ingest {
     /// Starts the writer. Abort the returned task to stop it: uncommitted messages then get
     /// [`IngestError::Closed`], and their publishers (never acknowledged) send them again.
-    pub fn start(store: SharedStore, max_batch: usize) -> (Self, JoinHandle<()>) {
+    /// Commits are counted in `metrics` (MQTT measurements stored and duplicate, commit
+    /// latency and batch size).
+    pub fn start(
+        store: SharedStore,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let writer = tokio::spawn(write_batches(store, rx, max_batch.max(1)));
-        (Self { jobs }, writer)
+        let writer = tokio::spawn(write_batches(store, rx, max_batch.max(1), metrics.clone()));
+        (Self { jobs, metrics }, writer)
+    }
+
+    /// Where the brokers count what they refuse.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Stores `measurement`; returns its id once committed (or the id of the measurement it
@@ -59,7 +75,12 @@ impl Ingest {
     }
 }
 
-async fn write_batches(store: SharedStore, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn write_batches(
+    store: SharedStore,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
     let mut jobs = Vec::with_capacity(max_batch);
     let mut batch = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
@@ -70,11 +91,16 @@ async fn write_batches(store: SharedStore, mut rx: mpsc::Receiver<Job>, max_batc
             replies.push(job.reply);
         }
         let span = tracing::debug_span!("ingest_batch", size = batch.len());
-        let stored = store.insert_measurements(&batch).instrument(span).await;
+        let started = Instant::now();
+        let stored = store.store_measurements(&batch).instrument(span).await;
         let size = batch.len();
         batch.clear();
         match stored {
-            Ok(ids) => {
+            Ok(bal_scd::StoredBatch { ids, duplicates }) => {
+                metrics.ingest_commit(size, started.elapsed());
+                let dup = duplicates as u64;
+                metrics.measurement_stored(Source::Mqtt, Stored::New, size as u64 - dup);
+                metrics.measurement_stored(Source::Mqtt, Stored::Duplicate, dup);
                 for (reply, id) in replies.drain(..).zip(ids) {
                     let _ = reply.send(Ok(id));
                 }

@@ -48,6 +48,7 @@ pub use feed::{Change, ChangeFeed, MeasurementWatch};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
+    StoredBatch,
 };
 pub use postgres::PgStore;
 pub use schema::{Migrate, SchemaStatus};
@@ -94,6 +95,24 @@ impl Backend {
 pub enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
+}
+
+impl Pool {
+    /// The connections open now, and how many of them are idle: what `/metrics` reports.
+    pub fn usage(&self) -> (u32, usize) {
+        match self {
+            Pool::Sqlite(p) => (p.size(), p.num_idle()),
+            Pool::Postgres(p) => (p.size(), p.num_idle()),
+        }
+    }
+
+    /// The most connections the pool opens.
+    pub fn max_connections(&self) -> u32 {
+        match self {
+            Pool::Sqlite(p) => p.options().get_max_connections(),
+            Pool::Postgres(p) => p.options().get_max_connections(),
+        }
+    }
 }
 
 /// How to open a store.

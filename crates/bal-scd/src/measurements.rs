@@ -100,10 +100,24 @@ impl MeasurementPage {
 /// - history pages never skip or repeat a row (see [`MeasurementCursor`]).
 #[async_trait]
 pub trait MeasurementStore: Send + Sync {
-    /// Stores a batch in one transaction, all or nothing; returns one id per item, in order.
-    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>>;
+    /// Stores a batch in one transaction, all or nothing; returns one id per item, in order,
+    /// and how many items were redeliveries of stored measurements (not stored again).
+    async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch>;
+    /// [`MeasurementStore::store_measurements`], the ids only.
+    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+        Ok(self.store_measurements(batch).await?.ids)
+    }
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>>;
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage>;
+}
+
+/// What [`MeasurementStore::store_measurements`] did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// One per item, in order: the new row's, or the stored one a redelivery repeats.
+    pub ids: Vec<i64>,
+    /// How many items were redeliveries, not stored again.
+    pub duplicates: usize,
 }
 
 /// How far back a redelivery is looked for: longer than a client takes to reconnect and resend

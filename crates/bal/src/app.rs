@@ -40,6 +40,8 @@ const INGEST_BATCH: usize = 4096;
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// `metrics.listen`: `/metrics` alone, plain HTTP.
+    metrics_listener: Option<TcpListener>,
     tls: Option<(RustlsConfig, tls::TlsFiles)>,
     ca: Option<PathBuf>,
     state: AppState,
@@ -216,25 +218,9 @@ pub async fn open_ledger(
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::check::validate(&settings)?;
         let listen = settings.http.listen;
-        if !settings.http.tls && !listen.ip().is_loopback() {
-            anyhow::bail!(
-                "http.tls = false is allowed only on a loopback address, not {listen}: \
-                 set http.listen to 127.0.0.1:<port> or turn TLS on"
-            );
-        }
-        settings.trusted_proxies()?;
         let embedded = settings.broker.kind == BrokerKind::Embedded;
-        if let Some(addr) = settings.mqtt.listen
-            && embedded
-            && !addr.ip().is_loopback()
-            && !settings.mqtt.allow_plain_remote
-        {
-            anyhow::bail!(
-                "plain MQTT on {addr} would expose passwords and data: use mqtt.listen_tls, \
-                 a loopback mqtt.listen, or set mqtt.allow_plain_remote = true"
-            );
-        }
         // serve and demo migrate on start unless the operator says otherwise.
         let migrate = if settings.database.auto_migrate {
             bal_scd::Migrate::Auto
@@ -283,6 +269,16 @@ impl Application {
             .with_context(|| format!("cannot listen on {listen} (http.listen)"))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match settings.metrics.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics = Arc::new(bal_metrics::Metrics::new());
 
         let (ledger, embedded) = open_ledger(&settings, &store, &replica.id).await?;
         let certifier = Certifier::new(
@@ -294,7 +290,8 @@ impl Application {
                 lease: Duration::from_secs(settings.certify.lease_secs.max(1)),
             },
             replica.id.clone(),
-        );
+        )
+        .with_metrics(metrics.clone());
         let certification = Certification {
             ledger,
             embedded,
@@ -302,7 +299,7 @@ impl Application {
             health: certifier.health(),
         };
 
-        let (ingest, ingest_writer) = Ingest::start(store.clone(), INGEST_BATCH);
+        let (ingest, ingest_writer) = Ingest::start(store.clone(), INGEST_BATCH, metrics.clone());
         let started = Broker::start(&settings, files.as_ref(), store.clone(), &keys, ingest).await;
         let broker = match started {
             Ok(b) => b,
@@ -311,10 +308,12 @@ impl Application {
                 return Err(e);
             }
         };
-        let state = AppState::new(store, keys, settings.api_config(), certification);
+        let state =
+            AppState::new(store, keys, settings.api_config(), certification).with_metrics(metrics);
         Ok(Self {
             listener,
             local_addr,
+            metrics_listener,
             tls,
             ca: files.and_then(|f| f.ca),
             state,
@@ -350,6 +349,13 @@ impl Application {
             std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         };
         format!("{scheme}://{host}:{}", self.local_addr.port())
+    }
+
+    /// The address of `metrics.listen`, with the real port, when it is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The generated CA certificate clients should trust, if one is in use.
@@ -400,7 +406,30 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(expire_grants(self.state.store.clone(), stop_rx.clone()));
+        tasks.spawn(expire_grants(
+            self.state.store.clone(),
+            self.state.metrics.clone(),
+            stop_rx.clone(),
+        ));
+        if let Some(listener) = self.metrics_listener {
+            let app = bal_api::metrics_router(self.state.clone());
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "metrics listener failed"),
+                };
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         tasks.spawn(purge_sessions(self.state.store.clone(), stop_rx.clone()));
         tasks.spawn(cluster::heartbeats(
             self.state.store.clone(),
@@ -477,11 +506,16 @@ where
 
 /// Writes down lapsed grants, with their audit entries. Readers already treat a lapsed grant as
 /// expired; this makes the stored status and the audit log say so within a second.
-async fn expire_grants(store: SharedStore, stop: watch::Receiver<bool>) {
+async fn expire_grants(
+    store: SharedStore,
+    metrics: Arc<bal_metrics::Metrics>,
+    stop: watch::Receiver<bool>,
+) {
     every(Duration::from_secs(1), stop, || async {
         match store.expire_due(chrono::Utc::now()).await {
             Ok(expired) => {
                 for s in expired {
+                    metrics.grant_decision(bal_metrics::GrantDecision::Expired);
                     tracing::info!(subscription = %s.id, consumer = %s.consumer, "grant expired");
                 }
             }

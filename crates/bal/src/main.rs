@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "bal", version, about = "The Platone Blockchain Access Layer")]
 struct Cli {
     /// Settings file (default: ./bal.toml when it exists).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, env = "BAL_CONFIG")]
     config: Option<PathBuf>,
     /// Overrides data_dir.
     #[arg(long, global = true)]
@@ -53,6 +53,9 @@ enum Command {
     /// Several replicas on one database: who is live, who anchors, retiring one for good.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Asks this machine's `bal serve` (at http.listen) whether it is ready: exit 0 when
+    /// /readyz answers 200, 1 otherwise. For a container's HEALTHCHECK.
+    Health,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +98,9 @@ enum ConfigCommand {
     Default,
     /// Prints the OpenAPI document of the REST API.
     Openapi,
+    /// Checks the settings (file, environment, flags) as `bal serve` would read them, without
+    /// starting anything or printing a secret: exit 0 when valid.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(settings.log.format);
             match command {
                 Command::Serve { .. } => serve(settings).await,
+                Command::Config(ConfigCommand::Check) => bal::check::run(&settings),
                 Command::Demo => bal::demo::run(settings).await,
                 Command::User(UserCommand::Add {
                     username,
@@ -224,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password_stdin,
                 }) => bal::cli::passwd(&settings, &username, password_stdin).await,
                 Command::Config(_)
+                | Command::Health
                 | Command::Bench(_)
                 | Command::BenchCertify(_)
                 | Command::Verify(_) => {
@@ -246,6 +254,19 @@ async fn main() -> ExitCode {
     };
     if let Command::Verify(args) = cli.command {
         return bal::verify::run(args).await;
+    }
+    if let Command::Health = cli.command {
+        let overrides = Overrides {
+            data_dir: cli.data_dir.clone(),
+            http_listen: None,
+        };
+        return match Settings::load(cli.config.as_deref(), &overrides) {
+            Ok(settings) => bal::health::run(&settings).await,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,7 @@ pub struct Settings {
     pub chain: ChainSettings,
     pub certify: CertifySettings,
     pub cluster: ClusterSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
     /// The first admin's password, used only when no admin exists yet (`BAL_ADMIN_PASSWORD`).
     pub admin_password: Option<Secret>,
@@ -253,6 +254,15 @@ impl Default for ClusterSettings {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// `GET /metrics` on a listener of its own, plain HTTP (the pod network or loopback), and
+    /// not on the HTTPS one. `"off"` (the default): served on `http.listen`.
+    #[serde(with = "optional_address")]
+    pub listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -280,6 +290,7 @@ impl Default for Settings {
             chain: ChainSettings::default(),
             certify: CertifySettings::default(),
             cluster: ClusterSettings::default(),
+            metrics: MetricsSettings::default(),
             log: LogSettings::default(),
             admin_password: None,
         }
@@ -478,6 +489,11 @@ lease_secs = 10
 # Seconds between this replica's heartbeats; gone after three missed.   BAL_CLUSTER__HEARTBEAT_SECS
 heartbeat_secs = 3
 
+[metrics]
+# GET /metrics (Prometheus) on a plain-HTTP listener of its own, e.g. "0.0.0.0:9090" for the pod
+# network, instead of on http.listen. "off": served on http.listen.     BAL_METRICS__LISTEN
+listen = "off"
+
 [log]
 # "text" or "json". Levels come from RUST_LOG (default: info).          BAL_LOG__FORMAT
 format = "text"
@@ -485,7 +501,7 @@ format = "text"
 
 /// The top-level keys an environment variable may set; other `BAL_*` variables (such as a
 /// shell's `BAL_HOME`) are not settings and are ignored rather than refused.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "data_dir",
     "http",
     "mqtt",
@@ -497,6 +513,7 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "chain",
     "certify",
     "cluster",
+    "metrics",
     "log",
     "admin_password",
 ];
@@ -626,6 +643,7 @@ impl Settings {
             trusted_proxies: self.trusted_proxies().unwrap_or_default(),
             // Refused at start when invalid (Application::build).
             replica_id: self.replica_id().unwrap_or_default(),
+            metrics_route: self.metrics.listen.is_none(),
             broker_address: match self.broker.kind {
                 BrokerKind::Embedded => None,
                 BrokerKind::Mosquitto => self

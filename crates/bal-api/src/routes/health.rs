@@ -49,6 +49,9 @@ pub struct Readiness {
     /// process whose chain is out still stores and serves; certification catches up later).
     pub dependencies: BTreeMap<&'static str, DependencyState>,
     pub cluster: ClusterState,
+    /// The chain's latest block, when it answered (for `/metrics`; not in the body).
+    #[serde(skip)]
+    pub chain_head: Option<u64>,
 }
 
 /// This replica among the others on the same database (reported only: readiness does not
@@ -115,9 +118,9 @@ impl Dependencies {
 /// `Err` with a message when `check` fails or takes longer than [`CHECK_TIMEOUT`].
 async fn within<T, E: std::fmt::Display>(
     check: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<(), String> {
+) -> Result<T, String> {
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
     }
@@ -126,7 +129,7 @@ async fn within<T, E: std::fmt::Display>(
 /// Checks every dependency at once (at most [`CHECK_TIMEOUT`]) and records what it found:
 /// what `/readyz` answers and the admin's health section shows.
 pub(crate) async fn check(state: &AppState) -> Readiness {
-    let database = within(state.store.ping());
+    let database = async { within(state.store.ping()).await.map(drop) };
     let chain = async {
         within(state.certification.ledger.head())
             .await
@@ -137,7 +140,7 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
                 "the chain node does not answer (details in the log)".to_owned()
             })
     };
-    let broker = within(async {
+    let broker = within::<(), _>(async {
         match &state.config.broker_address {
             // Reachable is what can be checked without an account of its own there.
             Some((host, port)) => tokio::net::TcpStream::connect((host.as_str(), *port))
@@ -171,9 +174,10 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
     let (database, chain, broker, cluster) = tokio::join!(database, chain, broker, cluster);
     let deps = &state.dependencies;
     let database_up = database.is_ok();
+    let chain_head = chain.as_ref().ok().copied();
     let dependencies = BTreeMap::from([
         ("database", deps.record("database", database)),
-        ("chain", deps.record("chain", chain)),
+        ("chain", deps.record("chain", chain.map(drop))),
         ("broker", deps.record("broker", broker)),
     ]);
     let status = if deps.shutting_down.load(Ordering::SeqCst) {
@@ -187,6 +191,7 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
         status,
         dependencies,
         cluster,
+        chain_head,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the owner, granted consumers and admins read history, single readings and a live
 //! stream. A consumer reads a producer's data only under an accepted, unexpired grant.
 
+use bal_metrics::{Refusal, Source, Stored};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -135,6 +136,34 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
+    let uploaded = upload(&state, caller, p, &headers, &body).await;
+    let m = &state.metrics;
+    match &uploaded {
+        Ok((_, Json(r))) => m.measurement_stored(Source::Https, Stored::New, r.ids.len() as u64),
+        // A refused upload counts once, whatever it carried: it may not even parse.
+        Err(e) => m.measurement_refused(Source::Https, refusal(e), 1),
+    }
+    uploaded
+}
+
+/// Why an upload was refused, as `bal_measurements_refused_total` counts it.
+fn refusal(e: &ApiError) -> Refusal {
+    match e {
+        ApiError::Forbidden(_) => Refusal::NotAuthorized,
+        ApiError::NotFound(_) | ApiError::Unprocessable(_) => Refusal::InvalidTopic,
+        ApiError::PayloadTooLarge(_) => Refusal::TooLarge,
+        ApiError::BadRequest(_) | ApiError::UnsupportedMediaType(_) => Refusal::Malformed,
+        _ => Refusal::NotStored,
+    }
+}
+
+async fn upload(
+    state: &AppState,
+    caller: AuthUser,
+    p: IngestParams,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     let caller = caller.user;
     let topic = match (p.topic, caller.role) {
         (Some(t), _) => Topic::parse(&t).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
@@ -159,7 +188,7 @@ async fn ingest(
             ));
         }
     }
-    let payloads = payloads(&headers, &body)?;
+    let payloads = payloads(headers, body)?;
     let limit = state.config.max_payload_bytes;
     if let Some(n) = payloads.iter().position(|p| p.len() > limit) {
         return Err(ApiError::PayloadTooLarge(format!(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod certification;
 pub mod health;
 pub mod measurements;
+pub mod metrics;
 pub mod rpc;
 pub mod subscriptions;
 pub mod users;

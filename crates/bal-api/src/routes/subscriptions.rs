@@ -2,6 +2,7 @@
 //! decide, consumers cancel. Every object is checked against the caller: a producer decides
 //! only requests on its own topic, a consumer sees and cancels only its own.
 
+use bal_metrics::GrantDecision;
 use std::collections::HashMap;
 
 use axum::body::Bytes;
@@ -97,6 +98,7 @@ async fn request_subscription(
     let now = Utc::now();
     let request = Subscription::request(consumer.username, &req.topic, now);
     let stored = state.store.request_subscription(request).await?;
+    state.metrics.grant_decision(GrantDecision::Requested);
     let location = format!("/api/subscriptions/{}", stored.id);
     Ok((
         StatusCode::CREATED,
@@ -195,6 +197,7 @@ async fn decide(
     let now = Utc::now();
     let actor = Actor::User(caller.username);
     let decided = state.store.decide(sub.id, &action, &actor, now).await?;
+    state.metrics.grant_decision(crate::decision_of(&action));
     tracing::info!(subscription = %decided.id, status = %decided.status, "subscription decided");
     Ok(Json(SubscriptionView::at(&decided, now)))
 }

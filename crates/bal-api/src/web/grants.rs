@@ -189,6 +189,9 @@ pub async fn request(
         .request_subscription(request)
         .await
         .map_err(|e| WebError::new(e, &who))?;
+    state
+        .metrics
+        .grant_decision(bal_metrics::GrantDecision::Requested);
     Ok(done("/consumer", &format!("Requested access to {topic}.")).into_response())
 }
 
@@ -243,6 +246,7 @@ pub async fn decide(
         .decide(sub.id, &action, &actor, Utc::now())
         .await
         .map_err(|e| WebError::new(e, &who))?;
+    state.metrics.grant_decision(crate::decision_of(&action));
     let back = if who.user.role == Role::Producer {
         "/producer"
     } else {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bal_core::measurement::mqtt_origin;
 use bal_core::{NewMeasurement, Topic};
+use bal_metrics::{Refusal, Source};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event};
@@ -122,10 +123,16 @@ async fn store(ingest: &Ingest, client_id: &str, p: &Publish, max_payload: usize
     let topic = String::from_utf8_lossy(&p.topic);
     let Ok(topic) = Topic::parse(&topic) else {
         tracing::warn!(%topic, "dropped a message outside platone/<producer>");
+        ingest
+            .metrics()
+            .measurement_refused(Source::Mqtt, Refusal::InvalidTopic, 1);
         return true;
     };
     if p.payload.len() > max_payload {
         tracing::warn!(%topic, size = p.payload.len(), "dropped a message over ingest.max_payload_bytes");
+        ingest
+            .metrics()
+            .measurement_refused(Source::Mqtt, Refusal::TooLarge, 1);
         return true;
     }
     let mut m = NewMeasurement::new(topic, p.payload.to_vec());
@@ -139,6 +146,9 @@ async fn store(ingest: &Ingest, client_id: &str, p: &Publish, max_payload: usize
             Err(crate::ingest::IngestError::Closed) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "storing a broker message failed; retrying");
+                ingest
+                    .metrics()
+                    .measurement_refused(Source::Mqtt, Refusal::NotStored, 1);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -6,7 +6,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::{PgStore, get, measurement_from_row};
-use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, committed};
+use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, StoredBatch, committed};
 use crate::rows::{measurement_columns, ms, time};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
@@ -15,7 +15,7 @@ use crate::{
 
 #[async_trait]
 impl MeasurementStore for PgStore {
-    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+    async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
         // One round trip for the database's clock and an id for every item (ids of items that
         // turn out to be redeliveries are left unused: sequences have gaps anyway).
@@ -79,7 +79,8 @@ impl MeasurementStore for PgStore {
             // After the commit, not in it: see `listener::spawn_notifier`.
             let _ = self.measurement_notices.send(stored);
         }
-        Ok(ids)
+        let duplicates = new.iter().filter(|n| !**n).count();
+        Ok(StoredBatch { ids, duplicates })
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {

@@ -5,8 +5,8 @@ use bal_core::{Measurement, NewMeasurement};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, measurement_from_row};
-use crate::measurements::committed;
 use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
+use crate::measurements::{StoredBatch, committed};
 use crate::rows::{measurement_columns, ms, time};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
@@ -15,7 +15,7 @@ use crate::{
 
 #[async_trait]
 impl MeasurementStore for SqliteStore {
-    async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
+    async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
         let stamp = tx.stamp().await?;
         let mut ids = Vec::with_capacity(batch.len());
@@ -59,7 +59,8 @@ impl MeasurementStore for SqliteStore {
             }
         }
         tx.commit(&self.feed).await?;
-        Ok(ids)
+        let duplicates = new.iter().filter(|n| !**n).count();
+        Ok(StoredBatch { ids, duplicates })
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {

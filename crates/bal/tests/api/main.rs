@@ -16,6 +16,7 @@ mod disk_full;
 mod ethereum_tools;
 mod helpers;
 mod measurements;
+mod metrics;
 mod mosquitto;
 mod mosquitto_server;
 mod mqtt;
