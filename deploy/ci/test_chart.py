@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +29,10 @@ import yaml
 from helm_python.chart import Chart, lint
 from helm_python.errors import HelmError
 
-CHART = Path(__file__).resolve().parent.parent
-ROOT = CHART.parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
+CHART = ROOT / "deploy" / "helm" / "bal"
 BAL = os.environ.get("BAL_BIN", str(ROOT / "target" / "debug" / "bal"))
-PRODUCTION = yaml.safe_load((CHART / "ci" / "production.yaml").read_text())
+PRODUCTION = yaml.safe_load((ROOT / "deploy" / "ci" / "production-values.yaml").read_text())
 # anvil's first dev account: funded on a fresh anvil, so the test chain takes anchors.
 ANVIL_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 CRDS = {"ServiceMonitor"}
@@ -323,7 +324,8 @@ def materialise(pod_spec, container, secrets, configmaps, root):
     for m in container.get("volumeMounts", []):
         local = root / m["mountPath"].lstrip("/")
         local.mkdir(parents=True, exist_ok=True)
-        v = volumes[m["name"]]
+        # Not among the volumes: a claim of the volumeClaimTemplates, a folder here.
+        v = volumes.get(m["name"], {})
         source = None
         if "configMap" in v:
             source = configmaps[v["configMap"]["name"]]
@@ -339,8 +341,10 @@ def materialise(pod_spec, container, secrets, configmaps, root):
 
 
 def localise(text, mounts, hosts):
-    for path in sorted(mounts, key=len, reverse=True):
-        text = text.replace(path, str(mounts[path]))
+    """Mount paths (whole path prefixes, in one pass) and host names replaced by local ones."""
+    if mounts:
+        paths = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w./-])({paths})(?=/|\"|'|\s|$)", lambda m: str(mounts[m.group(1)]), text)
     for host, local in hosts.items():
         text = text.replace(host, local)
     return text
@@ -422,11 +426,15 @@ def test_the_rendered_configuration_starts_and_every_replica_becomes_ready(tmp_p
     chain_port, mqtt_port = free_port(), free_port()
     secrets = operator_secrets(tmp_path, database_url=database, rpc_url=f"http://127.0.0.1:{chain_port}")
     processes = []
+    cleanup = []
     try:
         # Mosquitto: the chart's ConfigMap and init script, with this machine's paths.
         mosq = objects[("StatefulSet", "bal-mosquitto")]["spec"]["template"]["spec"]
         configmaps = {n: o["data"] for (k, n), o in objects.items() if k == "ConfigMap"}
-        mroot = tmp_path / "mosquitto-pod"
+        # Outside pytest's private folder: Mosquitto started as root runs as the user mosquitto.
+        mroot = Path(tempfile.mkdtemp(prefix="bal-chart-mosquitto-"))
+        cleanup.append(mroot)
+        mroot.chmod(0o755)
         init = mosq["initContainers"][0]
         mounts = materialise(mosq, init, secrets, configmaps, mroot)
         broker = mosq["containers"][0]
@@ -445,6 +453,9 @@ def test_the_rendered_configuration_starts_and_every_replica_becomes_ready(tmp_p
             done = subprocess.run(["/bin/sh", str(conf_dir / "bootstrap.sh")], env=init_env, capture_output=True, text=True)
             assert done.returncode == 0, (attempt, done.stderr)
         assert "left as it is" in done.stdout, "the init step must keep the dynsec file of a restarted broker"
+        if os.geteuid() == 0:
+            # What the pod's fsGroup does: the broker's user owns its volumes.
+            subprocess.run(["chown", "-R", "mosquitto:", str(mroot)], check=True)
         processes.append(subprocess.Popen([os.environ["BAL_TEST_MOSQUITTO"], "-c", str(conf_dir / "mosquitto.conf")],
                                           stderr=open(tmp_path / "mosquitto.log", "w")))
         # The Ethereum node outside the chart, with the chain id the values name.
@@ -499,6 +510,8 @@ def test_the_rendered_configuration_starts_and_every_replica_becomes_ready(tmp_p
     finally:
         for p in processes:
             p.terminate()
+        for d in cleanup:
+            shutil.rmtree(d, ignore_errors=True)
         for p in processes:
             try:
                 p.wait(timeout=15)

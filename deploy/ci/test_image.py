@@ -1,0 +1,83 @@
+"""The container image's Dockerfile, checked without a Docker engine (run by
+scripts/check-deploy): hadolint, and what the image must be for the chart and the README."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / "target" / "py")) / "bin"
+
+
+def instructions():
+    """(instruction, arguments) per line, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages():
+    """The instructions of each stage, by stage."""
+    result, current = [], None
+    for word, rest in instructions():
+        if word == "FROM":
+            current = [(word, rest)]
+            result.append(current)
+        elif current is not None:
+            current.append((word, rest))
+    return result
+
+
+def test_hadolint_finds_nothing():
+    done = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_build_stage_builds_locked_from_the_committed_artifact_without_node():
+    build, run = stages()
+    text = " ".join(rest for _, rest in build)
+    assert "cargo build --release --locked" in text
+    assert not re.search(r"\b(npm|node|npx|solc)\b", DOCKERFILE.split("# --- run")[0].split("FROM", 1)[1])
+    copies = [rest.split() for word, rest in build if word == "COPY"]
+    for args in copies:
+        for source in args[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    assert any("contracts/artifacts" in a for args in copies for a in args)
+    assert (ROOT / "contracts" / "artifacts" / "Certification.json").is_file()
+
+
+def test_the_image_runs_bal_serve_unprivileged_with_a_healthcheck_and_a_data_volume():
+    _, run = stages()
+    words = dict((w, r) for w, r in run)
+    user = words["USER"].split(":")[0]
+    assert user.isdigit() and int(user) != 0, "a numeric non-root user (runAsNonRoot can check it)"
+    assert "nonroot" in run[0][1] or "distroless" in run[0][1]
+    health = words["HEALTHCHECK"]
+    assert re.search(r'CMD \["/usr/local/bin/bal", "health"\]', health), health
+    assert yaml.safe_load(words["ENTRYPOINT"]) == ["/usr/local/bin/bal"]
+    assert yaml.safe_load(words["CMD"]) == ["serve"]
+    assert yaml.safe_load(words["VOLUME"]) == ["/var/lib/bal"]
+    assert "BAL_DATA_DIR=/var/lib/bal" in words["ENV"]
+    exposed = {int(p) for p in words["EXPOSE"].split()}
+    # The default listeners (bal config default) and the chart's metrics port.
+    assert {8443, 8883, 9090} <= exposed
+    chart = yaml.safe_load((ROOT / "deploy" / "helm" / "bal" / "values.yaml").read_text())
+    assert chart["podSecurityContext"]["runAsUser"] == int(user)
+
+
+def test_the_build_context_leaves_out_build_output_and_packages():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for needed in ["target/", "node_modules/", "**/node_modules/", ".git/"]:
+        assert needed in ignored, needed
+    for kept in ["crates/", "contracts/", "Cargo.lock"]:
+        assert kept not in ignored
