@@ -81,3 +81,12 @@ def test_the_build_context_leaves_out_build_output_and_packages():
         assert needed in ignored, needed
     for kept in ["crates/", "contracts/", "Cargo.lock"]:
         assert kept not in ignored
+
+
+def test_the_binary_needs_only_what_the_distroless_cc_base_has():
+    """glibc, libm and libgcc_s: distroless/cc carries them; anything more would not start."""
+    bal = os.environ.get("BAL_BIN", str(ROOT / "target" / "debug" / "bal"))
+    done = subprocess.run(["ldd", bal], capture_output=True, text=True, check=True)
+    libraries = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+    allowed = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "/lib64/ld-linux-x86-64.so.2"}
+    assert libraries <= allowed, libraries - allowed

@@ -342,9 +342,19 @@ async fn a_chain_outage_pauses_certification_and_it_resumes_after() {
     // Still down, more data: the pending batch blocks nothing from being stored.
     let more = measurements(&db.store, "prod1", 2).await;
     assert!(c.round().await.is_err());
+    // What /metrics reports: four waiting in the unanchored batch, two in none yet.
+    let backlog = db.store.certification_backlog().await.unwrap();
+    assert_eq!(
+        (backlog.unbatched_measurements, backlog.pending_measurements),
+        (2, 4)
+    );
     flaky.down.store(false, Ordering::SeqCst);
     let done = c.round().await.unwrap();
     assert_eq!(done.len(), 2);
+    assert_eq!(
+        db.store.certification_backlog().await.unwrap(),
+        bal_scd::CertificationBacklog::default()
+    );
     assert_eq!(done.iter().map(|b| b.measurement_count).sum::<u32>(), 6);
     let prover = Prover::new(db.store.clone());
     for id in ids.iter().chain(&more) {

@@ -163,6 +163,15 @@ pub struct CertificationStatus {
     pub certified_measurements: u64,
 }
 
+/// Measurements stored but not yet anchored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertificationBacklog {
+    /// In no batch yet.
+    pub unbatched_measurements: u64,
+    /// In batches written but not anchored yet.
+    pub pending_measurements: u64,
+}
+
 /// The certification part of the SCD.
 ///
 /// Guarantees, on every backend and with any number of writers (processes included): every
@@ -209,6 +218,10 @@ pub trait CertificationStore: Send + Sync {
     /// The certified values and payload of one audit entry (grant decisions only).
     async fn audit_leaf(&self, id: i64) -> StoreResult<Option<(LeafValues, Vec<u8>)>>;
     async fn certification_status(&self) -> StoreResult<CertificationStatus>;
+    /// What [`CertificationStatus`] says of the work still to do, alone: cheap at any size
+    /// (the unbatched tail and the pending batches, by index), for `/metrics` at every scrape.
+    /// The full status also counts every anchored batch, which grows with history.
+    async fn certification_backlog(&self) -> StoreResult<CertificationBacklog>;
     /// The certification contract remembered for a chain.
     async fn chain_contract(&self, chain_id: u64) -> StoreResult<Option<Address>>;
     async fn remember_chain_contract(&self, chain_id: u64, contract: Address) -> StoreResult<()>;

@@ -39,8 +39,8 @@ use tokio::sync::broadcast;
 
 pub use accounts::{AccountStore, Credentials, NewUser, User};
 pub use certification::{
-    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
-    Mark, NewBatch, PendingItem, PendingItems, Span,
+    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
+    CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
 pub use cluster::{BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
 pub use error::{StoreError, StoreResult};

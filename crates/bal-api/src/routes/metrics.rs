@@ -46,9 +46,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn sample(state: &AppState) {
     let m = &state.metrics;
-    let (readiness, status, broker_lease) = tokio::join!(
+    let (readiness, backlog, broker_lease) = tokio::join!(
         health::check(state),
-        tokio::time::timeout(READ_TIMEOUT, state.store.certification_status()),
+        tokio::time::timeout(READ_TIMEOUT, state.store.certification_backlog()),
         tokio::time::timeout(READ_TIMEOUT, state.store.lease(BROKER_LEASE)),
     );
     for (name, dependency) in &readiness.dependencies {
@@ -71,8 +71,8 @@ async fn sample(state: &AppState) {
         ),
         _ => m.scrape_error("broker_lease"),
     }
-    match status {
-        Ok(Ok(s)) => m.set_backlog(s.unbatched_measurements, s.pending_measurements),
+    match backlog {
+        Ok(Ok(b)) => m.set_backlog(b.unbatched_measurements, b.pending_measurements),
         _ => m.scrape_error("certification_backlog"),
     }
     let pool = state.store.pool();

@@ -10,8 +10,8 @@ use sqlx::{Postgres, QueryBuilder};
 use super::cluster::check_fence;
 use super::{PgStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
-    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
-    Mark, NewBatch, PendingItem, PendingItems, Span,
+    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
+    CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
 use crate::error::corrupt;
 use crate::rows::{measurement_columns, ms, time};
@@ -441,6 +441,25 @@ impl CertificationStore for PgStore {
             pending_measurements: u64_of(&row, "pending_measurements")?,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
+        })
+    }
+
+    async fn certification_backlog(&self) -> StoreResult<CertificationBacklog> {
+        let mut conn = self.pool.acquire().await?;
+        let (m_upto, _) = last_marks(&mut conn).await?;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM measurements WHERE (xid, id) > ($1, $2)) AS unbatched, \
+               (SELECT COALESCE(SUM(measurement_count), 0)::bigint FROM cert_batches \
+                  WHERE tx_hash IS NULL) AS pending_measurements",
+        )
+        .bind(m_upto.xid)
+        .bind(m_upto.id)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(CertificationBacklog {
+            unbatched_measurements: u64_of(&row, "unbatched")?,
+            pending_measurements: u64_of(&row, "pending_measurements")?,
         })
     }
 

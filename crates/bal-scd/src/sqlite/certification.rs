@@ -10,8 +10,8 @@ use sqlx::{QueryBuilder, Sqlite};
 use super::cluster::check_fence;
 use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row};
 use crate::certification::{
-    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationStatus, CertificationStore, ItemKind,
-    Mark, NewBatch, PendingItem, PendingItems, Span,
+    AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
+    CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
 use crate::error::corrupt;
 use crate::rows::{measurement_columns, ms, time};
@@ -376,6 +376,23 @@ impl CertificationStore for SqliteStore {
             pending_measurements: u64_of(&row, "pending_measurements")?,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
+        })
+    }
+
+    async fn certification_backlog(&self) -> StoreResult<CertificationBacklog> {
+        let (m_upto, _) = watermarks(self).await?;
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM measurements WHERE id > ?) AS unbatched, \
+               (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
+                  WHERE tx_hash IS NULL) AS pending_measurements",
+        )
+        .bind(m_upto)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CertificationBacklog {
+            unbatched_measurements: u64_of(&row, "unbatched")?,
+            pending_measurements: u64_of(&row, "pending_measurements")?,
         })
     }
 
