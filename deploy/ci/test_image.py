@@ -3,6 +3,7 @@ scripts/check-deploy): hadolint, and what the image must be for the chart and th
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -90,3 +91,33 @@ def test_the_binary_needs_only_what_the_distroless_cc_base_has():
     libraries = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     allowed = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "/lib64/ld-linux-x86-64.so.2"}
     assert libraries <= allowed, libraries - allowed
+
+
+def test_what_the_build_stage_copies_is_enough_to_build_bal(tmp_path):
+    """The build stage's COPY lines, replayed into an empty folder, then `cargo check --locked`
+    of the binary there: a file the build needs and the image leaves out (an include_str!, a
+    crate) fails here rather than in the operator's docker build."""
+    build, _ = stages()
+    context = tmp_path / "context"
+    for word, rest in build:
+        if word != "COPY":
+            continue
+        *sources, destination = rest.split()
+        for source in sources:
+            src = ROOT / source
+            # `COPY a b ./` keeps the names; `COPY crates crates` names the folder.
+            dst = context / source if destination in ("./", ".") else context / destination
+            if src.is_dir():
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("target", "node_modules"))
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, dst)
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    done = subprocess.run(
+        ["cargo", "check", "--locked", "--offline", "--bin", "bal", "-p", "bal"],
+        cwd=context,
+        env=dict(os.environ, CARGO_TARGET_DIR=target),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]

@@ -250,7 +250,7 @@ impl Application {
             .map(|s| s.expose().to_owned());
         let first_admin = accounts::ensure_first_admin(store.as_ref(), &keys, admin_password)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot create the first admin: {e}"))?;
+            .map_err(|e| anyhow::Error::new(e).context("cannot create the first admin"))?;
 
         let files = if settings.http.tls || (embedded && settings.mqtt.listen_tls.is_some()) {
             Some(tls_files(&settings)?)
