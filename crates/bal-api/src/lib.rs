@@ -26,11 +26,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
-use bal_core::GrantAction;
 use bal_ledger::certifier::CertifierHealth;
 use bal_ledger::proofs::Prover;
 use bal_ledger::{EmbeddedChain, SharedLedger};
-use bal_metrics::{GrantDecision, Metrics};
+use bal_metrics::Metrics;
 use bal_scd::SharedStore;
 
 use crate::accounts::AccountKeys;
@@ -133,17 +132,6 @@ impl AppState {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
-    }
-}
-
-/// The kind of a grant decision, as `bal_grant_decisions_total` counts it.
-pub fn decision_of(action: &GrantAction) -> GrantDecision {
-    match action {
-        GrantAction::Accept { .. } => GrantDecision::Accepted,
-        GrantAction::Refuse => GrantDecision::Refused,
-        GrantAction::Revoke => GrantDecision::Revoked,
-        GrantAction::Cancel => GrantDecision::Cancelled,
-        GrantAction::Expire => GrantDecision::Expired,
     }
 }
 

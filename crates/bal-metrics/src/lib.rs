@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use bal_core::SubscriptionStatus;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -57,17 +58,6 @@ pub enum Refusal {
     NotStored,
 }
 
-/// A producer's decision on a consumer's request, or what time did to a grant.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum GrantDecision {
-    Requested,
-    Accepted,
-    Refused,
-    Revoked,
-    Cancelled,
-    Expired,
-}
-
 /// Where a login was tried.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Channel {
@@ -104,20 +94,6 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::Malformed => "malformed",
             Refusal::NotStored => "not_stored",
-        }
-    }
-}
-
-impl GrantDecision {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GrantDecision::Requested => "requested",
-            GrantDecision::Accepted => "accepted",
-            GrantDecision::Refused => "refused",
-            GrantDecision::Revoked => "revoked",
-            GrantDecision::Cancelled => "cancelled",
-            GrantDecision::Expired => "expired",
         }
     }
 }
@@ -537,10 +513,12 @@ impl Metrics {
         self.replicas_live.set(n as i64);
     }
 
-    pub fn grant_decision(&self, decision: GrantDecision) {
+    /// A grant request or decision, by the status it led to (requested, accepted, refused,
+    /// revoked, cancelled, expired).
+    pub fn grant_decision(&self, status: SubscriptionStatus) {
         self.grant_decisions
             .get_or_create(&DecisionLabels {
-                decision: decision.as_str(),
+                decision: status.as_str(),
             })
             .inc();
     }

@@ -515,7 +515,7 @@ async fn expire_grants(
         match store.expire_due(chrono::Utc::now()).await {
             Ok(expired) => {
                 for s in expired {
-                    metrics.grant_decision(bal_metrics::GrantDecision::Expired);
+                    metrics.grant_decision(s.status);
                     tracing::info!(subscription = %s.id, consumer = %s.consumer, "grant expired");
                 }
             }

@@ -2,7 +2,6 @@
 //! decide, consumers cancel. Every object is checked against the caller: a producer decides
 //! only requests on its own topic, a consumer sees and cancels only its own.
 
-use bal_metrics::GrantDecision;
 use std::collections::HashMap;
 
 use axum::body::Bytes;
@@ -98,7 +97,7 @@ async fn request_subscription(
     let now = Utc::now();
     let request = Subscription::request(consumer.username, &req.topic, now);
     let stored = state.store.request_subscription(request).await?;
-    state.metrics.grant_decision(GrantDecision::Requested);
+    state.metrics.grant_decision(stored.status);
     let location = format!("/api/subscriptions/{}", stored.id);
     Ok((
         StatusCode::CREATED,
@@ -197,7 +196,7 @@ async fn decide(
     let now = Utc::now();
     let actor = Actor::User(caller.username);
     let decided = state.store.decide(sub.id, &action, &actor, now).await?;
-    state.metrics.grant_decision(crate::decision_of(&action));
+    state.metrics.grant_decision(decided.status);
     tracing::info!(subscription = %decided.id, status = %decided.status, "subscription decided");
     Ok(Json(SubscriptionView::at(&decided, now)))
 }

@@ -189,9 +189,7 @@ pub async fn request(
         .request_subscription(request)
         .await
         .map_err(|e| WebError::new(e, &who))?;
-    state
-        .metrics
-        .grant_decision(bal_metrics::GrantDecision::Requested);
+    state.metrics.grant_decision(SubscriptionStatus::Requested);
     Ok(done("/consumer", &format!("Requested access to {topic}.")).into_response())
 }
 
@@ -246,7 +244,7 @@ pub async fn decide(
         .decide(sub.id, &action, &actor, Utc::now())
         .await
         .map_err(|e| WebError::new(e, &who))?;
-    state.metrics.grant_decision(crate::decision_of(&action));
+    state.metrics.grant_decision(decided.status);
     let back = if who.user.role == Role::Producer {
         "/producer"
     } else {

@@ -419,26 +419,21 @@ impl CertificationStore for PgStore {
     }
 
     async fn certification_status(&self) -> StoreResult<CertificationStatus> {
-        let mut conn = self.pool.acquire().await?;
-        let (m_upto, _) = last_marks(&mut conn).await?;
+        // The backlog first, then what history adds (the anchored batches, which grow).
+        let backlog = self.certification_backlog().await?;
         let row = sqlx::query(
             "SELECT \
-               (SELECT COUNT(*) FROM measurements WHERE (xid, id) > ($1, $2)) AS unbatched, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NULL) AS pending, \
-               (SELECT COALESCE(SUM(measurement_count), 0)::bigint FROM cert_batches \
-                  WHERE tx_hash IS NULL) AS pending_measurements, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NOT NULL) AS anchored, \
                (SELECT COALESCE(SUM(measurement_count), 0)::bigint FROM cert_batches \
                   WHERE tx_hash IS NOT NULL) AS certified",
         )
-        .bind(m_upto.xid)
-        .bind(m_upto.id)
-        .fetch_one(&mut *conn)
+        .fetch_one(&self.pool)
         .await?;
         Ok(CertificationStatus {
-            unbatched_measurements: u64_of(&row, "unbatched")?,
+            unbatched_measurements: backlog.unbatched_measurements,
             pending_batches: u64_of(&row, "pending")?,
-            pending_measurements: u64_of(&row, "pending_measurements")?,
+            pending_measurements: backlog.pending_measurements,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
         })

@@ -356,24 +356,21 @@ impl CertificationStore for SqliteStore {
     }
 
     async fn certification_status(&self) -> StoreResult<CertificationStatus> {
-        let (m_upto, _) = watermarks(self).await?;
+        // The backlog first, then what history adds (the anchored batches, which grow).
+        let backlog = self.certification_backlog().await?;
         let row = sqlx::query(
             "SELECT \
-               (SELECT COUNT(*) FROM measurements WHERE id > ?) AS unbatched, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NULL) AS pending, \
-               (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
-                  WHERE tx_hash IS NULL) AS pending_measurements, \
                (SELECT COUNT(*) FROM cert_batches WHERE tx_hash IS NOT NULL) AS anchored, \
                (SELECT COALESCE(SUM(measurement_count), 0) FROM cert_batches \
                   WHERE tx_hash IS NOT NULL) AS certified",
         )
-        .bind(m_upto)
         .fetch_one(&self.pool)
         .await?;
         Ok(CertificationStatus {
-            unbatched_measurements: u64_of(&row, "unbatched")?,
+            unbatched_measurements: backlog.unbatched_measurements,
             pending_batches: u64_of(&row, "pending")?,
-            pending_measurements: u64_of(&row, "pending_measurements")?,
+            pending_measurements: backlog.pending_measurements,
             anchored_batches: u64_of(&row, "anchored")?,
             certified_measurements: u64_of(&row, "certified")?,
         })
