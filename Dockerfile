@@ -8,6 +8,10 @@
 
 # --- build: the release binary, exactly the locked dependencies.
 FROM rust:1.95-slim-bookworm AS build
+# protoc: rmqtt's node-to-node gRPC (the embedded MQTT cluster) is compiled at build time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
@@ -27,8 +31,9 @@ WORKDIR /var/lib/bal
 ENV BAL_DATA_DIR=/var/lib/bal \
     BAL_LOG__FORMAT=json
 VOLUME ["/var/lib/bal"]
-# HTTPS (API, dashboard, probes), MQTT over TLS (embedded broker), metrics.listen if set.
-EXPOSE 8443 8883 9090
+# HTTPS (API, dashboard, probes), MQTT over TLS (embedded broker), metrics.listen if set, the
+# MQTT cluster's node-to-node port (mqtt.cluster.listen; the pod network only).
+EXPOSE 8443 8883 9090 5363
 # No curl in this image: bal asks its own /readyz (exit 0 ready, 1 not).
 HEALTHCHECK --interval=15s --timeout=6s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/bal", "health"]

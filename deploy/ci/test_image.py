@@ -48,7 +48,8 @@ def test_the_build_stage_builds_locked_from_the_committed_artifact_without_node(
     build, run = stages()
     text = " ".join(rest for _, rest in build)
     assert "cargo build --release --locked" in text
-    assert not re.search(r"\b(npm|node|npx|solc)\b", DOCKERFILE.split("# --- run")[0].split("FROM", 1)[1])
+    # The build stage's instructions, comments dropped ("node-to-node" there is MQTT's, not Node.js).
+    assert not re.search(r"\b(npm|node|npx|solc)\b", text), text
     copies = [rest.split() for word, rest in build if word == "COPY"]
     for args in copies:
         for source in args[:-1]:
@@ -70,10 +71,20 @@ def test_the_image_runs_bal_serve_unprivileged_with_a_healthcheck_and_a_data_vol
     assert yaml.safe_load(words["VOLUME"]) == ["/var/lib/bal"]
     assert "BAL_DATA_DIR=/var/lib/bal" in words["ENV"]
     exposed = {int(p) for p in words["EXPOSE"].split()}
-    # The default listeners (bal config default) and the chart's metrics port.
-    assert {8443, 8883, 9090} <= exposed
+    # The default listeners (bal config default), the chart's metrics and MQTT cluster ports.
+    assert {8443, 8883, 9090, 5363} <= exposed
     chart = yaml.safe_load((ROOT / "deploy" / "helm" / "bal" / "values.yaml").read_text())
     assert chart["podSecurityContext"]["runAsUser"] == int(user)
+
+
+def test_the_build_stage_has_protoc():
+    """rmqtt's node-to-node gRPC (the MQTT cluster) compiles its protocol with protoc."""
+    build, _ = stages()
+    runs = " ".join(rest for word, rest in build if word == "RUN")
+    assert re.search(r"apt-get install .*protobuf-compiler=", runs), runs
+    first_build = next(i for i, (w, r) in enumerate(build) if w == "RUN" and "cargo build" in r)
+    first_protoc = next(i for i, (w, r) in enumerate(build) if w == "RUN" and "protobuf-compiler" in r)
+    assert first_protoc < first_build
 
 
 def test_the_build_context_leaves_out_build_output_and_packages():

@@ -41,6 +41,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use bal_auth::{LimiterConfig, LoginLimiter};
 pub use error::ApiError;
+pub use routes::health::{MqttClusterProbe, MqttClusterState, MqttPeerState};
 
 /// What the API needs from the settings.
 #[derive(Debug, Clone)]
@@ -99,6 +100,8 @@ pub struct AppState {
     pub dependencies: Arc<routes::health::Dependencies>,
     /// What `/metrics` exports; the brokers and the certifier count in the same registry.
     pub metrics: Arc<Metrics>,
+    /// The MQTT cluster's state, when the embedded broker is a cluster node.
+    pub mqtt_cluster: Option<routes::health::MqttClusterProbe>,
 }
 
 /// The chain side: where batches are anchored, proofs, and the certifier's health.
@@ -125,7 +128,14 @@ impl AppState {
             certification: Arc::new(certification),
             dependencies: Arc::default(),
             metrics: Arc::default(),
+            mqtt_cluster: None,
         }
+    }
+
+    /// Reports the MQTT cluster in `/readyz`, `/metrics` and the admin's health section.
+    pub fn with_mqtt_cluster(mut self, probe: routes::health::MqttClusterProbe) -> Self {
+        self.mqtt_cluster = Some(probe);
+        self
     }
 
     /// Counts in `metrics`, the registry the rest of the process counts in.

@@ -207,6 +207,7 @@ pub struct Metrics {
     chain_head: Gauge,
     lease_held: Family<LeaseLabels, Gauge>,
     replicas_live: Gauge,
+    mqtt_cluster_peers: Family<StateLabels, Gauge>,
     grant_decisions: Family<DecisionLabels, Counter>,
     failed_logins: Family<ChannelLabels, Counter>,
     db_connections: Family<StateLabels, Gauge>,
@@ -253,6 +254,7 @@ impl Metrics {
             chain_head: Gauge::default(),
             lease_held: Family::default(),
             replicas_live: Gauge::default(),
+            mqtt_cluster_peers: Family::default(),
             grant_decisions: Family::default(),
             failed_logins: Family::default(),
             db_connections: Family::default(),
@@ -347,6 +349,12 @@ impl Metrics {
             "replicas_live",
             "Replicas whose heartbeats reach the database",
             m.replicas_live.clone(),
+        );
+        r.register(
+            "mqtt_cluster_peers",
+            "The other nodes of this node's MQTT cluster, by state (up: answered the last probe \
+             through the node-to-node port)",
+            m.mqtt_cluster_peers.clone(),
         );
         r.register(
             "grant_decisions",
@@ -507,6 +515,15 @@ impl Metrics {
         self.lease_held
             .get_or_create(&LeaseLabels { lease })
             .set(i64::from(held));
+    }
+
+    /// How many of the MQTT cluster's other nodes answer (`up`) and do not (`down`).
+    pub fn set_mqtt_cluster_peers(&self, up: usize, down: usize) {
+        for (state, n) in [("up", up), ("down", down)] {
+            self.mqtt_cluster_peers
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
     }
 
     pub fn set_replicas_live(&self, n: usize) {

@@ -39,6 +39,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::access::{PublishRefusal, check_publish, may_subscribe};
+use crate::cluster::{self, ClusterConfig, ClusterHealth};
+use crate::delivery::ReadChecks;
 use crate::ingest::Ingest;
 
 /// Where and how the embedded broker listens.
@@ -54,6 +56,8 @@ pub struct BrokerConfig {
     /// Largest accepted payload; larger publishes are refused and nothing is stored.
     pub max_payload_bytes: usize,
     pub login_limits: LimiterConfig,
+    /// This node's place in an MQTT cluster (`mqtt.cluster.*`); `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A running embedded broker.
@@ -63,6 +67,8 @@ pub struct EmbeddedBroker {
     watcher: JoinHandle<()>,
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    /// The peers' reachability, and the task that probes it, in a cluster.
+    cluster: Option<(ClusterHealth, JoinHandle<()>)>,
 }
 
 /// How often every live session's subscriptions are re-checked against the grants, as a safety
@@ -83,7 +89,11 @@ impl EmbeddedBroker {
         store: SharedStore,
         ingest: Ingest,
     ) -> anyhow::Result<Self> {
-        let scx = ServerContext::new()
+        let builder = match &config.cluster {
+            Some(c) => cluster::context(c),
+            None => ServerContext::new(),
+        };
+        let scx = builder
             // The busy check refuses CONNECTs when the CPU is loaded: wrong for a small box
             // that is busy precisely because devices are publishing.
             .busy_check_enable(false)
@@ -153,16 +163,27 @@ impl EmbeddedBroker {
             max_payload: config.max_payload_bytes,
             scx: scx.clone(),
             dropped_qos0: Arc::default(),
+            reads: Arc::default(),
         };
         let register = scx.extends.hook_mgr().register();
         for t in [
             Type::ClientAuthenticate,
             Type::ClientSubscribeCheckAcl,
             Type::MessagePublishCheckAcl,
+            Type::MessageExpiryCheck,
         ] {
             register.add(t, Box::new(hooks.clone())).await;
         }
         register.start().await;
+        // In a cluster, the other nodes are known before the first client is accepted, so
+        // that its client id is checked against theirs.
+        let cluster = match &config.cluster {
+            Some(c) => {
+                cluster::join(&scx, c).await?;
+                Some(cluster::probe(scx.clone(), c))
+            }
+            None => None,
+        };
 
         let server = server.build();
         let server = tokio::spawn(async move {
@@ -177,6 +198,7 @@ impl EmbeddedBroker {
             watcher,
             tcp_addr,
             tls_addr,
+            cluster,
         })
     }
 
@@ -202,6 +224,7 @@ impl EmbeddedBroker {
             watcher: tokio::spawn(async {}),
             tcp_addr,
             tls_addr: None,
+            cluster: None,
         })
     }
 
@@ -215,11 +238,21 @@ impl EmbeddedBroker {
         self.tls_addr
     }
 
+    /// In a cluster: every peer's reachability, as this node last probed it.
+    pub fn cluster_health(&self) -> Option<ClusterHealth> {
+        self.cluster.as_ref().map(|(health, _)| health.clone())
+    }
+
     /// Stops listening and disconnects every client. rmqtt has no shutdown of its own:
     /// aborting its task closes the listening sockets, and kicking ends live connections.
+    /// (In a cluster the node-to-node port stays open until the process exits; peers see this
+    /// node's clients gone.)
     pub async fn stop(self) {
         self.server.abort();
         self.watcher.abort();
+        if let Some((_, probe)) = &self.cluster {
+            probe.abort();
+        }
         for id in session_ids(&self.scx, |_| true).await {
             kick(&self.scx, id).await;
         }
@@ -263,6 +296,8 @@ struct Hooks {
     scx: ServerContext,
     /// QoS 0 readings that could not be stored (the database was down): nobody resends them.
     dropped_qos0: Arc<std::sync::atomic::AtomicU64>,
+    /// The read check on every delivery.
+    reads: Arc<ReadChecks>,
 }
 
 fn publish_result(reason: PublishAckReason, text: &str, disconnect: bool) -> HookResult {
@@ -370,14 +405,16 @@ impl Hooks {
                 return auth(AuthResult::NotAuthorized);
             }
         }
-        // Refuse to take over a session that belongs to someone else.
+        // Refuse to take over a session that belongs to someone else, on this node or, in a
+        // cluster, on any node that answers (rmqtt asks them; a node that does not answer
+        // holds no session anyone can reach).
         let existing = self
             .scx
             .extends
             .shared()
             .await
-            .entry(ci.id().clone())
-            .session();
+            .session_status(&ci.id().client_id)
+            .await;
         if let Some(s) = existing
             && s.id.username.as_deref() != Some(user.username.as_str())
         {
@@ -500,6 +537,21 @@ impl Handler for Hooks {
             Parameter::MessagePublishCheckAcl(session, p) => {
                 (false, Some(self.publish(session, p).await))
             }
+            Parameter::MessageExpiryCheck(session, _, p) => {
+                let allowed = match (self.user_of(session).await, self.store()) {
+                    (Some(user), Some(store)) => {
+                        self.reads.may_receive(&store, &user, &p.topic).await
+                    }
+                    _ => false,
+                };
+                if allowed {
+                    (true, acc)
+                } else {
+                    // Dropped as rmqtt drops an expired message: never delivered.
+                    tracing::info!(client_id = %session.id.client_id, "delivery refused: no read grant");
+                    (false, Some(HookResult::MessageExpiry))
+                }
+            }
             _ => (true, acc),
         }
     }
@@ -513,10 +565,15 @@ async fn enforce_grants(scx: ServerContext, store: SharedStore, hooks: Hooks) {
     loop {
         tokio::select! {
             change = changes.recv() => match change {
-                Ok(Change::Subscription(s)) if matches!(
-                    s.status,
-                    SubscriptionStatus::Revoked | SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
-                ) => recheck_sessions(&scx, &store, Some(s.consumer.as_str())).await,
+                Ok(Change::Subscription(s)) => {
+                    hooks.reads.forget(Some(s.consumer.as_str()));
+                    if matches!(
+                        s.status,
+                        SubscriptionStatus::Revoked | SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
+                    ) {
+                        recheck_sessions(&scx, &store, Some(s.consumer.as_str())).await
+                    }
+                }
                 // Like HTTPS sessions, MQTT sessions end when the password changes or the user
                 // goes; the old password stops working at once.
                 Ok(Change::PasswordChanged(u) | Change::UserDeleted(u)) => {
@@ -530,6 +587,7 @@ async fn enforce_grants(scx: ServerContext, store: SharedStore, hooks: Hooks) {
                 // listener reconnected): re-check every session. (The credential cache needs
                 // no flush: it is keyed by the stored hash, which a password change replaces.)
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                    hooks.reads.forget(None);
                     recheck_sessions(&scx, &store, None).await
                 }
                 Ok(_) => {}

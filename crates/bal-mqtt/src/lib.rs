@@ -2,6 +2,7 @@
 //! live stream of the producers that accepted them.
 //!
 //! - [`access`]: who may publish where and subscribe to what, decided from the SCD's grants.
+//! - [`cluster`]: the embedded broker as one node of an MQTT cluster (rmqtt's broadcast plugin).
 //! - [`ingest`]: the group-commit writer that turns messages into committed measurements.
 //! - [`embedded`]: the embedded broker (rmqtt) with those rules in its hooks: a QoS 1 PUBACK is
 //!   sent only once the measurement is committed, and a revoked grant unsubscribes the consumer's
@@ -11,10 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod cluster;
+mod delivery;
 pub mod embedded;
 pub mod ingest;
 pub mod mosquitto;
 
+pub use cluster::{ClusterConfig, ClusterHealth, ClusterView, Peer, PeerState};
 pub use embedded::{BrokerConfig, EmbeddedBroker};
 pub use ingest::Ingest;
 pub use mosquitto::{BrokerConnection, MosquittoBroker, MosquittoConfig};

@@ -26,8 +26,8 @@ pub struct ReplicaInfo {
     pub id: String,
     /// The binary's version.
     pub version: String,
-    /// Runs the embedded broker (`broker.kind = "embedded"`): a single-node part.
-    pub embedded_broker: bool,
+    /// How it serves MQTT.
+    pub mqtt: MqttRole,
     /// Mines the embedded chain (no `chain.rpc_url`): a single-node part.
     pub embedded_chain: bool,
 }
@@ -35,7 +35,57 @@ pub struct ReplicaInfo {
 impl ReplicaInfo {
     /// Whether this replica runs a part that only one process may run on a database.
     pub fn single_node(&self) -> bool {
-        self.embedded_broker || self.embedded_chain
+        self.mqtt == MqttRole::Embedded || self.embedded_chain
+    }
+}
+
+/// How a replica serves MQTT, as far as sharing a database with others goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttRole {
+    /// The embedded broker on its own: one process per database.
+    Embedded,
+    /// One node of an embedded MQTT cluster; `membership` is the same on every node of it.
+    ClusterNode { node_id: u64, membership: String },
+    /// Ingest from an external Mosquitto; `shared` when through the shared subscription (with
+    /// a plain one, every replica would store every reading).
+    Mosquitto { shared: bool },
+}
+
+impl MqttRole {
+    /// As the registry's `mqtt` column keeps it.
+    pub(crate) fn to_column(&self) -> String {
+        match self {
+            Self::Embedded => "embedded".into(),
+            Self::ClusterNode {
+                node_id,
+                membership,
+            } => format!("cluster:{node_id}:{membership}"),
+            Self::Mosquitto { shared: false } => "mosquitto".into(),
+            Self::Mosquitto { shared: true } => "mosquitto-shared".into(),
+        }
+    }
+
+    /// From the registry's columns. A row of the previous release has no `mqtt`: its
+    /// `embedded_broker` says embedded or not; not embedded counts as Mosquitto (plain or
+    /// shared, unknown: plain, the stricter for sharing).
+    pub(crate) fn from_columns(mqtt: Option<&str>, embedded_broker: bool) -> Self {
+        let cluster = mqtt
+            .and_then(|m| m.strip_prefix("cluster:"))
+            .and_then(|rest| {
+                let (id, membership) = rest.split_once(':')?;
+                Some(Self::ClusterNode {
+                    node_id: id.parse().ok()?,
+                    membership: membership.to_owned(),
+                })
+            });
+        match (mqtt, cluster) {
+            (_, Some(c)) => c,
+            (Some("embedded"), _) => Self::Embedded,
+            (Some("mosquitto-shared"), _) => Self::Mosquitto { shared: true },
+            (Some("mosquitto"), _) => Self::Mosquitto { shared: false },
+            _ if embedded_broker => Self::Embedded,
+            _ => Self::Mosquitto { shared: false },
+        }
     }
 }
 

@@ -42,7 +42,9 @@ pub use certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
     CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
-pub use cluster::{BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, Replica, ReplicaInfo};
+pub use cluster::{
+    BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, MqttRole, Replica, ReplicaInfo,
+};
 pub use error::{StoreError, StoreResult};
 pub use feed::{Change, ChangeFeed, MeasurementWatch};
 pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
 use bal_scd::testing::TestDatabase;
-use bal_scd::{AnchorRecord, CERTIFY_LEASE, Fence, ReplicaInfo, SharedStore, StoreError};
+use bal_scd::{AnchorRecord, CERTIFY_LEASE, Fence, MqttRole, ReplicaInfo, SharedStore, StoreError};
 
 async fn store() -> (TestDatabase, SharedStore) {
     let database = TestDatabase::new().await;
@@ -17,7 +17,7 @@ fn replica(id: &str) -> ReplicaInfo {
     ReplicaInfo {
         id: id.into(),
         version: "0.1.0".into(),
-        embedded_broker: false,
+        mqtt: MqttRole::Mosquitto { shared: true },
         embedded_chain: false,
     }
 }
@@ -110,6 +110,28 @@ async fn of_many_concurrent_takers_exactly_one_gets_the_lease() {
 }
 
 #[tokio::test]
+async fn the_registry_keeps_how_each_replica_serves_mqtt() {
+    let (_db, store) = store().await;
+    let roles = [
+        MqttRole::Embedded,
+        MqttRole::ClusterNode {
+            node_id: 2,
+            membership: "1@bal-0:5363,2@bal-1:5363".into(),
+        },
+        MqttRole::Mosquitto { shared: false },
+        MqttRole::Mosquitto { shared: true },
+    ];
+    for (i, role) in roles.iter().enumerate() {
+        let mut r = replica(&format!("bal-{i}"));
+        r.mqtt = role.clone();
+        store.heartbeat(&r, LONG).await.unwrap();
+    }
+    let live = store.live_replicas().await.unwrap();
+    let found: Vec<MqttRole> = live.into_iter().map(|r| r.info.mqtt).collect();
+    assert_eq!(found, roles);
+}
+
+#[tokio::test]
 async fn the_registry_lists_replicas_until_their_heartbeats_stop_or_they_leave() {
     let (_db, store) = store().await;
     store.heartbeat(&replica("bal-0"), LONG).await.unwrap();
@@ -118,7 +140,7 @@ async fn the_registry_lists_replicas_until_their_heartbeats_stop_or_they_leave()
         .await
         .unwrap();
     let mut broker = replica("bal-2");
-    broker.embedded_broker = true;
+    broker.mqtt = MqttRole::Embedded;
     store.heartbeat(&broker, LONG).await.unwrap();
     let ids = |v: Vec<bal_scd::Replica>| v.into_iter().map(|r| r.info.id).collect::<Vec<_>>();
     assert_eq!(

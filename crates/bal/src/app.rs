@@ -16,7 +16,7 @@ use anyhow::Context;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use bal_api::accounts::{self, AccountKeys, FirstAdmin};
-use bal_api::{AppState, Certification};
+use bal_api::{AppState, Certification, MqttClusterState, MqttPeerState};
 use bal_ledger::embedded::DEFAULT_CHAIN_ID;
 use bal_ledger::node::{NodeChain, NodeConfig};
 use bal_ledger::proofs::Prover;
@@ -79,6 +79,7 @@ impl Broker {
                     tls_key: files.map(|f| f.key.clone()).unwrap_or_default(),
                     max_payload_bytes: settings.ingest.max_payload_bytes,
                     login_limits: settings.api_config().login_limits,
+                    cluster: settings.mqtt.cluster.config(true)?,
                 };
                 Ok(Self::Embedded(
                     EmbeddedBroker::start(config, store, ingest).await?,
@@ -109,6 +110,24 @@ impl Broker {
             Self::Embedded(b) => b.stop().await,
             Self::Mosquitto(b) => b.stop().await,
         }
+    }
+}
+
+/// The MQTT cluster as `/readyz` reports it.
+fn mqtt_cluster_state(view: &bal_mqtt::ClusterView) -> MqttClusterState {
+    MqttClusterState {
+        node_id: view.node_id,
+        peers: view
+            .peers
+            .iter()
+            .map(|p| MqttPeerState {
+                node_id: p.node_id,
+                address: p.address.clone(),
+                state: if p.up { "up" } else { "down" },
+                since: p.since,
+                error: p.error.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -231,7 +250,7 @@ impl Application {
         let replica = bal_scd::ReplicaInfo {
             id: settings.replica_id()?,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            embedded_broker: embedded,
+            mqtt: settings.mqtt_role()?,
             embedded_chain: settings.chain.rpc_url.is_none(),
         };
         let heartbeat_every = Duration::from_secs(settings.cluster.heartbeat_secs.max(1));
@@ -308,8 +327,11 @@ impl Application {
                 return Err(e);
             }
         };
-        let state =
+        let mut state =
             AppState::new(store, keys, settings.api_config(), certification).with_metrics(metrics);
+        if let Some(health) = broker.embedded().and_then(EmbeddedBroker::cluster_health) {
+            state = state.with_mqtt_cluster(Arc::new(move || mqtt_cluster_state(&health.view())));
+        }
         Ok(Self {
             listener,
             local_addr,

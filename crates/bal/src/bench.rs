@@ -44,8 +44,10 @@ pub struct BenchArgs {
     /// scratch database is created for the phase and dropped after it.
     #[arg(long)]
     pub database: Option<String>,
-    /// Measure QoS 1 through --mosquitto with 1, 2 … N separate `bal serve` processes on one
-    /// scratch database of --database each, and the failover time; needs --rpc.
+    /// Measure QoS 1 with 1, 2 … N separate `bal serve` processes on one scratch database of
+    /// --database each: the embedded MQTT cluster (devices spread over the nodes, a consumer on
+    /// another node than its producer), then, with --mosquitto, the same load through
+    /// Mosquitto, and the failover time; needs --rpc.
     #[arg(long)]
     pub replicas: Option<usize>,
     /// The Ethereum node the replicas anchor on (with --replicas).
@@ -141,10 +143,11 @@ pub(crate) async fn create_producers(
     Ok(())
 }
 
-/// Runs devices against `broker` and returns (counted per second, offered per second).
+/// Runs devices against `brokers` (device `i` on `brokers[i % len]`) and returns (counted per
+/// second, offered per second).
 pub(crate) async fn drive(
     args: &BenchArgs,
-    broker: SocketAddr,
+    brokers: &[SocketAddr],
     qos: QoS,
     count: impl Fn(&Counters) -> u64,
 ) -> (f64, f64) {
@@ -155,7 +158,7 @@ pub(crate) async fn drive(
         .map(|i| {
             let producer = i % args.producers.max(1);
             let spec = DeviceSpec {
-                broker,
+                broker: brokers[i % brokers.len()],
                 client_id: format!("bench-{i}"),
                 username: format!("producer{producer}"),
                 password: PASSWORD.into(),
@@ -214,7 +217,7 @@ pub(crate) async fn passthrough(
             }
         }
     });
-    let (acked, offered) = drive(args, addr, QoS::AtLeastOnce, |c| {
+    let (acked, offered) = drive(args, &[addr], QoS::AtLeastOnce, |c| {
         c.acked.load(Ordering::Relaxed)
     })
     .await;
@@ -301,7 +304,7 @@ async fn bal_phase(
         }
         _ => {
             let (acked, offered) =
-                drive(args, broker, qos, |c| c.acked.load(Ordering::Relaxed)).await;
+                drive(args, &[broker], qos, |c| c.acked.load(Ordering::Relaxed)).await;
             Phase {
                 name: if database.is_some() {
                     "BAL on PostgreSQL, QoS 1 (committed before PUBACK)"
@@ -339,7 +342,7 @@ async fn drive_counting_commits(
             }
         }
     });
-    let result = drive(args, broker, qos, |_| stored.load(Ordering::Relaxed)).await;
+    let result = drive(args, &[broker], qos, |_| stored.load(Ordering::Relaxed)).await;
     listener.abort();
     drop(watch);
     result
@@ -361,8 +364,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .transpose()?;
     let m = mosquitto.as_ref();
     if let Some(n) = args.replicas {
-        let m = m.ok_or_else(|| anyhow::anyhow!("--replicas needs --mosquitto"))?;
-        return crate::bench_replicas::run(&args, m, n).await;
+        // The embedded MQTT cluster, then the same load through Mosquitto when one is given.
+        crate::bench_cluster::run(&args, n).await?;
+        if let Some(m) = m {
+            crate::bench_replicas::run(&args, m, n).await?;
+        }
+        return Ok(());
     }
     let (raw, qos1, qos0) = if m.is_some() {
         // The BAL first, so that the producer accounts exist on the broker for the baseline.

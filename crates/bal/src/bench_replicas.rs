@@ -148,7 +148,7 @@ async fn phase(
             }
         })
     };
-    let (per_second, offered) = drive(args, m.addr, QoS::AtLeastOnce, |_| {
+    let (per_second, offered) = drive(args, &[m.addr], QoS::AtLeastOnce, |_| {
         count.load(Ordering::Relaxed)
     })
     .await;

@@ -39,6 +39,7 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
     if !embedded {
         settings.mosquitto_config()?;
     }
+    settings.mqtt.cluster.config(embedded)?;
     let url = settings.database_url();
     anyhow::ensure!(
         ["sqlite:", "postgres://", "postgresql://"]
@@ -105,7 +106,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         None => println!("  metrics:   on the HTTPS listener"),
     }
     match settings.broker.kind {
-        BrokerKind::Embedded => println!("  broker:    embedded"),
+        BrokerKind::Embedded => match settings.mqtt.cluster.config(true)? {
+            Some(c) => println!(
+                "  broker:    embedded, MQTT cluster node {} of {} (node-to-node {})",
+                c.node_id,
+                c.peers.len(),
+                c.listen
+            ),
+            None => println!("  broker:    embedded"),
+        },
         BrokerKind::Mosquitto => println!("  broker:    Mosquitto at {}", settings.broker.url),
     }
     let backend = if settings.database_url().starts_with("sqlite:") {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use bal_scd::{Replica, ReplicaInfo, SharedStore};
+use bal_scd::{MqttRole, Replica, ReplicaInfo, SharedStore};
 use tokio::sync::watch;
 
 use crate::settings::{BrokerKind, Settings};
@@ -18,16 +18,20 @@ pub fn heartbeat_ttl(every: Duration) -> Duration {
     every * MISSED_HEARTBEATS
 }
 
-/// Why `other` and `me` cannot serve one database together, if they cannot.
-fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
-    let part = |r: &ReplicaInfo| match (r.embedded_broker, r.embedded_chain) {
+/// What `r` runs that only one process may run on a database.
+fn single_parts(r: &ReplicaInfo) -> &'static str {
+    match (r.mqtt == MqttRole::Embedded, r.embedded_chain) {
         (true, true) => "the embedded broker and the embedded chain",
         (true, false) => "the embedded broker",
         (false, true) => "the embedded chain",
         (false, false) => "",
-    };
-    let fix = "several replicas need broker.kind = \"mosquitto\" and chain.rpc_url (see \
-               \"Running several replicas\" in the README)";
+    }
+}
+
+/// Why `other` and `me` cannot serve one database together, if they cannot.
+fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
+    let fix = "several replicas need an MQTT cluster (mqtt.cluster.*) or broker.kind = \
+               \"mosquitto\", and chain.rpc_url (see \"Running several replicas\" in the README)";
     if me.single_node() {
         Some(format!(
             "replica {:?} (bal {}, last seen {}) serves this database already, and this process \
@@ -35,7 +39,7 @@ fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
             other.info.id,
             other.info.version,
             other.seen_at.to_rfc3339(),
-            part(me)
+            single_parts(me)
         ))
     } else if other.info.single_node() {
         Some(format!(
@@ -43,10 +47,55 @@ fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
              stop it, or give it {fix}",
             other.info.id,
             other.seen_at.to_rfc3339(),
-            part(&other.info)
+            single_parts(&other.info)
         ))
     } else {
-        None
+        mqtt_conflict(&me.mqtt, other)
+    }
+}
+
+/// Why two replicas that may share a database cannot serve MQTT together, if they cannot:
+/// nodes of different clusters, two nodes with one id, or a plain Mosquitto ingest beside
+/// another (each would store every reading).
+fn mqtt_conflict(me: &MqttRole, other: &Replica) -> Option<String> {
+    use MqttRole::{ClusterNode, Mosquitto};
+    let id = &other.info.id;
+    let shared = "set broker.shared_ingest = true (BAL_BROKER__SHARED_INGEST) on every replica";
+    match (me, &other.info.mqtt) {
+        (
+            ClusterNode {
+                node_id: a,
+                membership: mine,
+            },
+            ClusterNode {
+                node_id: b,
+                membership: theirs,
+            },
+        ) => {
+            if mine != theirs {
+                Some(format!(
+                    "replica {id:?} is a node of another MQTT cluster (mqtt.cluster.peers \
+                     {theirs}, here {mine}): every node must list the same peers"
+                ))
+            } else if a == b {
+                Some(format!(
+                    "replica {id:?} is MQTT cluster node {b} already: give each replica its own \
+                     mqtt.cluster.node_id"
+                ))
+            } else {
+                None
+            }
+        }
+        (Mosquitto { shared: false }, Mosquitto { .. }) => Some(format!(
+            "replica {id:?} ingests from Mosquitto already, and this one has \
+             broker.shared_ingest = false: each would subscribe to every reading and store it, so \
+             every reading would be stored twice; {shared}"
+        )),
+        (Mosquitto { shared: true }, Mosquitto { shared: false }) => Some(format!(
+            "replica {id:?} ingests from Mosquitto with broker.shared_ingest = false, taking \
+             every reading itself: with this one every reading would be stored twice; {shared}"
+        )),
+        _ => None,
     }
 }
 
@@ -144,18 +193,23 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
     let store = open(settings).await?;
     let replicas = store.live_replicas().await?;
     println!(
-        "{:<24}  {:<10}  {:<25}  {:<25}  SINGLE-NODE PARTS",
-        "REPLICA", "VERSION", "STARTED", "LAST SEEN"
+        "{:<24}  {:<10}  {:<25}  {:<25}  {:<22}  CHAIN",
+        "REPLICA", "VERSION", "STARTED", "LAST SEEN", "MQTT"
     );
     for r in &replicas {
-        let parts = match (r.info.embedded_broker, r.info.embedded_chain) {
-            (true, true) => "embedded broker, embedded chain",
-            (true, false) => "embedded broker",
-            (false, true) => "embedded chain",
-            (false, false) => "-",
+        let mqtt = match &r.info.mqtt {
+            MqttRole::Embedded => "embedded (single node)".to_owned(),
+            MqttRole::ClusterNode { node_id, .. } => format!("cluster node {node_id}"),
+            MqttRole::Mosquitto { shared: false } => "mosquitto".to_owned(),
+            MqttRole::Mosquitto { shared: true } => "mosquitto (shared)".to_owned(),
+        };
+        let chain = if r.info.embedded_chain {
+            "embedded"
+        } else {
+            "node"
         };
         println!(
-            "{:<24}  {:<10}  {:<25}  {:<25}  {parts}",
+            "{:<24}  {:<10}  {:<25}  {:<25}  {mqtt:<22}  {chain}",
             r.info.id,
             r.info.version,
             r.started_at
@@ -226,11 +280,20 @@ mod tests {
     use super::*;
 
     fn replica(id: &str, broker: bool, chain: bool) -> Replica {
+        let mqtt = if broker {
+            MqttRole::Embedded
+        } else {
+            MqttRole::Mosquitto { shared: true }
+        };
+        with_mqtt(id, mqtt, chain)
+    }
+
+    fn with_mqtt(id: &str, mqtt: MqttRole, chain: bool) -> Replica {
         Replica {
             info: ReplicaInfo {
                 id: id.into(),
                 version: "0.1.0".into(),
-                embedded_broker: broker,
+                mqtt,
                 embedded_chain: chain,
             },
             started_at: chrono::Utc::now(),
@@ -255,6 +318,55 @@ mod tests {
             "{why}"
         );
         assert!(conflict(&chain.info, &broker).is_some());
+    }
+
+    fn node(id: &str, node_id: u64, membership: &str) -> Replica {
+        let membership = membership.into();
+        with_mqtt(
+            id,
+            MqttRole::ClusterNode {
+                node_id,
+                membership,
+            },
+            false,
+        )
+    }
+
+    #[test]
+    fn nodes_of_one_mqtt_cluster_share_a_database_under_distinct_ids() {
+        let peers = "1@a:5363,2@b:5363";
+        let me = node("b", 2, peers).info;
+        assert_eq!(conflict(&me, &node("a", 1, peers)), None);
+        let why = conflict(&me, &node("a", 2, peers)).unwrap();
+        assert!(
+            why.contains("node 2 already") && why.contains("mqtt.cluster.node_id"),
+            "{why}"
+        );
+        let why = conflict(&me, &node("a", 1, "1@a:5363,2@b:5364")).unwrap();
+        assert!(why.contains("another MQTT cluster"), "{why}");
+        // A single-node embedded broker shares with nobody, nodes included.
+        assert!(conflict(&me, &replica("c", true, false)).is_some());
+        assert!(conflict(&replica("c", true, false).info, &node("a", 1, peers)).is_some());
+        // Shared Mosquitto ingest beside a cluster: each stores what its own broker receives.
+        assert_eq!(conflict(&me, &replica("m", false, false)), None);
+    }
+
+    #[test]
+    fn a_plain_mosquitto_ingest_shares_with_no_other_mosquitto_ingest() {
+        let plain = |id| with_mqtt(id, MqttRole::Mosquitto { shared: false }, false);
+        let shared = |id| with_mqtt(id, MqttRole::Mosquitto { shared: true }, false);
+        for (me, other) in [
+            (plain("b"), plain("a")),
+            (plain("b"), shared("a")),
+            (shared("b"), plain("a")),
+        ] {
+            let why = conflict(&me.info, &other).unwrap();
+            assert!(
+                why.contains("\"a\"") && why.contains("broker.shared_ingest = true"),
+                "{why}"
+            );
+        }
+        assert_eq!(conflict(&shared("b").info, &shared("a")), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod app;
 pub mod bench;
 pub mod bench_certify;
+pub mod bench_cluster;
 pub mod bench_replicas;
 pub mod check;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod db;
 pub mod demo;
 pub mod devices;
 pub mod health;
+pub mod mqtt_cluster;
 pub mod scratch;
 pub mod settings;
 pub mod tls;

@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::mqtt_cluster::MqttClusterSettings;
+
 /// A secret from the settings. Its `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
@@ -82,6 +84,8 @@ pub struct MqttSettings {
     pub listen_tls: Option<SocketAddr>,
     /// Plain MQTT is refused on a non-loopback address unless this is true.
     pub allow_plain_remote: bool,
+    /// This replica as one node of an MQTT cluster; unset: a single node.
+    pub cluster: MqttClusterSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -127,7 +131,7 @@ fn host_name() -> String {
 }
 
 /// `"off"` (or `""`) for no listener, otherwise a socket address.
-mod optional_address {
+pub(crate) mod optional_address {
     use std::net::SocketAddr;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -319,6 +323,7 @@ impl Default for MqttSettings {
             listen: Some("127.0.0.1:1883".parse().expect("valid address")),
             listen_tls: Some("0.0.0.0:8883".parse().expect("valid address")),
             allow_plain_remote: false,
+            cluster: MqttClusterSettings::default(),
         }
     }
 }
@@ -403,6 +408,22 @@ listen = "127.0.0.1:1883"
 listen_tls = "0.0.0.0:8883"
 # Plain MQTT on a non-loopback address is refused unless this is true.  BAL_MQTT__ALLOW_PLAIN_REMOTE
 allow_plain_remote = false
+
+[mqtt.cluster]
+# This replica as one node of an MQTT cluster of embedded brokers: devices and consumers connect
+# to any node (see "Scaling out" in the README). Unset: a single-node broker.
+# This node's id, an integer >= 1, distinct per node.                   BAL_MQTT__CLUSTER__NODE_ID
+# node_id = 1
+# Or the StatefulSet pod index (node id = index + 1).                   BAL_MQTT__CLUSTER__POD_INDEX
+# pod_index = 0
+# The node-to-node port: plaintext, unauthenticated gRPC, so a private address only (a public
+# one is refused unless allow_public = true).                           BAL_MQTT__CLUSTER__LISTEN
+listen = "off"
+# Every node, this one included, as ID@HOST:PORT (comma-separated in the environment).
+#                                                                       BAL_MQTT__CLUSTER__PEERS
+peers = []
+#                                                                       BAL_MQTT__CLUSTER__ALLOW_PUBLIC
+allow_public = false
 
 [broker]
 # "embedded": the broker inside bal, on mqtt.listen and mqtt.listen_tls.
@@ -581,6 +602,22 @@ impl Settings {
             max_payload_bytes: self.ingest.max_payload_bytes,
             replica_id: self.replica_id()?,
             lease: Duration::from_secs(self.certify.lease_secs.max(1)),
+        })
+    }
+
+    /// How this replica serves MQTT, as the replica registry compares it with the others.
+    pub fn mqtt_role(&self) -> anyhow::Result<bal_scd::MqttRole> {
+        Ok(match self.broker.kind {
+            BrokerKind::Mosquitto => bal_scd::MqttRole::Mosquitto {
+                shared: self.broker.shared_ingest,
+            },
+            BrokerKind::Embedded => match self.mqtt.cluster.config(true)? {
+                Some(c) => bal_scd::MqttRole::ClusterNode {
+                    node_id: c.node_id,
+                    membership: c.membership(),
+                },
+                None => bal_scd::MqttRole::Embedded,
+            },
         })
     }
 

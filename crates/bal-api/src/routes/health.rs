@@ -49,6 +49,11 @@ pub struct Readiness {
     /// process whose chain is out still stores and serves; certification catches up later).
     pub dependencies: BTreeMap<&'static str, DependencyState>,
     pub cluster: ClusterState,
+    /// With the embedded broker as a cluster node (`mqtt.cluster.*`): this node and whether
+    /// each other node answers (reported only: a node cut off from its peers still serves its
+    /// own clients).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_cluster: Option<MqttClusterState>,
     /// The chain's latest block, when it answered (for `/metrics`; not in the body).
     #[serde(skip)]
     pub chain_head: Option<u64>,
@@ -69,6 +74,35 @@ pub struct ClusterState {
     /// The live replicas' ids (this one included while its heartbeats reach the database).
     pub replicas: Vec<String>,
 }
+
+/// This node of the MQTT cluster and its peers, as the broker's probe last saw them.
+#[derive(Clone, Serialize, ToSchema)]
+pub struct MqttClusterState {
+    /// `mqtt.cluster.node_id`.
+    #[schema(example = 1)]
+    pub node_id: u64,
+    /// Every other node.
+    pub peers: Vec<MqttPeerState>,
+}
+
+#[derive(Clone, Serialize, ToSchema)]
+pub struct MqttPeerState {
+    #[schema(example = 2)]
+    pub node_id: u64,
+    /// Its node-to-node address, as `mqtt.cluster.peers` names it.
+    #[schema(example = "bal-1.bal-headless:5363")]
+    pub address: String,
+    /// `up` (answered the last probe) or `down`.
+    #[schema(example = "up")]
+    pub state: &'static str,
+    /// When it last changed state.
+    pub since: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reads the MQTT cluster's state (the broker's probe keeps it; reading never waits).
+pub type MqttClusterProbe = std::sync::Arc<dyn Fn() -> MqttClusterState + Send + Sync>;
 
 #[derive(Clone, Serialize, ToSchema)]
 pub struct DependencyState {
@@ -191,6 +225,7 @@ pub(crate) async fn check(state: &AppState) -> Readiness {
         status,
         dependencies,
         cluster,
+        mqtt_cluster: state.mqtt_cluster.as_ref().map(|probe| probe()),
         chain_head,
     }
 }

@@ -60,6 +60,10 @@ async fn sample(state: &AppState) {
     m.set_ready(readiness.status == "ready");
     let me = state.config.replica_id.as_str();
     m.set_replicas_live(readiness.cluster.replicas.len());
+    if let Some(mqtt) = &readiness.mqtt_cluster {
+        let up = mqtt.peers.iter().filter(|p| p.state == "up").count();
+        m.set_mqtt_cluster_peers(up, mqtt.peers.len() - up);
+    }
     m.set_lease_held(
         CERTIFY_LEASE,
         readiness.cluster.lease_holder.as_deref() == Some(me),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use crate::cluster::{Fence, Lease, Replica, ReplicaInfo, fence_lost, ttl_ms};
+use crate::cluster::{Fence, Lease, MqttRole, Replica, ReplicaInfo, fence_lost, ttl_ms};
 use crate::rows::time;
 use crate::{ClusterStore, StoreResult};
 
@@ -16,40 +16,42 @@ impl ClusterStore for SqliteStore {
     async fn heartbeat(&self, r: &ReplicaInfo, ttl: Duration) -> StoreResult<()> {
         // A row that had expired belongs to an earlier life of this replica: start afresh.
         sqlx::query(
-            "INSERT INTO replicas (id, version, embedded_broker, embedded_chain, started_at, \
-             seen_at, expires_at) VALUES (?, ?, ?, ?, CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER), \
-             CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?) \
+            "INSERT INTO replicas (id, version, embedded_broker, embedded_chain, mqtt, \
+             started_at, seen_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?6, CAST(unixepoch('subsec') * 1000 AS INTEGER), CAST(unixepoch('subsec') * 1000 AS INTEGER), \
+             CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?5) \
              ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, \
              embedded_broker = EXCLUDED.embedded_broker, embedded_chain = EXCLUDED.embedded_chain, \
+             mqtt = EXCLUDED.mqtt, \
              started_at = CASE WHEN replicas.expires_at <= EXCLUDED.seen_at \
                           THEN EXCLUDED.started_at ELSE replicas.started_at END, \
              seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at",
         )
         .bind(&r.id)
         .bind(&r.version)
-        .bind(r.embedded_broker)
+        .bind(r.mqtt == MqttRole::Embedded)
         .bind(r.embedded_chain)
         .bind(ttl_ms(ttl))
+        .bind(r.mqtt.to_column())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn live_replicas(&self) -> StoreResult<Vec<Replica>> {
-        let rows: Vec<(String, String, bool, bool, i64, i64)> = sqlx::query_as(
-            "SELECT id, version, embedded_broker, embedded_chain, started_at, seen_at \
+        let rows: Vec<(String, String, bool, bool, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT id, version, embedded_broker, embedded_chain, mqtt, started_at, seen_at \
              FROM replicas WHERE expires_at > CAST(unixepoch('subsec') * 1000 AS INTEGER) ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
             .map(
-                |(id, version, embedded_broker, embedded_chain, started, seen)| {
+                |(id, version, embedded_broker, embedded_chain, mqtt, started, seen)| {
                     Ok(Replica {
                         info: ReplicaInfo {
                             id,
                             version,
-                            embedded_broker,
+                            mqtt: MqttRole::from_columns(mqtt.as_deref(), embedded_broker),
                             embedded_chain,
                         },
                         started_at: time(started)?,

@@ -21,6 +21,7 @@ mod mosquitto;
 mod mosquitto_server;
 mod mqtt;
 mod mqtt_client;
+mod mqtt_cluster;
 mod paho;
 mod postgres;
 mod replicas;

@@ -59,12 +59,18 @@ impl PahoDevice {
     }
 
     pub fn start_with(port: u16, username: &str, password: &str, r: &Readings) -> Self {
+        Self::start_on(&port.to_string(), username, password, r)
+    }
+
+    /// As [`PahoDevice::start_with`], on `ports` (comma-separated): the nodes of a cluster,
+    /// the next one taken whenever the connection is lost.
+    pub fn start_on(ports: &str, username: &str, password: &str, r: &Readings) -> Self {
         let mut child = Command::new(python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/api/paho_device.py"
             ))
-            .args(["127.0.0.1", &port.to_string(), username, password])
+            .args(["127.0.0.1", ports, username, password])
             .arg(format!("paho-{}", r.prefix))
             .args([
                 r.count.to_string(),

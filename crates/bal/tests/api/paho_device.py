@@ -4,6 +4,10 @@ away, as field devices do. Used by crash_loop.rs.
 
     python paho_device.py HOST PORT USERNAME PASSWORD CLIENT_ID COUNT RATE [3|5 [PREFIX]]
 
+PORT may list several ports (`1883,1884`): the nodes of an MQTT cluster on HOST. The device
+starts on the first and, whenever its connection is lost, moves on to the next, as a device
+behind a list of broker addresses (or a load balancer) does.
+
 The last argument is the MQTT version: 3 (3.1.1, the default) or 5 (a session that outlives
 the connection by an hour). A negative PUBACK (MQTT 5) does not count as acknowledged.
 Publishes `COUNT` payloads `<PREFIX>-<i>` (`reading-<i>` by default) on `platone/<USERNAME>`, `RATE` per second, then waits
@@ -17,7 +21,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
-host, port, username, password, client_id = sys.argv[1:6]
+host, ports, username, password, client_id = sys.argv[1:6]
+ports = [int(p) for p in ports.split(",")]
 count, rate = int(sys.argv[6]), float(sys.argv[7])
 v5 = len(sys.argv) > 8 and sys.argv[8] == "5"
 prefix = sys.argv[9] if len(sys.argv) > 9 else "reading"
@@ -34,6 +39,13 @@ def on_connect(client, userdata, flags, reason_code, properties):
     if not reason_code.is_failure:
         with lock:
             connects += 1
+
+
+def on_disconnect(client, userdata, flags, reason_code, properties):
+    # The next node, for paho's own reconnect, which reads the port again. (paho's `port`
+    # setter refuses while the socket is still being torn down, as it is in this callback.)
+    if len(ports) > 1:
+        client._port = ports[(ports.index(client._port) + 1) % len(ports)]
 
 
 def on_publish(client, userdata, mid, reason_code, properties):
@@ -60,6 +72,7 @@ else:
 client.username_pw_set(username, password)
 client.on_connect = on_connect
 client.on_publish = on_publish
+client.on_disconnect = on_disconnect
 client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
 client.max_queued_messages_set(0)  # no limit: readings wait for the server to come back
 if v5:
@@ -68,9 +81,9 @@ if v5:
 
     session = Properties(PacketTypes.CONNECT)
     session.SessionExpiryInterval = 3600
-    client.connect_async(host, int(port), keepalive=5, clean_start=False, properties=session)
+    client.connect_async(host, ports[0], keepalive=5, clean_start=False, properties=session)
 else:
-    client.connect_async(host, int(port), keepalive=5)
+    client.connect_async(host, ports[0], keepalive=5)
 client.loop_start()
 
 topic = f"platone/{username}"

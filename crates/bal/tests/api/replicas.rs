@@ -39,26 +39,73 @@ const MASTER_KEY: &str = "replicas-test-master-key-0123456789";
 const USER_LIMIT: usize = 3;
 const ADDRESS_LIMIT: usize = 6;
 
-struct Replica {
-    id: String,
+pub struct Replica {
+    pub id: String,
     dir: tempfile::TempDir,
     http: u16,
+    /// With the embedded MQTT cluster: this node's MQTT port and node-to-node port.
+    pub mqtt: u16,
+    cluster: u16,
     child: Option<Child>,
 }
 
-/// What every replica shares: the database, the broker, the chain and the keys.
-struct Cluster {
-    database: String,
-    broker: u16,
-    chain: String,
-    replicas: Vec<Replica>,
-    client: reqwest::Client,
+impl Replica {
+    pub fn new(n: usize) -> Self {
+        Self {
+            id: format!("bal-{n}"),
+            dir: tempfile::tempdir().unwrap(),
+            http: free_port(),
+            mqtt: free_port(),
+            cluster: free_port(),
+            child: None,
+        }
+    }
+}
+
+/// What every replica shares: the database, the broker (one Mosquitto, or none: each replica
+/// a node of the embedded MQTT cluster), the chain and the keys.
+pub struct Cluster {
+    pub database: String,
+    pub mosquitto: Option<u16>,
+    pub chain: String,
+    pub replicas: Vec<Replica>,
+    pub client: reqwest::Client,
 }
 
 impl Cluster {
-    fn spawn(&mut self, i: usize) {
-        let r = &mut self.replicas[i];
-        let child = Command::new(env!("CARGO_BIN_EXE_bal"))
+    pub fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Starts replica `i` with `extra` settings over the harness's.
+    pub fn spawn_with(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let child = self
+            .command(i, extra)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bal serve starts");
+        self.replicas[i].child = Some(child);
+    }
+
+    /// Runs replica `i` with `extra` settings, expecting it to refuse to start: its output.
+    pub async fn refused(&self, i: usize, extra: &[(&str, &str)]) -> String {
+        let run = self.command(i, extra).stderr(Stdio::piped()).output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("a refusal comes at once")
+            .unwrap();
+        assert!(!out.status.success(), "bal serve started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `bal serve` as replica `i`, with `extra` settings over the harness's.
+    fn command(&self, i: usize, extra: &[(&str, &str)]) -> Command {
+        let peers: Vec<String> = (0..self.replicas.len())
+            .map(|n| format!("{}@127.0.0.1:{}", n + 1, self.replicas[n].cluster))
+            .collect();
+        let r = &self.replicas[i];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bal"));
+        command
             .arg("--data-dir")
             .arg(r.dir.path())
             .arg("serve")
@@ -66,19 +113,29 @@ impl Cluster {
             .env("BAL_DATABASE__MAX_CONNECTIONS", "4")
             .env("BAL_HTTP__TLS", "false")
             .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{}", r.http))
-            .env("BAL_HTTP__SHUTDOWN_DELAY_MS", "0")
-            .env("BAL_BROKER__KIND", "mosquitto")
-            .env(
-                "BAL_BROKER__URL",
-                format!("mqtt://127.0.0.1:{}", self.broker),
-            )
-            .env("BAL_BROKER__ADMIN_USERNAME", mosquitto_server::ADMIN)
-            .env(
-                "BAL_BROKER__ADMIN_PASSWORD",
-                mosquitto_server::ADMIN_PASSWORD,
-            )
-            .env("BAL_BROKER__SHARED_INGEST", "true")
-            .env("BAL_BROKER__RECONCILE_SECS", "1")
+            .env("BAL_HTTP__SHUTDOWN_DELAY_MS", "0");
+        match self.mosquitto {
+            Some(port) => command
+                .env("BAL_BROKER__KIND", "mosquitto")
+                .env("BAL_BROKER__URL", format!("mqtt://127.0.0.1:{port}"))
+                .env("BAL_BROKER__ADMIN_USERNAME", mosquitto_server::ADMIN)
+                .env(
+                    "BAL_BROKER__ADMIN_PASSWORD",
+                    mosquitto_server::ADMIN_PASSWORD,
+                )
+                .env("BAL_BROKER__SHARED_INGEST", "true")
+                .env("BAL_BROKER__RECONCILE_SECS", "1"),
+            None => command
+                .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{}", r.mqtt))
+                .env("BAL_MQTT__LISTEN_TLS", "off")
+                .env("BAL_MQTT__CLUSTER__NODE_ID", (i + 1).to_string())
+                .env(
+                    "BAL_MQTT__CLUSTER__LISTEN",
+                    format!("127.0.0.1:{}", r.cluster),
+                )
+                .env("BAL_MQTT__CLUSTER__PEERS", peers.join(",")),
+        };
+        command
             .env("BAL_CHAIN__RPC_URL", &self.chain)
             .env("BAL_CHAIN__OPERATOR_KEY", KEY_0)
             .env("BAL_KEYS__MASTER_KEY", MASTER_KEY)
@@ -99,24 +156,30 @@ impl Cluster {
             )
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("bal serve starts");
-        r.child = Some(child);
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command
     }
 
-    fn url(&self, i: usize, path: &str) -> String {
+    /// Replica `i`'s process id (it runs).
+    pub fn pid(&self, i: usize) -> u32 {
+        let child = self.replicas[i].child.as_ref().expect("replica runs");
+        child.id().expect("replica runs")
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.replicas[i].http)
     }
 
-    async fn readyz(&self, i: usize) -> Option<Value> {
+    pub async fn readyz(&self, i: usize) -> Option<Value> {
         let r = self.client.get(self.url(i, "/readyz")).send().await.ok()?;
         (r.status() == StatusCode::OK).then_some(())?;
         r.json().await.ok()
     }
 
-    async fn wait_ready(&mut self, i: usize) {
+    pub async fn wait_ready(&mut self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let child = self.replicas[i].child.as_mut().unwrap();
@@ -138,14 +201,14 @@ impl Cluster {
         }
     }
 
-    async fn kill(&mut self, i: usize) {
+    pub async fn kill(&mut self, i: usize) {
         let mut child = self.replicas[i].child.take().unwrap();
         child.start_kill().unwrap(); // SIGKILL
         child.wait().await.unwrap();
     }
 
     /// The lease holder as a live replica reports it.
-    async fn lease_holder(&self) -> Option<String> {
+    pub async fn lease_holder(&self) -> Option<String> {
         for i in 0..self.replicas.len() {
             if self.replicas[i].child.is_none() {
                 continue;
@@ -157,7 +220,7 @@ impl Cluster {
         None
     }
 
-    async fn request(
+    pub async fn request(
         &self,
         i: usize,
         method: reqwest::Method,
@@ -194,7 +257,7 @@ impl Cluster {
         r.send().await.unwrap().status()
     }
 
-    async fn token(&self, i: usize, user: &str, password: &str) -> String {
+    pub async fn token(&self, i: usize, user: &str, password: &str) -> String {
         let r = self
             .client
             .post(self.url(i, "/api/auth/login"))
@@ -211,7 +274,7 @@ impl Cluster {
 }
 
 /// The roots anchored on the node, each as often as it was anchored (the contract's events).
-async fn anchored_roots(chain: &str, contract: &str) -> HashMap<B256, usize> {
+pub async fn anchored_roots(chain: &str, contract: &str) -> HashMap<B256, usize> {
     // Only the contract's Anchored events (the deployment logs others).
     let anchored = alloy_primitives::keccak256("Anchored(bytes32,address,uint32,bytes32)");
     let r: Value = reqwest::Client::new()
@@ -265,16 +328,9 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
     let anvil = Anvil::start().await;
     let mut cluster = Cluster {
         database: bal_scd::testing::create_postgres_database(),
-        broker: mosquitto.port,
+        mosquitto: Some(mosquitto.port),
         chain: anvil.url.clone(),
-        replicas: (1..=3)
-            .map(|n| Replica {
-                id: format!("bal-{n}"),
-                dir: tempfile::tempdir().unwrap(),
-                http: free_port(),
-                child: None,
-            })
-            .collect(),
+        replicas: (1..=3).map(Replica::new).collect(),
         client: reqwest::Client::new(),
     };
     // All three start at once on the empty database, as a StatefulSet's pods may: one

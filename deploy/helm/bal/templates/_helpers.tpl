@@ -81,6 +81,26 @@ app.kubernetes.io/component: postgresql
 {{- printf "%s-mosquitto" (include "bal.fullname" .) -}}
 {{- end -}}
 
+{{/* "true" when the replicas are the nodes of an embedded MQTT cluster, "" with Mosquitto. */}}
+{{- define "bal.embeddedCluster" -}}
+{{- if eq .Values.broker.mode "embedded-cluster" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+mqtt.cluster.peers: every replica, itself included, as ID@HOST:PORT with ID its pod index + 1
+and HOST its name under the headless service (published before the pod is ready, so nodes
+find one another while they start). The same list on every replica.
+*/}}
+{{- define "bal.clusterPeers" -}}
+{{- $fullname := include "bal.fullname" . -}}
+{{- $peers := list -}}
+{{- range $i := until (int .Values.replicaCount) -}}
+{{- $host := printf "%s-%d.%s-headless.%s.svc.%s" $fullname $i $fullname $.Release.Namespace $.Values.clusterDomain -}}
+{{- $peers = append $peers (printf "%d@%s:%d" (add1 $i) $host (int $.Values.mqtt.cluster.port)) -}}
+{{- end -}}
+{{- join "," $peers -}}
+{{- end -}}
+
 {{/*
 The environment every BAL container gets: the secrets, each from its Secret, never from a
 ConfigMap. `bal config check` reads exactly these names.
@@ -106,11 +126,13 @@ ConfigMap. `bal config check` reads exactly these names.
     secretKeyRef:
       name: {{ include "bal.keysSecret" . }}
       key: admin-password
+{{- if not (include "bal.embeddedCluster" .) }}
 - name: BAL_BROKER__ADMIN_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "bal.keysSecret" . }}
       key: broker-admin-password
+{{- end }}
 {{- if not .Values.chain.embedded }}
 - name: BAL_CHAIN__RPC_URL
   valueFrom:

@@ -1,0 +1,329 @@
+//! `bal bench --replicas N`: the embedded MQTT cluster. QoS 1 committed throughput with 1, 2 …
+//! N `bal serve` processes on one PostgreSQL database (a scratch database per phase), each
+//! with its own embedded broker: one node alone, then 2 … N nodes of one cluster. The devices
+//! are spread over the nodes; a latency probe publishes on node 1 to a granted consumer on
+//! node 2 (cross-node delivery, p50/p99); each node's CPU time per committed message is read
+//! from `/proc`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bal_core::{Actor, GrantAction, Subscription, Topic, Username};
+use bal_scd::SharedStore;
+use rumqttc::QoS;
+
+use crate::bench::{BenchArgs, PASSWORD, create_producers, drive};
+use crate::scratch::ScratchDatabase;
+use crate::settings::{Secret, Settings};
+
+const MASTER_KEY: &str = "bench-cluster-master-key-0123456789";
+
+/// The consumer that watches producer0's probe topic from another node.
+const WATCHER: &str = "bench-watcher";
+
+/// `n` `bal serve` processes, killed when dropped.
+struct Nodes {
+    children: Vec<Child>,
+    mqtt: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(n: usize, database: &str, rpc: &str, operator_key: &str) -> anyhow::Result<Nodes> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let ports: Vec<(u16, u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(k, (_, _, c))| format!("{}@127.0.0.1:{c}", k + 1))
+        .collect();
+    let mut children = Vec::new();
+    for (k, (http, mqtt, cluster)) in ports.iter().enumerate() {
+        let id = format!("bench-node{}", k + 1);
+        let mut command = Command::new(&exe);
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join(&id))
+            .arg("serve")
+            .env("BAL_DATABASE__URL", database)
+            .env("BAL_HTTP__TLS", "false")
+            .env("BAL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("BAL_MQTT__LISTEN", format!("127.0.0.1:{mqtt}"))
+            .env("BAL_MQTT__LISTEN_TLS", "off")
+            .env("BAL_CHAIN__RPC_URL", rpc)
+            .env("BAL_CHAIN__OPERATOR_KEY", operator_key)
+            .env("BAL_KEYS__MASTER_KEY", MASTER_KEY)
+            .env("BAL_CLUSTER__REPLICA_ID", &id)
+            .env("BAL_CLUSTER__HEARTBEAT_SECS", "1")
+            .env("BAL_ADMIN_PASSWORD", "bench-admin-password-0")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if n > 1 {
+            command
+                .env("BAL_MQTT__CLUSTER__NODE_ID", (k + 1).to_string())
+                .env("BAL_MQTT__CLUSTER__LISTEN", format!("127.0.0.1:{cluster}"))
+                .env("BAL_MQTT__CLUSTER__PEERS", peers.join(","));
+        }
+        children.push(command.spawn()?);
+    }
+    let mqtt = ports
+        .iter()
+        .map(|(_, m, _)| SocketAddr::from(([127, 0, 0, 1], *m)))
+        .collect();
+    Ok(Nodes {
+        children,
+        mqtt,
+        _dir: dir,
+    })
+}
+
+/// User plus system CPU time of process `pid` so far (Linux `/proc`; zero elsewhere).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // CLK_TCK is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Every measurement stored so far.
+async fn stored(store: &SharedStore) -> u64 {
+    match store.certification_status().await {
+        Ok(s) => s.unbatched_measurements + s.pending_measurements + s.certified_measurements,
+        Err(_) => 0,
+    }
+}
+
+/// The watcher's accepted grant on producer0.
+async fn grant_watcher(
+    store: &SharedStore,
+    keys: &bal_api::accounts::AccountKeys,
+) -> anyhow::Result<()> {
+    let name = |s: &str| Username::parse(s).map_err(|e| anyhow::anyhow!("{e}"));
+    bal_api::accounts::create_user(
+        store.as_ref(),
+        keys,
+        name(WATCHER)?,
+        bal_core::Role::Consumer,
+        PASSWORD.into(),
+        &Actor::System,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = chrono::Utc::now();
+    let producer = name("producer0")?;
+    let request = Subscription::request(name(WATCHER)?, &Topic::for_producer(&producer), now);
+    let stored = store.request_subscription(request).await?;
+    let accept = GrantAction::Accept { expires_at: None };
+    store
+        .decide(stored.id, &accept, &Actor::User(producer), now)
+        .await?;
+    Ok(())
+}
+
+/// Publishes a timestamp on `from` every 20 ms as producer0 and collects, on `to`, how long
+/// each took to arrive; runs until aborted.
+fn latency_probe(
+    from: SocketAddr,
+    to: SocketAddr,
+    samples: Arc<Mutex<Vec<Duration>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = |id: &str, user: &str, at: SocketAddr| {
+            let mut o = rumqttc::MqttOptions::new(id, at.ip().to_string(), at.port());
+            o.set_credentials(user, PASSWORD);
+            o.set_keep_alive(Duration::from_secs(30));
+            rumqttc::AsyncClient::new(o, 100)
+        };
+        let (sub, mut sub_events) = client("bench-probe-sub", WATCHER, to);
+        let (publ, mut pub_events) = client("bench-probe-pub", "producer0", from);
+        let _ = sub
+            .subscribe("platone/producer0/probe", QoS::AtLeastOnce)
+            .await;
+        let epoch = Instant::now();
+        let receiver = tokio::spawn(async move {
+            while let Ok(e) = sub_events.poll().await {
+                if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = e
+                    && let Ok(sent) = std::str::from_utf8(&p.payload).unwrap_or("").parse::<u64>()
+                {
+                    let took = epoch.elapsed().saturating_sub(Duration::from_micros(sent));
+                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(took);
+                }
+            }
+        });
+        let publisher = tokio::spawn(async move { while pub_events.poll().await.is_ok() {} });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        loop {
+            let sent = epoch.elapsed().as_micros().to_string();
+            let _ = publ
+                .publish("platone/producer0/probe", QoS::AtLeastOnce, false, sent)
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if receiver.is_finished() || publisher.is_finished() {
+                break;
+            }
+        }
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+struct ClusterPhase {
+    nodes: usize,
+    per_second: f64,
+    offered: f64,
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    /// Each node's CPU time per committed message, in microseconds.
+    cpu_us: Vec<f64>,
+}
+
+async fn phase(
+    args: &BenchArgs,
+    server: &str,
+    rpc: &str,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<ClusterPhase> {
+    let scratch = ScratchDatabase::create(server, 20 + n as u32).await?;
+    let work = tempfile::tempdir()?;
+    let secret = |s: &str| serde_json::from_value::<Secret>(serde_json::json!(s));
+    let mut settings = Settings {
+        data_dir: work.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.database.url = Some(secret(&scratch.url)?);
+    settings.keys.master_key = Some(secret(MASTER_KEY)?);
+    let (store, keys) = crate::app::open_store(&settings, bal_scd::Migrate::Auto).await?;
+    create_producers(&store, &keys, args.producers).await?;
+    grant_watcher(&store, &keys).await?;
+    let nodes = spawn(n, &scratch.url, rpc, key)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while store.live_replicas().await?.len() < n {
+        anyhow::ensure!(Instant::now() < deadline, "the nodes did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The peers' probes and the first connections.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let probe = latency_probe(nodes.mqtt[0], nodes.mqtt[1 % n], samples.clone());
+    let count = Arc::new(AtomicU64::new(stored(&store).await));
+    let poller = {
+        let (store, count) = (store.clone(), count.clone());
+        tokio::spawn(async move {
+            loop {
+                count.store(stored(&store).await, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let pids: Vec<u32> = nodes.children.iter().map(Child::id).collect();
+    let cpu0: Vec<Duration> = pids.iter().map(|p| cpu_time(*p)).collect();
+    let stored0 = stored(&store).await;
+    let (per_second, offered) = drive(args, &nodes.mqtt, QoS::AtLeastOnce, |_| {
+        count.load(Ordering::Relaxed)
+    })
+    .await;
+    let committed = stored(&store).await.saturating_sub(stored0).max(1) as f64;
+    let cpu_us = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| cpu_time(*p).saturating_sub(*c0).as_secs_f64() * 1e6 / committed)
+        .collect();
+    poller.abort();
+    probe.abort();
+    let mut lat = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    lat.sort();
+    drop(nodes);
+    drop(store);
+    scratch.drop_now().await?;
+    Ok(ClusterPhase {
+        nodes: n,
+        per_second,
+        offered,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        cpu_us,
+    })
+}
+
+/// The embedded cluster's phases, 1 … `n` nodes, and their table.
+pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
+    let server = args
+        .database
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--replicas needs --database (a PostgreSQL server)"))?;
+    let rpc = args
+        .rpc
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--replicas needs --rpc (an Ethereum node)"))?;
+    let key = args.operator_key.clone().ok_or_else(|| {
+        anyhow::anyhow!("--replicas needs --operator-key (BAL_BENCH_OPERATOR_KEY)")
+    })?;
+    let mut phases = Vec::new();
+    for k in 1..=n.max(1) {
+        phases.push(phase(args, server, rpc, &key, k).await?);
+    }
+    let one = phases[0].per_second.max(1.0);
+    let ms =
+        |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>9} {:>8} {:>8}  CPU µs/msg per node",
+        "embedded MQTT cluster, QoS 1 (committed)",
+        "offered/s",
+        "done/s",
+        "vs 1 node",
+        "p50 ms",
+        "p99 ms"
+    );
+    for p in &phases {
+        let cpu: Vec<String> = p.cpu_us.iter().map(|c| format!("{c:.0}")).collect();
+        println!(
+            "{:<44} {:>10.0} {:>10.0} {:>9.2} {:>8} {:>8}  {}",
+            format!("{} node{}", p.nodes, if p.nodes == 1 { "" } else { "s" }),
+            p.offered,
+            p.per_second,
+            p.per_second / one,
+            ms(p.p50),
+            ms(p.p99),
+            cpu.join(" / ")
+        );
+    }
+    println!("(latency: node 1 -> a granted consumer on node 2; with 1 node, on the same node)");
+    Ok(())
+}
