@@ -23,7 +23,7 @@ async fn readyz_names_this_replica_the_live_ones_and_the_lease_holder() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("bal-a") && text.contains("embedded broker, embedded chain"),
+        text.contains("bal-a") && text.contains("embedded (single node)  embedded"),
         "{text}"
     );
     assert!(text.contains("certification lease: bal-a"), "{text}");
