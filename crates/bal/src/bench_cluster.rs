@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use bal_scd::SharedStore;
 use rumqttc::QoS;
 
 use crate::bench::{BenchArgs, PASSWORD, create_producers, drive};
+use crate::bench_replicas::{count_stored, stored};
 use crate::scratch::ScratchDatabase;
 use crate::settings::{Secret, Settings};
 
@@ -114,14 +115,6 @@ fn cpu_time(pid: u32) -> Duration {
         .sum();
     // CLK_TCK is 100 on every Linux this runs on.
     Duration::from_millis(ticks * 10)
-}
-
-/// Every measurement stored so far.
-async fn stored(store: &SharedStore) -> u64 {
-    match store.certification_status().await {
-        Ok(s) => s.unbatched_measurements + s.pending_measurements + s.certified_measurements,
-        Err(_) => 0,
-    }
 }
 
 /// The watcher's accepted grant on producer0.
@@ -241,16 +234,7 @@ async fn phase(
 
     let samples = Arc::new(Mutex::new(Vec::new()));
     let probe = latency_probe(nodes.mqtt[0], nodes.mqtt[1 % n], samples.clone());
-    let count = Arc::new(AtomicU64::new(stored(&store).await));
-    let poller = {
-        let (store, count) = (store.clone(), count.clone());
-        tokio::spawn(async move {
-            loop {
-                count.store(stored(&store).await, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let (count, poller) = count_stored(&store).await;
     let pids: Vec<u32> = nodes.children.iter().map(Child::id).collect();
     let cpu0: Vec<Duration> = pids.iter().map(|p| cpu_time(*p)).collect();
     let stored0 = stored(&store).await;

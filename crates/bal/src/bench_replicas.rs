@@ -101,11 +101,27 @@ fn settings(database: &str, data_dir: &std::path::Path) -> anyhow::Result<Settin
 }
 
 /// Every measurement stored so far, certified or not.
-async fn stored(store: &SharedStore) -> u64 {
+pub(crate) async fn stored(store: &SharedStore) -> u64 {
     match store.certification_status().await {
         Ok(s) => s.unbatched_measurements + s.pending_measurements + s.certified_measurements,
         Err(_) => 0,
     }
+}
+
+/// A count of the measurements stored, read from the database every 200 ms by a task (which
+/// the caller aborts): what the bench counts when other processes commit.
+pub(crate) async fn count_stored(
+    store: &SharedStore,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let count = Arc::new(AtomicU64::new(stored(store).await));
+    let (store, counted) = (store.clone(), count.clone());
+    let poller = tokio::spawn(async move {
+        loop {
+            counted.store(stored(&store).await, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (count, poller)
 }
 
 async fn wait_live(store: &SharedStore, n: usize) -> anyhow::Result<()> {
@@ -138,16 +154,7 @@ async fn phase(
     let mut replicas = spawn(n, &scratch.url, m, shared)?;
     wait_live(&store, n).await?;
 
-    let count = Arc::new(AtomicU64::new(stored(&store).await));
-    let poller = {
-        let (store, count) = (store.clone(), count.clone());
-        tokio::spawn(async move {
-            loop {
-                count.store(stored(&store).await, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let (count, poller) = count_stored(&store).await;
     let (per_second, offered) = drive(args, &[m.addr], QoS::AtLeastOnce, |_| {
         count.load(Ordering::Relaxed)
     })

@@ -298,6 +298,20 @@ fn bal_config_check_accepts_valid_settings_and_names_what_is_wrong() {
     // It checked, and created nothing.
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 
+    // An MQTT cluster node, its peers from the environment as the chart gives them.
+    let node = [
+        ("BAL_MQTT__CLUSTER__POD_INDEX", "1"),
+        ("BAL_MQTT__CLUSTER__LISTEN", "0.0.0.0:5363"),
+        (
+            "BAL_MQTT__CLUSTER__PEERS",
+            "1@bal-0.bal-headless:5363,2@bal-1.bal-headless:5363,3@bal-2.bal-headless:5363",
+        ),
+    ];
+    let ok = check(&node);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{out}");
+    assert!(out.contains("MQTT cluster node 2 of 3"), "{out}");
+
     for (env, says) in [
         (vec![("BAL_HTTP__TLS", "false")], "loopback"),
         (
@@ -316,6 +330,31 @@ fn bal_config_check_accepts_valid_settings_and_names_what_is_wrong() {
             "cert",
         ),
         (vec![("BAL_DATABASE__URL", "mysql://x")], "database.url"),
+        (vec![("BAL_MQTT__CLUSTER__NODE_ID", "1")], "mqtt.cluster.listen"),
+        (
+            vec![
+                ("BAL_MQTT__CLUSTER__NODE_ID", "1"),
+                ("BAL_MQTT__CLUSTER__LISTEN", "8.8.8.8:5363"),
+                ("BAL_MQTT__CLUSTER__PEERS", "1@a:1,2@b:1"),
+            ],
+            "public address",
+        ),
+        (
+            vec![
+                ("BAL_MQTT__CLUSTER__NODE_ID", "3"),
+                ("BAL_MQTT__CLUSTER__LISTEN", "10.0.0.3:5363"),
+                ("BAL_MQTT__CLUSTER__PEERS", "1@a:1,2@b:1"),
+            ],
+            "mqtt.cluster.peers",
+        ),
+        (
+            vec![
+                ("BAL_BROKER__KIND", "mosquitto"),
+                ("BAL_BROKER__ADMIN_PASSWORD", "x"),
+                ("BAL_MQTT__CLUSTER__NODE_ID", "1"),
+            ],
+            "broker.kind",
+        ),
     ] {
         let bad = check(&env);
         let err = String::from_utf8_lossy(&bad.stderr);

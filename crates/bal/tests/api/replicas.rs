@@ -163,6 +163,38 @@ impl Cluster {
         command
     }
 
+    /// Checks that every payload in `acked` is stored once and nothing twice; the readings.
+    pub async fn assert_stored_once(
+        &self,
+        admin: &str,
+        producer: &str,
+        acked: &std::collections::HashSet<String>,
+    ) -> Vec<(i64, String)> {
+        let readings = readings_of(&self.client, &self.url(1, ""), admin, producer).await;
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for (_, text) in &readings {
+            *count.entry(text.as_str()).or_default() += 1;
+        }
+        for payload in acked {
+            assert_eq!(count.get(payload.as_str()), Some(&1), "{payload}");
+        }
+        assert!(count.values().all(|c| *c == 1), "a reading stored twice");
+        readings
+    }
+
+    /// Waits until every stored reading is certified; the store, to look further.
+    pub async fn wait_certified(&self) -> bal_scd::SharedStore {
+        let store = bal_scd::connect(&self.database, &bal_scd::ConnectOptions::default())
+            .await
+            .unwrap();
+        eventually(30, "every reading certified", || async {
+            let s = store.certification_status().await.unwrap();
+            s.unbatched_measurements == 0 && s.pending_batches == 0
+        })
+        .await;
+        store
+    }
+
     /// Replica `i`'s process id (it runs).
     pub fn pid(&self, i: usize) -> u32 {
         let child = self.replicas[i].child.as_ref().expect("replica runs");
@@ -419,25 +451,10 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
     let acked = device.finish(READINGS).await;
 
     // Every acknowledged reading stored once, readable on any replica.
-    let readings = readings_of(&cluster.client, &cluster.url(1, ""), &admin, "device1").await;
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for (_, text) in &readings {
-        *count.entry(text.as_str()).or_default() += 1;
-    }
-    for payload in &acked {
-        assert_eq!(count.get(payload.as_str()), Some(&1), "{payload}");
-    }
-    assert!(count.values().all(|c| *c == 1), "a reading stored twice");
+    let readings = cluster.assert_stored_once(&admin, "device1", &acked).await;
 
     // Every reading certified, each root anchored once on the node.
-    let store = bal_scd::connect(&cluster.database, &bal_scd::ConnectOptions::default())
-        .await
-        .unwrap();
-    eventually(30, "every reading certified", || async {
-        let s = store.certification_status().await.unwrap();
-        s.unbatched_measurements == 0 && s.pending_batches == 0
-    })
-    .await;
+    let store = cluster.wait_certified().await;
     let batches = store.batches(None, 10_000).await.unwrap();
     let contract = batches[0].anchor.unwrap().contract.to_string();
     let on_chain = anchored_roots(&cluster.chain, &contract).await;
