@@ -153,7 +153,7 @@ impl ClusterConfig {
             "message_type = {MESSAGE_TYPE}\n\
              node_grpc_addrs = [{}]\n\
              node_grpc_batch_size = 128\n\
-             node_grpc_client_concurrency_limit = 128\n\
+             node_grpc_client_concurrency_limit = 1024\n\
              node_grpc_client_timeout = \"{}s\"\n\
              task_exec_queue_workers = 64\n\
              task_exec_queue_max = 100000\n",

@@ -143,7 +143,11 @@ impl Entry for TakeoverEntry {
     async fn unsubscribe(&self, unsubscribe: &Unsubscribe) -> Result<bool> {
         self.inner.unsubscribe(unsubscribe).await
     }
-    async fn publish(&self, from: From, p: Publish) -> std::result::Result<(), (From, Publish, Reason)> {
+    async fn publish(
+        &self,
+        from: From,
+        p: Publish,
+    ) -> std::result::Result<(), (From, Publish, Reason)> {
         self.inner.publish(from, p).await
     }
     async fn subscriptions(&self) -> Option<Vec<SubsSearchResult>> {
@@ -188,9 +192,13 @@ impl Shared for TakeoverShared {
         publish: &Publish,
         relations: SubRelations,
         msg_id: Option<MsgID>,
-    ) -> std::result::Result<ForwardedRecipients, (ForwardedRecipients, Vec<(To, From, Publish, Reason)>)>
-    {
-        self.inner.forwards_to(from, publish, relations, msg_id).await
+    ) -> std::result::Result<
+        ForwardedRecipients,
+        (ForwardedRecipients, Vec<(To, From, Publish, Reason)>),
+    > {
+        self.inner
+            .forwards_to(from, publish, relations, msg_id)
+            .await
     }
     fn iter(&self) -> Box<dyn Iterator<Item = Box<dyn Entry>> + Sync + Send + '_> {
         self.inner.iter()
@@ -237,7 +245,9 @@ impl Shared for TakeoverShared {
         topic_filter: &str,
         group: Option<&SharedGroup>,
     ) -> Result<Vec<(MsgID, From, Publish)>> {
-        self.inner.message_load(client_id, topic_filter, group).await
+        self.inner
+            .message_load(client_id, topic_filter, group)
+            .await
     }
     async fn message_load_with(
         &self,

@@ -330,7 +330,10 @@ fn bal_config_check_accepts_valid_settings_and_names_what_is_wrong() {
             "cert",
         ),
         (vec![("BAL_DATABASE__URL", "mysql://x")], "database.url"),
-        (vec![("BAL_MQTT__CLUSTER__NODE_ID", "1")], "mqtt.cluster.listen"),
+        (
+            vec![("BAL_MQTT__CLUSTER__NODE_ID", "1")],
+            "mqtt.cluster.listen",
+        ),
         (
             vec![
                 ("BAL_MQTT__CLUSTER__NODE_ID", "1"),

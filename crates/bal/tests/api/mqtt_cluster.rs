@@ -52,7 +52,10 @@ async fn start(nodes: usize, mosquitto: Option<u16>, anvil: &Anvil) -> Cluster {
 async fn peers_all(cluster: &Cluster, nodes: &[usize], state: &str) -> bool {
     for &i in nodes {
         let body = cluster.readyz(i).await.unwrap_or_default();
-        let peers = body["mqtt_cluster"]["peers"].as_array().cloned().unwrap_or_default();
+        let peers = body["mqtt_cluster"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if peers.len() != cluster.replicas.len() - 1 || peers.iter().any(|p| p["state"] != state) {
             return false;
         }
@@ -222,7 +225,9 @@ async fn three_nodes_apply_the_grant_rules_to_clients_on_any_node() {
     install_crypto_provider();
     let anvil = Anvil::start().await;
     let cluster = start(3, None, &anvil).await;
-    eventually(15, "every node reaching every peer", || peers_all(&cluster, &[0, 1, 2], "up"))
+    eventually(15, "every node reaching every peer", || {
+        peers_all(&cluster, &[0, 1, 2], "up")
+    })
     .await;
     let admin = cluster.token(0, "admin", ADMIN_PASSWORD).await;
     create_user(&cluster, 0, &admin, "meter1", "producer").await;
@@ -253,7 +258,9 @@ async fn three_nodes_apply_the_grant_rules_to_clients_on_any_node() {
 
     let publisher = device(&port(0).to_string(), "meter1", "first", 20, 20);
     publisher.finish(20).await;
-    watcher.wait_messages(20, 10, "node 2's consumer receiving node 1's readings").await;
+    watcher
+        .wait_messages(20, 10, "node 2's consumer receiving node 1's readings")
+        .await;
 
     // A revocation made on node 3 ends node 2's subscription within a second.
     let p = cluster.token(2, "meter1", PASSWORD).await;
@@ -305,13 +312,22 @@ async fn three_nodes_apply_the_grant_rules_to_clients_on_any_node() {
     // connection (one connection per client id in the whole cluster), and the persistent
     // session moves along: present, and its subscription still delivers.
     let mut back = PahoClient::start(port(0), "consumer1", "shared-id", 30, &["--persistent"]);
-    assert_eq!(back.wait_for("connack", 10).await, "connack 0 1", "session present");
+    assert_eq!(
+        back.wait_for("connack", 10).await,
+        "connack 0 1",
+        "session present"
+    );
     holder.wait_for("disconnected", 10).await;
     holder.stop().await;
     device(&port(2).to_string(), "meter1", "moved", 5, 10)
         .finish(5)
         .await;
-    back.wait_messages(5, 10, "the moved session's subscription delivering on node 1").await;
+    back.wait_messages(
+        5,
+        10,
+        "the moved session's subscription delivering on node 1",
+    )
+    .await;
     back.stop().await;
 }
 
@@ -346,7 +362,9 @@ async fn a_node_killed_under_qos1_load_loses_nothing_and_rejoins() {
     cluster.wait_certified().await;
 
     // The restarted node is back in the cluster: it reaches its peers and they reach it.
-    eventually(15, "node 1 back in the cluster", || peers_all(&cluster, &[0, 1, 2], "up"))
+    eventually(15, "node 1 back in the cluster", || {
+        peers_all(&cluster, &[0, 1, 2], "up")
+    })
     .await;
     // And it carries traffic again: published on node 1, received on node 3.
     create_user(&cluster, 0, &admin, "consumer1", "consumer").await;
@@ -360,7 +378,9 @@ async fn a_node_killed_under_qos1_load_loses_nothing_and_rejoins() {
     );
     assert_eq!(watcher.wait_for("suback", 10).await, "suback 1");
     device(&ports[0], "meter1", "after", 5, 10).finish(5).await;
-    watcher.wait_messages(5, 10, "delivery through the restarted node").await;
+    watcher
+        .wait_messages(5, 10, "delivery through the restarted node")
+        .await;
     watcher.stop().await;
 }
 
@@ -390,7 +410,9 @@ async fn a_node_whose_peers_stop_answering_keeps_serving_its_own_clients() {
     signal("-STOP", 1);
     signal("-STOP", 2);
     let cut_at = Instant::now();
-    eventually(15, "node 1 saying its peers are down", || peers_all(&cluster, &[0], "down"))
+    eventually(15, "node 1 saying its peers are down", || {
+        peers_all(&cluster, &[0], "down")
+    })
     .await;
     println!("peers reported down {:?} after the cut", cut_at.elapsed());
     let metrics = cluster
@@ -421,14 +443,15 @@ async fn a_node_whose_peers_stop_answering_keeps_serving_its_own_clients() {
     device(&port.to_string(), "meter1", "cut", 20, 20)
         .finish(20)
         .await;
-    watcher.wait_messages(20, 20, "delivery on the cut-off node").await;
+    watcher
+        .wait_messages(20, 20, "delivery on the cut-off node")
+        .await;
     println!("served on the cut-off node in {:?}", started.elapsed());
     watcher.stop().await;
 
     signal("-CONT", 1);
     signal("-CONT", 2);
-    eventually(20, "the peers back up", || peers_all(&cluster, &[0], "up"))
-    .await;
+    eventually(20, "the peers back up", || peers_all(&cluster, &[0], "up")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
