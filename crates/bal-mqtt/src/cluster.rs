@@ -19,7 +19,7 @@
 //!   subscriptions), so cross-node traffic grows with the node count, and a client id can be
 //!   held on two nodes for the moment a partition lasts. For the BAL's fleets (devices publish,
 //!   few consumers watch live) that is the right trade; the README's "Scaling out" has figures.
-//!   Its session takeover takes the first node's answer, right or not: [`crate::takeover`]
+//!   Its session takeover takes the first node's answer, right or not: [`crate::node_shared`]
 //!   waits for the node that holds the session.
 //!
 //! Membership is static (`mqtt.cluster.peers` lists every node, this one included). The
@@ -190,7 +190,7 @@ pub(crate) async fn join(scx: &ServerContext, config: &ClusterConfig) -> anyhow:
     rmqtt_cluster_broadcast::register(scx, true, true)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the MQTT cluster: {e}"))?;
-    crate::takeover::install(scx, MESSAGE_TYPE, PEER_TIMEOUT).await;
+    crate::node_shared::install(scx, MESSAGE_TYPE, PEER_TIMEOUT).await;
     scx.node
         .start_grpc_server(scx.clone(), config.listen, true, false);
     Ok(())

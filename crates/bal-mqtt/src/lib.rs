@@ -17,7 +17,7 @@ mod delivery;
 pub mod embedded;
 pub mod ingest;
 pub mod mosquitto;
-mod takeover;
+mod node_shared;
 
 pub use cluster::{ClusterConfig, ClusterHealth, ClusterView, Peer, PeerState};
 pub use embedded::{BrokerConfig, EmbeddedBroker};

@@ -261,6 +261,10 @@ async fn three_nodes_apply_the_grant_rules_to_clients_on_any_node() {
     watcher
         .wait_messages(20, 10, "node 2's consumer receiving node 1's readings")
         .await;
+    // In the order they were published (forwarding leaves the PUBACK path, not the order).
+    let got: Vec<String> = watcher.messages().into_iter().map(|(_, p)| p).collect();
+    let sent: Vec<String> = (0..20).map(|i| format!("first-{i}")).collect();
+    assert_eq!(got, sent);
 
     // A revocation made on node 3 ends node 2's subscription within a second.
     let p = cluster.token(2, "meter1", PASSWORD).await;
