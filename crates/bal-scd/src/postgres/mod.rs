@@ -21,7 +21,6 @@ mod grants;
 mod import;
 mod listener;
 mod measurements;
-pub mod nodelay;
 
 use std::str::FromStr;
 
@@ -64,31 +63,10 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Config(format!("invalid PostgreSQL URL: {}", scrub(&e.to_string())))
         })?;
-        // Over TCP (not a Unix socket), turn Nagle's algorithm off on each new connection.
-        let tcp_port = (connect.get_socket().is_none() && !connect.get_host().starts_with('/'))
-            .then(|| connect.get_port());
+        // sqlx (0.9.1 and later) turns Nagle's algorithm off on its TCP connections itself.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .acquire_timeout(options.acquire_timeout)
-            .after_connect(move |_, _| {
-                Box::pin(async move {
-                    if let Some(port) = tcp_port {
-                        // A scan of /proc and a few syscalls per descriptor: off the runtime.
-                        let set =
-                            tokio::task::spawn_blocking(move || nodelay::set_on_sockets_to(port))
-                                .await;
-                        if let Ok(Err(e)) = set {
-                            tracing::warn!(
-                                error = %e,
-                                "could not set TCP_NODELAY on the database connection: inserts \
-                                 over TCP may wait ~40 ms each (use the Unix socket, or allow \
-                                 pidfd_getfd)"
-                            );
-                        }
-                    }
-                    Ok(())
-                })
-            })
             .connect_with(connect)
             .await?;
         let status = schema_status(&pool).await?;

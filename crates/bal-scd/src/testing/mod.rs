@@ -11,7 +11,10 @@
 use std::time::Duration;
 
 mod cluster;
+mod sockets;
 pub use cluster::{PrivateCluster, ServerTls};
+#[cfg(target_os = "linux")]
+pub use sockets::tcp_nodelay_states;
 
 use crate::{Backend, ConnectOptions, Migrate, SharedStore};
 
