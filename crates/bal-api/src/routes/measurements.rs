@@ -165,12 +165,18 @@ async fn upload(
     body: &[u8],
 ) -> Result<(StatusCode, Json<IngestResponse>), ApiError> {
     let caller = caller.user;
+    // Who may upload at all comes first: a consumer learns nothing about topics or bodies.
+    if caller.role == Role::Consumer {
+        return Err(ApiError::Forbidden(
+            "a producer uploads only to its own topic".into(),
+        ));
+    }
     let topic = match (p.topic, caller.role) {
         (Some(t), _) => Topic::parse(&t).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         (None, Role::Producer) => Topic::for_producer(&caller.username),
         (None, _) => {
             return Err(ApiError::Unprocessable(
-                "topic is required when uploading for a producer".into(),
+                "topic is required when an admin uploads for a producer".into(),
             ));
         }
     };
