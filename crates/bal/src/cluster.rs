@@ -2,6 +2,7 @@
 //! single-node part would be shared), heartbeats, leaving it on the way out; and `bal cluster
 //! status|leave`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -54,6 +55,35 @@ fn conflict(me: &ReplicaInfo, other: &Replica) -> Option<String> {
     }
 }
 
+/// Why two cluster nodes, each with its id and peers (`ID@HOST:PORT,…`), are not nodes of one
+/// cluster, if they are not. The lists may differ while the cluster grows or shrinks (a rolling
+/// update restarts the nodes one by one with the new list): they must agree on every node both
+/// name, and one of the two must name the other.
+fn membership_conflict(me: (u64, &str), other: (u64, &str)) -> Option<String> {
+    let parse = |m: &str| -> HashMap<u64, String> {
+        m.split(',')
+            .filter_map(|p| p.split_once('@'))
+            .filter_map(|(id, addr)| Some((id.parse().ok()?, addr.to_owned())))
+            .collect()
+    };
+    let (mine, theirs) = (parse(me.1), parse(other.1));
+    if let Some((id, here, there)) = mine
+        .iter()
+        .find_map(|(id, a)| theirs.get(id).filter(|b| *b != a).map(|b| (id, a, b)))
+    {
+        return Some(format!("node {id} is {here} here and {there} there"));
+    }
+    let named = |list: &HashMap<u64, String>, node: (u64, &HashMap<u64, String>)| {
+        list.get(&node.0)
+            .is_some_and(|a| node.1.get(&node.0) == Some(a))
+    };
+    if named(&mine, (other.0, &theirs)) || named(&theirs, (me.0, &mine)) {
+        None
+    } else {
+        Some("neither names the other".to_owned())
+    }
+}
+
 /// Why two replicas that may share a database cannot serve MQTT together, if they cannot:
 /// nodes of different clusters, two nodes with one id, or a plain Mosquitto ingest beside
 /// another (each would store every reading).
@@ -72,18 +102,18 @@ fn mqtt_conflict(me: &MqttRole, other: &Replica) -> Option<String> {
                 membership: theirs,
             },
         ) => {
-            if mine != theirs {
-                Some(format!(
-                    "replica {id:?} is a node of another MQTT cluster (mqtt.cluster.peers \
-                     {theirs}, here {mine}): every node must list the same peers"
-                ))
-            } else if a == b {
+            if a == b {
                 Some(format!(
                     "replica {id:?} is MQTT cluster node {b} already: give each replica its own \
                      mqtt.cluster.node_id"
                 ))
             } else {
-                None
+                membership_conflict((*a, mine), (*b, theirs)).map(|why| {
+                    format!(
+                        "replica {id:?} is a node of another MQTT cluster ({why}; its \
+                         mqtt.cluster.peers {theirs}, here {mine})"
+                    )
+                })
             }
         }
         (Mosquitto { shared: false }, Mosquitto { .. }) => Some(format!(
@@ -343,7 +373,24 @@ mod tests {
             "{why}"
         );
         let why = conflict(&me, &node("a", 1, "1@a:5363,2@b:5364")).unwrap();
-        assert!(why.contains("another MQTT cluster"), "{why}");
+        assert!(
+            why.contains("another MQTT cluster") && why.contains("node 2 is b:5363 here"),
+            "{why}"
+        );
+        // Growing by a node, the new list on some nodes and the old one on others: one cluster.
+        let grown = "1@a:5363,2@b:5363,3@c:5363";
+        assert_eq!(
+            conflict(&node("c", 3, grown).info, &node("a", 1, peers)),
+            None
+        );
+        assert_eq!(
+            conflict(&node("a", 1, peers).info, &node("c", 3, grown)),
+            None
+        );
+        // Two clusters that name different nodes do not share a database.
+        let other = node("x", 3, "3@x:5363,4@y:5363");
+        let why = conflict(&me, &other).unwrap();
+        assert!(why.contains("neither names the other"), "{why}");
         // A single-node embedded broker shares with nobody, nodes included.
         assert!(conflict(&me, &replica("c", true, false)).is_some());
         assert!(conflict(&replica("c", true, false).info, &node("a", 1, peers)).is_some());
