@@ -3,7 +3,7 @@
 //! producer's topics only under an accepted, unexpired grant; admins may read any one
 //! producer; nobody subscribes to a filter that reaches across producers.
 
-use bal_core::{FilterScope, Role, Topic};
+use bal_core::{FilterScope, Role, Topic, Username};
 use bal_scd::{SharedStore, StoreResult, User};
 use chrono::Utc;
 
@@ -28,18 +28,19 @@ pub fn check_publish(user: &User, topic: &str) -> Result<Topic, PublishRefusal> 
 
 /// True when `user` may subscribe with `filter` now.
 pub async fn may_subscribe(store: &SharedStore, user: &User, filter: &str) -> StoreResult<bool> {
-    let producer = match FilterScope::of(filter) {
-        Ok(FilterScope::Producer(p)) => p,
-        Ok(FilterScope::Wide) | Err(_) => return Ok(false),
-    };
+    match FilterScope::of(filter) {
+        Ok(FilterScope::Producer(p)) => may_read(store, user, &p).await,
+        Ok(FilterScope::Wide) | Err(_) => Ok(false),
+    }
+}
+
+/// True when `user` may read `producer`'s readings now: an admin any, a producer its own, a
+/// consumer under an accepted, unexpired grant (the only case that asks the database).
+pub async fn may_read(store: &SharedStore, user: &User, producer: &Username) -> StoreResult<bool> {
     Ok(match user.role {
         Role::Admin => true,
-        Role::Producer => producer == user.username,
-        Role::Consumer => {
-            store
-                .can_read(&user.username, &producer, Utc::now())
-                .await?
-        }
+        Role::Producer => *producer == user.username,
+        Role::Consumer => store.can_read(&user.username, producer, Utc::now()).await?,
     })
 }
 

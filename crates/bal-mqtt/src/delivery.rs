@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use bal_core::{Role, Topic, Username};
 use bal_scd::{SharedStore, User};
-use chrono::Utc;
+
+use crate::access::may_read;
 
 /// The longest a cached answer is used without asking the database again: the bound on a
 /// revocation whose announcement was lost.
@@ -27,34 +28,33 @@ pub(crate) struct ReadChecks {
 }
 
 impl ReadChecks {
-    /// Whether `user` may receive a message published on `topic` now. Anything that is not a
-    /// producer's topic, and any database error, is refused: default deny.
+    /// Whether `user` may receive a message published on `topic` now, by the broker's read rule
+    /// ([`may_read`]). Anything that is not a producer's topic, and any database error, is
+    /// refused: default deny.
     pub(crate) async fn may_receive(&self, store: &SharedStore, user: &User, topic: &str) -> bool {
         let Ok(topic) = Topic::parse(topic) else {
             return false;
         };
         let producer = topic.producer();
-        match user.role {
-            Role::Admin => true,
-            Role::Producer => producer == user.username,
-            Role::Consumer => {
-                let key = (user.username.clone(), producer.clone());
-                if let Some((allowed, at)) = self.lock().get(&key)
-                    && at.elapsed() < FRESH_FOR
-                {
-                    return *allowed;
-                }
-                let allowed = match store.can_read(&user.username, &producer, Utc::now()).await {
-                    Ok(allowed) => allowed,
-                    Err(e) => {
-                        tracing::error!(error = %e.report(), "delivery read check failed");
-                        return false;
-                    }
-                };
-                self.lock().insert(key, (allowed, Instant::now()));
-                allowed
-            }
+        // Only a consumer's answer needs the database, so only it is cached.
+        let key = (user.role == Role::Consumer).then(|| (user.username.clone(), producer.clone()));
+        if let Some(key) = &key
+            && let Some((allowed, at)) = self.lock().get(key)
+            && at.elapsed() < FRESH_FOR
+        {
+            return *allowed;
         }
+        let allowed = match may_read(store, user, &producer).await {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::error!(error = %e.report(), "delivery read check failed");
+                return false;
+            }
+        };
+        if let Some(key) = key {
+            self.lock().insert(key, (allowed, Instant::now()));
+        }
+        allowed
     }
 
     /// Forgets `consumer`'s answers (its grants changed), or every answer.

@@ -25,20 +25,15 @@ use crate::anvil::Anvil;
 use crate::helpers::{ADMIN_PASSWORD, PASSWORD, eventually, install_crypto_provider};
 use crate::mosquitto_server::MosquittoServer;
 use crate::paho::{PahoDevice, Readings};
-use crate::replicas::{Cluster, Replica};
+use crate::replicas::Cluster;
 
 fn on_postgres_pass() -> bool {
     bal_scd::testing::backend() == bal_scd::Backend::Postgres
 }
 
-async fn start(nodes: usize, mosquitto: Option<u16>, anvil: &Anvil) -> Cluster {
-    let mut cluster = Cluster {
-        database: bal_scd::testing::create_postgres_database(),
-        mosquitto,
-        chain: anvil.url.clone(),
-        replicas: (1..=nodes).map(Replica::new).collect(),
-        client: reqwest::Client::new(),
-    };
+/// `nodes` nodes of one MQTT cluster, started and ready.
+async fn start(nodes: usize, anvil: &Anvil) -> Cluster {
+    let mut cluster = Cluster::new(nodes, None, &anvil.url);
     for i in 0..nodes {
         cluster.spawn(i);
     }
@@ -224,7 +219,7 @@ async fn three_nodes_apply_the_grant_rules_to_clients_on_any_node() {
     }
     install_crypto_provider();
     let anvil = Anvil::start().await;
-    let cluster = start(3, None, &anvil).await;
+    let cluster = start(3, &anvil).await;
     eventually(15, "every node reaching every peer", || {
         peers_all(&cluster, &[0, 1, 2], "up")
     })
@@ -342,7 +337,7 @@ async fn a_node_killed_under_qos1_load_loses_nothing_and_rejoins() {
     }
     install_crypto_provider();
     let anvil = Anvil::start().await;
-    let mut cluster = start(3, None, &anvil).await;
+    let mut cluster = start(3, &anvil).await;
     let admin = cluster.token(0, "admin", ADMIN_PASSWORD).await;
     create_user(&cluster, 0, &admin, "meter1", "producer").await;
     const READINGS: usize = 3000;
@@ -395,7 +390,7 @@ async fn a_node_whose_peers_stop_answering_keeps_serving_its_own_clients() {
     }
     install_crypto_provider();
     let anvil = Anvil::start().await;
-    let cluster = start(3, None, &anvil).await;
+    let cluster = start(3, &anvil).await;
     let admin = cluster.token(0, "admin", ADMIN_PASSWORD).await;
     create_user(&cluster, 0, &admin, "meter1", "producer").await;
     create_user(&cluster, 0, &admin, "consumer1", "consumer").await;
@@ -466,13 +461,7 @@ async fn a_second_replica_with_a_plain_mosquitto_ingest_is_refused() {
     install_crypto_provider();
     let mosquitto = MosquittoServer::start(256 * 1024);
     let anvil = Anvil::start().await;
-    let mut cluster = Cluster {
-        database: bal_scd::testing::create_postgres_database(),
-        mosquitto: Some(mosquitto.port),
-        chain: anvil.url.clone(),
-        replicas: (1..=2).map(Replica::new).collect(),
-        client: reqwest::Client::new(),
-    };
+    let mut cluster = Cluster::new(2, Some(mosquitto.port), &anvil.url);
     // The default a new operator keeps: broker.shared_ingest = false.
     let plain = [("BAL_BROKER__SHARED_INGEST", "false")];
     cluster.spawn_with(0, &plain);

@@ -73,6 +73,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `n` replicas (none started yet) on a new PostgreSQL database of their own, ingesting
+    /// from the Mosquitto on port `mosquitto` or, without one, as nodes of one MQTT cluster.
+    pub fn new(n: usize, mosquitto: Option<u16>, chain: &str) -> Self {
+        Self {
+            database: bal_scd::testing::create_postgres_database(),
+            mosquitto,
+            chain: chain.to_owned(),
+            replicas: (1..=n).map(Replica::new).collect(),
+            client: reqwest::Client::new(),
+        }
+    }
+
     pub fn spawn(&mut self, i: usize) {
         self.spawn_with(i, &[]);
     }
@@ -358,13 +370,7 @@ async fn three_replicas_act_as_one_bal_through_kill_9s_of_the_lease_holder_and_a
     install_crypto_provider();
     let mosquitto = MosquittoServer::start(256 * 1024);
     let anvil = Anvil::start().await;
-    let mut cluster = Cluster {
-        database: bal_scd::testing::create_postgres_database(),
-        mosquitto: Some(mosquitto.port),
-        chain: anvil.url.clone(),
-        replicas: (1..=3).map(Replica::new).collect(),
-        client: reqwest::Client::new(),
-    };
+    let mut cluster = Cluster::new(3, Some(mosquitto.port), &anvil.url);
     // All three start at once on the empty database, as a StatefulSet's pods may: one
     // migrates (the others wait for its lock), one creates the first admin (once), one deploys
     // the contract (under the lease).
