@@ -99,6 +99,18 @@ pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::corrupt(what)
 }
 
+/// Whether the driver's error under `e` is a unique-key violation (a taken name, a second live
+/// request), which the stores turn into a [`StoreError::Conflict`] with a message.
+pub(crate) fn is_unique_violation(e: &StoreError) -> bool {
+    match e {
+        StoreError::Backend(b) => matches!(
+            b.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(d)) if d.is_unique_violation()
+        ),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

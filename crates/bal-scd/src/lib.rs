@@ -20,14 +20,15 @@ pub mod accounts;
 pub mod certification;
 pub mod cluster;
 pub mod copy;
+pub mod dialect;
 mod error;
 pub mod feed;
 pub mod grants;
 pub mod measurements;
 pub mod postgres;
-mod rows;
 mod schema;
 pub mod sqlite;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -52,9 +53,13 @@ pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
     StoredBatch,
 };
-pub use postgres::PgStore;
 pub use schema::{Migrate, SchemaStatus};
-pub use sqlite::SqliteStore;
+pub use store::SqlStore;
+
+/// The SCD on SQLite: the embedded default (one file, WAL).
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+/// The SCD on PostgreSQL: for production, and for several replicas on one database.
+pub type PgStore = SqlStore<sqlx::Postgres>;
 
 /// The store's traits, for callers that hold a [`SharedStore`] and call its methods.
 pub mod prelude {

@@ -2,19 +2,21 @@
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
-use bal_core::merkle::{self, LeafValues};
+use bal_core::merkle::LeafValues;
 use bal_core::{Measurement, Username};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::cluster::check_fence;
-use super::{PgStore, audit_entry_from_row, get, measurement_from_row};
+use super::get;
+use crate::PgStore;
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
     CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
+use crate::dialect::sql;
 use crate::error::corrupt;
-use crate::rows::{measurement_columns, ms, time};
+use crate::store::check_fence;
+use crate::store::rows::{self, ms, time};
 use crate::{AuditEntry, Fence, StoreError, StoreResult};
 
 /// A mark from two columns `<prefix>_xid` and `<prefix>_id`.
@@ -40,8 +42,6 @@ const BATCH_COLUMNS: &str = "seq, root, leaf_count, measurement_count, m_after_x
 /// Serialises batch writers across processes for the length of a transaction.
 const BATCH_LOCK: i64 = 0x6261_6c5f_6261_7463; // "bal_batc"
 
-crate::rows::cert_rows!(PgRow);
-
 fn batch_from_row(row: &PgRow) -> StoreResult<Batch> {
     let tx_hash: Option<Vec<u8>> = get(row, "tx_hash")?;
     let anchor = match tx_hash {
@@ -49,21 +49,21 @@ fn batch_from_row(row: &PgRow) -> StoreResult<Batch> {
         Some(tx) => {
             let contract: Vec<u8> = get(row, "contract")?;
             Some(AnchorRecord {
-                chain_id: u64_of(row, "chain_id")?,
-                contract: address(&contract, "contract")?,
+                chain_id: rows::u64_of::<Postgres>(row, "chain_id")?,
+                contract: rows::address(&contract, "contract")?,
                 tx_hash: B256::try_from(tx.as_slice()).map_err(|_| corrupt("tx_hash"))?,
-                block_number: u64_of(row, "block_number")?,
-                block_time: u64_of(row, "block_time")?,
-                gas_used: u64_of(row, "gas_used")?,
+                block_number: rows::u64_of::<Postgres>(row, "block_number")?,
+                block_time: rows::u64_of::<Postgres>(row, "block_time")?,
+                gas_used: rows::u64_of::<Postgres>(row, "gas_used")?,
                 anchored_at: time(get(row, "anchored_at")?)?,
             })
         }
     };
     Ok(Batch {
         seq: get(row, "seq")?,
-        root: b256(row, "root")?,
-        leaf_count: u64_of(row, "leaf_count")? as u32,
-        measurement_count: u64_of(row, "measurement_count")? as u32,
+        root: rows::b256::<Postgres>(row, "root")?,
+        leaf_count: rows::u64_of::<Postgres>(row, "leaf_count")? as u32,
+        measurement_count: rows::u64_of::<Postgres>(row, "measurement_count")? as u32,
         measurements: span(row, "m")?,
         audit: span(row, "a")?,
         created_at: time(get(row, "created_at")?)?,
@@ -148,7 +148,7 @@ impl CertificationStore for PgStore {
         };
         for row in &measurement_rows {
             pending.measurements.upto = mark(row, "xid", "id")?;
-            let values = measurement_leaf_from_row(row)?;
+            let values = rows::measurement_leaf_from_row::<Postgres>(row)?;
             pending.items.push(PendingItem {
                 kind: ItemKind::Measurement,
                 id: values.id as i64,
@@ -157,7 +157,7 @@ impl CertificationStore for PgStore {
         }
         for row in &audit_rows {
             pending.audit.upto = mark(row, "xid", "id")?;
-            let (values, _) = audit_leaf_from_row(row)?;
+            let (values, _) = rows::audit_leaf_from_row::<Postgres>(row)?;
             pending.items.push(PendingItem {
                 kind: ItemKind::Audit,
                 id: values.id as i64,
@@ -346,9 +346,9 @@ impl CertificationStore for PgStore {
         if producers.is_some_and(|p| p.is_empty()) {
             return Ok(Vec::new());
         }
-        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+        let mut sql = QueryBuilder::<Postgres>::new(sql!(Postgres;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             " FROM measurements WHERE (xid, id) > ("
         ));
         let span = batch.measurements;
@@ -374,7 +374,7 @@ impl CertificationStore for PgStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(measurement_from_row)
+            .map(rows::measurement_from_row::<Postgres>)
             .collect()
     }
 
@@ -390,7 +390,7 @@ impl CertificationStore for PgStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(audit_entry_from_row)
+        .map(rows::audit_entry_from_row::<Postgres>)
         .collect()
     }
 
@@ -402,7 +402,7 @@ impl CertificationStore for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(measurement_leaf_from_row)
+        .map(rows::measurement_leaf_from_row::<Postgres>)
         .transpose()
     }
 
@@ -414,7 +414,7 @@ impl CertificationStore for PgStore {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(audit_leaf_from_row)
+        .map(rows::audit_leaf_from_row::<Postgres>)
         .transpose()
     }
 
@@ -432,10 +432,10 @@ impl CertificationStore for PgStore {
         .await?;
         Ok(CertificationStatus {
             unbatched_measurements: backlog.unbatched_measurements,
-            pending_batches: u64_of(&row, "pending")?,
+            pending_batches: rows::u64_of::<Postgres>(&row, "pending")?,
             pending_measurements: backlog.pending_measurements,
-            anchored_batches: u64_of(&row, "anchored")?,
-            certified_measurements: u64_of(&row, "certified")?,
+            anchored_batches: rows::u64_of::<Postgres>(&row, "anchored")?,
+            certified_measurements: rows::u64_of::<Postgres>(&row, "certified")?,
         })
     }
 
@@ -453,8 +453,8 @@ impl CertificationStore for PgStore {
         .fetch_one(&mut *conn)
         .await?;
         Ok(CertificationBacklog {
-            unbatched_measurements: u64_of(&row, "unbatched")?,
-            pending_measurements: u64_of(&row, "pending_measurements")?,
+            unbatched_measurements: rows::u64_of::<Postgres>(&row, "unbatched")?,
+            pending_measurements: rows::u64_of::<Postgres>(&row, "pending_measurements")?,
         })
     }
 
@@ -464,7 +464,7 @@ impl CertificationStore for PgStore {
                 .bind(chain_id as i64)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|(c,)| address(&c, "contract")).transpose()
+        row.map(|(c,)| rows::address(&c, "contract")).transpose()
     }
 
     async fn remember_chain_contract(&self, chain_id: u64, contract: Address) -> StoreResult<()> {

@@ -226,7 +226,7 @@ async fn read(pool: &PgPool, origin: &str, payload: &str) -> Option<Change> {
         "deleted" => name().map(Change::UserDeleted),
         "password" => name().map(Change::PasswordChanged),
         "sub" => match data.parse::<SubscriptionId>() {
-            Ok(id) => match super::grants::subscription_by_id(pool, id).await {
+            Ok(id) => match crate::store::subscription_by_id(pool, id).await {
                 Ok(found) => return found.map(Change::Subscription),
                 Err(_) => Some(Change::Resync),
             },

@@ -5,9 +5,11 @@ use bal_core::{Measurement, NewMeasurement};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use super::{PgStore, get, measurement_from_row};
+use super::get;
+use crate::PgStore;
+use crate::dialect::sql;
 use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, StoredBatch, committed};
-use crate::rows::{measurement_columns, ms, time};
+use crate::store::rows::{self, ms, time};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
     StoreResult,
@@ -77,23 +79,23 @@ impl MeasurementStore for PgStore {
         tx.commit(self).await?;
         if !stored.is_empty() {
             // After the commit, not in it: see `listener::spawn_notifier`.
-            let _ = self.measurement_notices.send(stored);
+            let _ = self.side.measurement_notices.send(stored);
         }
         let duplicates = new.iter().filter(|n| !**n).count();
         Ok(StoredBatch { ids, duplicates })
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        sqlx::query(concat!(
+        sqlx::query(sql!(Postgres;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             " FROM measurements WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(measurement_from_row)
+        .map(rows::measurement_from_row::<Postgres>)
         .transpose()
     }
 
@@ -103,9 +105,9 @@ impl MeasurementStore for PgStore {
         let elsewhere: Vec<i64> = sqlx::query_scalar("SELECT bal_xids_elsewhere()")
             .fetch_one(&self.pool)
             .await?;
-        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+        let mut sql = QueryBuilder::<Postgres>::new(sql!(Postgres;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             ", xid FROM measurements WHERE xid < bal_xid_horizon("
         ));
         sql.push_bind(elsewhere)
@@ -129,7 +131,7 @@ impl MeasurementStore for PgStore {
         let rows = sql.build().fetch_all(&self.pool).await?;
         let items = rows
             .iter()
-            .map(measurement_from_row)
+            .map(rows::measurement_from_row::<Postgres>)
             .collect::<StoreResult<Vec<_>>>()?;
         let last = match rows.last() {
             Some(row) => Some(MeasurementCursor {
@@ -144,16 +146,16 @@ impl MeasurementStore for PgStore {
 
 /// Measurements by id, in id order (for other processes' notifications).
 pub(super) async fn by_ids(pool: &PgPool, ids: &[i64]) -> StoreResult<Vec<Measurement>> {
-    sqlx::query(concat!(
+    sqlx::query(sql!(Postgres;
         "SELECT ",
-        measurement_columns!(),
+        MEASUREMENT_COLUMNS,
         " FROM measurements WHERE id = ANY($1) ORDER BY id"
     ))
     .bind(ids)
     .fetch_all(pool)
     .await?
     .iter()
-    .map(measurement_from_row)
+    .map(rows::measurement_from_row::<Postgres>)
     .collect()
 }
 

@@ -12,39 +12,38 @@
 //!   processes' notifications back into changes.
 //!
 //! TLS is set in the URL (`sslmode=require`, or `verify-full` with `sslrootcert=...`).
-//! PostgreSQL's SQL stays in this module.
+//! The queries both backends share are in `crate::store`; what is here is PostgreSQL's own:
+//! connecting, the change feed's transport, and the commit order of measurements and
+//! certification.
 
-mod accounts;
 mod certification;
-mod cluster;
-mod grants;
 mod import;
 mod listener;
 mod measurements;
 
 use std::str::FromStr;
 
-use async_trait::async_trait;
-use bal_core::{Actor, AuditAction, AuditDetail};
-use chrono::{DateTime, Utc};
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Postgres};
-use tokio::sync::broadcast;
 
-use crate::rows::row_mapping;
 use crate::schema::{self, Plan, SchemaStatus};
-use crate::{Backend, Change, ChangeFeed, ConnectOptions, Store, StoreError, StoreResult};
+use crate::{Change, ChangeFeed, ConnectOptions, PgStore, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-row_mapping!(PgRow, Postgres);
+/// A column of a PostgreSQL row, for the queries only PostgreSQL runs.
+pub(crate) fn get<'r, T>(row: &'r PgRow, column: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    Ok(sqlx::Row::try_get(row, column)?)
+}
 
 /// The channel every BAL process on the database listens on.
 const CHANNEL: &str = "bal_changes";
 
-pub struct PgStore {
-    pool: PgPool,
-    feed: ChangeFeed,
+/// What a store on PostgreSQL holds besides its pool and feed.
+pub struct Side {
     /// Tells this process's own notifications from other processes'.
     origin: String,
     /// Other processes' notices of stored measurements, sent after commit (see
@@ -81,24 +80,18 @@ impl PgStore {
         Ok(Self {
             pool,
             feed,
-            origin,
-            measurement_notices,
-            _listener: handle,
-            _notifier: notifier,
+            side: Side {
+                origin,
+                measurement_notices,
+                _listener: handle,
+                _notifier: notifier,
+            },
         })
     }
 
     /// The schema as this binary sees it.
     pub async fn schema(&self) -> StoreResult<SchemaStatus> {
         schema_status(&self.pool).await
-    }
-
-    async fn begin_write(&self) -> StoreResult<Write> {
-        Ok(Write {
-            tx: self.pool.begin().await?,
-            changes: Vec::new(),
-            notices: Vec::new(),
-        })
     }
 }
 
@@ -146,116 +139,24 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// A write transaction, the changes it will announce in this process once committed, and the
-/// notifications it sends to the others (delivered by PostgreSQL at commit, or never).
-pub(crate) struct Write {
-    tx: sqlx::Transaction<'static, Postgres>,
-    changes: Vec<Change>,
-    notices: Vec<listener::Notice>,
-}
-
-impl Write {
-    /// Announces a change of users or grants, here and to the other processes.
-    pub(crate) fn announce(&mut self, change: Change) {
-        self.notices.extend(listener::Notice::of(&change));
-        self.changes.push(change);
-    }
-
-    /// Sends the notifications, commits, then publishes what was announced.
-    pub(crate) async fn commit(mut self, store: &PgStore) -> StoreResult<()> {
-        if !self.notices.is_empty() {
-            let payloads = listener::payloads(&store.origin, &self.notices);
-            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind(CHANNEL)
-                .bind(payloads)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        self.tx.commit().await?;
-        store.feed.publish(self.changes);
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for Write {
-    type Target = PgConnection;
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for Write {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-async fn append_audit(
-    conn: &mut PgConnection,
-    at: DateTime<Utc>,
-    actor: &Actor,
-    action: AuditAction,
-    object: &str,
-    detail: &AuditDetail,
+/// Sends the changes of users and grants a write transaction announces to the other processes,
+/// in that transaction (PostgreSQL delivers a NOTIFY at commit, or never).
+pub(crate) async fn notify(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    side: &Side,
+    changes: &[Change],
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, object, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(crate::rows::ms(at))
-    .bind(actor.to_string())
-    .bind(action.as_str())
-    .bind(object)
-    .bind(detail.canonical_json())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-#[async_trait]
-impl Store for PgStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
+    let notices: Vec<listener::Notice> = changes.iter().filter_map(listener::Notice::of).collect();
+    if notices.is_empty() {
+        return Ok(());
     }
-
-    fn pool(&self) -> crate::Pool {
-        crate::Pool::Postgres(self.pool.clone())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    fn changes(&self) -> broadcast::Receiver<Change> {
-        self.feed.subscribe()
-    }
-
-    fn watch_measurements(&self) -> crate::MeasurementWatch {
-        self.feed.watch_measurements()
-    }
-
-    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO bal_schema (key, value) VALUES ('master_key', $1) \
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(fingerprint)
-        .execute(&self.pool)
+    let payloads = listener::payloads(&side.origin, &notices);
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(&mut **tx)
         .await?;
-        let stored: String =
-            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'master_key'")
-                .fetch_one(&self.pool)
-                .await?;
-        if stored == fingerprint {
-            Ok(())
-        } else {
-            Err(crate::master_key_mismatch(&stored, fingerprint))
-        }
-    }
+    Ok(())
 }
 
 /// Creates the empty database `name` on the server at `server` (any database URL of it) and

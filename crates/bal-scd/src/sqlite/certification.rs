@@ -2,19 +2,21 @@
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
-use bal_core::merkle::{self, LeafValues};
+use bal_core::merkle::LeafValues;
 use bal_core::{Measurement, Username};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::cluster::check_fence;
-use super::{SqliteStore, audit_entry_from_row, get, measurement_from_row};
+use super::get;
+use crate::SqliteStore;
 use crate::certification::{
     AnchorRecord, Batch, BatchKey, BatchLeaves, CertificationBacklog, CertificationStatus,
     CertificationStore, ItemKind, Mark, NewBatch, PendingItem, PendingItems, Span,
 };
+use crate::dialect::sql;
 use crate::error::corrupt;
-use crate::rows::{measurement_columns, ms, time};
+use crate::store::check_fence;
+use crate::store::rows::{self, ms, time};
 use crate::{AuditEntry, Fence, StoreError, StoreResult};
 
 /// On SQLite ids are assigned in commit order (one writer), so a mark is the id alone.
@@ -33,8 +35,6 @@ const BATCH_COLUMNS: &str = "seq, root, leaf_count, measurement_count, measureme
      measurements_upto, audit_after, audit_upto, created_at, chain_id, contract, tx_hash, \
      block_number, block_time, gas_used, anchored_at";
 
-crate::rows::cert_rows!(SqliteRow);
-
 fn batch_from_row(row: &SqliteRow) -> StoreResult<Batch> {
     let tx_hash: Option<Vec<u8>> = get(row, "tx_hash")?;
     let anchor = match tx_hash {
@@ -42,21 +42,21 @@ fn batch_from_row(row: &SqliteRow) -> StoreResult<Batch> {
         Some(tx) => {
             let contract: Vec<u8> = get(row, "contract")?;
             Some(AnchorRecord {
-                chain_id: u64_of(row, "chain_id")?,
-                contract: address(&contract, "contract")?,
+                chain_id: rows::u64_of::<Sqlite>(row, "chain_id")?,
+                contract: rows::address(&contract, "contract")?,
                 tx_hash: B256::try_from(tx.as_slice()).map_err(|_| corrupt("tx_hash"))?,
-                block_number: u64_of(row, "block_number")?,
-                block_time: u64_of(row, "block_time")?,
-                gas_used: u64_of(row, "gas_used")?,
+                block_number: rows::u64_of::<Sqlite>(row, "block_number")?,
+                block_time: rows::u64_of::<Sqlite>(row, "block_time")?,
+                gas_used: rows::u64_of::<Sqlite>(row, "gas_used")?,
                 anchored_at: time(get(row, "anchored_at")?)?,
             })
         }
     };
     Ok(Batch {
         seq: get(row, "seq")?,
-        root: b256(row, "root")?,
-        leaf_count: u64_of(row, "leaf_count")? as u32,
-        measurement_count: u64_of(row, "measurement_count")? as u32,
+        root: rows::b256::<Sqlite>(row, "root")?,
+        leaf_count: rows::u64_of::<Sqlite>(row, "leaf_count")? as u32,
+        measurement_count: rows::u64_of::<Sqlite>(row, "measurement_count")? as u32,
         measurements: span(row, "measurements_after", "measurements_upto")?,
         audit: span(row, "audit_after", "audit_upto")?,
         created_at: time(get(row, "created_at")?)?,
@@ -110,7 +110,7 @@ impl CertificationStore for SqliteStore {
             audit: Span::at(mark(a_after)),
         };
         for row in &measurement_rows {
-            let values = measurement_leaf_from_row(row)?;
+            let values = rows::measurement_leaf_from_row::<Sqlite>(row)?;
             pending.measurements.upto = mark(values.id as i64);
             pending.items.push(PendingItem {
                 kind: ItemKind::Measurement,
@@ -119,7 +119,7 @@ impl CertificationStore for SqliteStore {
             });
         }
         for row in &audit_rows {
-            let (values, _) = audit_leaf_from_row(row)?;
+            let (values, _) = rows::audit_leaf_from_row::<Sqlite>(row)?;
             pending.audit.upto = mark(values.id as i64);
             pending.items.push(PendingItem {
                 kind: ItemKind::Audit,
@@ -163,7 +163,7 @@ impl CertificationStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let batch = batch_from_row(&row)?;
-        tx.commit(&self.feed).await?;
+        tx.commit(self).await?;
         Ok(batch)
     }
 
@@ -200,7 +200,7 @@ impl CertificationStore for SqliteStore {
                 "batch {seq} is unknown or already anchored"
             )));
         }
-        tx.commit(&self.feed).await?;
+        tx.commit(self).await?;
         Ok(())
     }
 
@@ -293,9 +293,9 @@ impl CertificationStore for SqliteStore {
         if producers.is_some_and(|p| p.is_empty()) {
             return Ok(Vec::new());
         }
-        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+        let mut sql = QueryBuilder::<Sqlite>::new(sql!(Sqlite;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             " FROM measurements WHERE id > "
         ));
         sql.push_bind(after.unwrap_or(0).max(batch.measurements.after.id))
@@ -314,7 +314,7 @@ impl CertificationStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(measurement_from_row)
+            .map(rows::measurement_from_row::<Sqlite>)
             .collect()
     }
 
@@ -327,7 +327,7 @@ impl CertificationStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(audit_entry_from_row)
+        .map(rows::audit_entry_from_row::<Sqlite>)
         .collect()
     }
 
@@ -339,7 +339,7 @@ impl CertificationStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(measurement_leaf_from_row)
+        .map(rows::measurement_leaf_from_row::<Sqlite>)
         .transpose()
     }
 
@@ -351,7 +351,7 @@ impl CertificationStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(audit_leaf_from_row)
+        .map(rows::audit_leaf_from_row::<Sqlite>)
         .transpose()
     }
 
@@ -369,10 +369,10 @@ impl CertificationStore for SqliteStore {
         .await?;
         Ok(CertificationStatus {
             unbatched_measurements: backlog.unbatched_measurements,
-            pending_batches: u64_of(&row, "pending")?,
+            pending_batches: rows::u64_of::<Sqlite>(&row, "pending")?,
             pending_measurements: backlog.pending_measurements,
-            anchored_batches: u64_of(&row, "anchored")?,
-            certified_measurements: u64_of(&row, "certified")?,
+            anchored_batches: rows::u64_of::<Sqlite>(&row, "anchored")?,
+            certified_measurements: rows::u64_of::<Sqlite>(&row, "certified")?,
         })
     }
 
@@ -388,8 +388,8 @@ impl CertificationStore for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(CertificationBacklog {
-            unbatched_measurements: u64_of(&row, "unbatched")?,
-            pending_measurements: u64_of(&row, "pending_measurements")?,
+            unbatched_measurements: rows::u64_of::<Sqlite>(&row, "unbatched")?,
+            pending_measurements: rows::u64_of::<Sqlite>(&row, "pending_measurements")?,
         })
     }
 
@@ -399,7 +399,7 @@ impl CertificationStore for SqliteStore {
                 .bind(chain_id as i64)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|(c,)| address(&c, "contract")).transpose()
+        row.map(|(c,)| rows::address(&c, "contract")).transpose()
     }
 
     async fn remember_chain_contract(&self, chain_id: u64, contract: Address) -> StoreResult<()> {

@@ -4,10 +4,11 @@ use async_trait::async_trait;
 use bal_core::{Measurement, NewMeasurement};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{SqliteStore, measurement_from_row};
+use crate::SqliteStore;
+use crate::dialect::sql;
 use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
 use crate::measurements::{StoredBatch, committed};
-use crate::rows::{measurement_columns, ms, time};
+use crate::store::rows::{self, ms, time};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
     StoreResult,
@@ -17,7 +18,7 @@ use crate::{
 impl MeasurementStore for SqliteStore {
     async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
-        let stamp = tx.stamp().await?;
+        let stamp = super::stamp(&mut tx).await?;
         let mut ids = Vec::with_capacity(batch.len());
         // Whether each item was stored now (false: a redelivery of a stored measurement).
         let mut new = Vec::with_capacity(batch.len());
@@ -58,29 +59,29 @@ impl MeasurementStore for SqliteStore {
                 tx.announce(Change::Measurements(stored.into()));
             }
         }
-        tx.commit(&self.feed).await?;
+        tx.commit(self).await?;
         let duplicates = new.iter().filter(|n| !**n).count();
         Ok(StoredBatch { ids, duplicates })
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        sqlx::query(concat!(
+        sqlx::query(sql!(Sqlite;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             " FROM measurements WHERE id = ?"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?
         .as_ref()
-        .map(measurement_from_row)
+        .map(rows::measurement_from_row::<Sqlite>)
         .transpose()
     }
 
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
-        let mut sql = QueryBuilder::<Sqlite>::new(concat!(
+        let mut sql = QueryBuilder::<Sqlite>::new(sql!(Sqlite;
             "SELECT ",
-            measurement_columns!(),
+            MEASUREMENT_COLUMNS,
             " FROM measurements WHERE producer = "
         ));
         sql.push_bind(query.producer.as_str());
@@ -104,7 +105,7 @@ impl MeasurementStore for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(measurement_from_row)
+            .map(rows::measurement_from_row::<Sqlite>)
             .collect::<StoreResult<Vec<_>>>()?;
         // A producer's reception times are stamped in commit order (see `Write::stamp`).
         let last = items.last().map(|m| MeasurementCursor {

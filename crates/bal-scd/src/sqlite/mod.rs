@@ -4,39 +4,33 @@
 //! the file lock instead of failing halfway with `SQLITE_BUSY` when a read lock would have to be
 //! upgraded. That single writer is what the read-then-write transactions and the certification
 //! spans rely on here; the PostgreSQL backend gets the same guarantees with row locks and
-//! transaction ids. SQLite's SQL stays in this module.
+//! transaction ids. The queries both backends share are in `crate::store`; what is here is
+//! SQLite's own: opening the file, and the commit order of measurements and certification.
 
-mod accounts;
 mod certification;
-mod cluster;
 mod export;
-mod grants;
 mod measurements;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection};
-use tokio::sync::broadcast;
 
-use crate::rows::row_mapping;
 use crate::schema::{self, Plan, SchemaStatus};
-use crate::{Backend, Change, ChangeFeed, ConnectOptions, Store, StoreError, StoreResult};
-use bal_core::{Actor, AuditAction, AuditDetail};
+use crate::store::Write;
+use crate::{ChangeFeed, ConnectOptions, SqliteStore, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-row_mapping!(SqliteRow, Sqlite);
-
-pub struct SqliteStore {
-    pool: SqlitePool,
-    feed: ChangeFeed,
+/// A column of a SQLite row, for the queries only SQLite runs.
+pub(crate) fn get<'r, T>(row: &'r SqliteRow, column: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    Ok(sqlx::Row::try_get(row, column)?)
 }
 
 /// Whether a pooled connection may be handed out again.
@@ -88,6 +82,7 @@ impl SqliteStore {
         let store = Self {
             pool,
             feed: ChangeFeed::new(),
+            side: (),
         };
         let status = store.schema().await?;
         if schema::plan(&MIGRATOR, &status, options.migrate, "SQLite")? == Plan::Migrate {
@@ -127,125 +122,20 @@ impl SqliteStore {
             min_binary,
         })
     }
-
-    async fn begin_write(&self) -> StoreResult<Write> {
-        Ok(Write {
-            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            changes: Vec::new(),
-        })
-    }
 }
 
-/// A write transaction and the changes it will announce once committed.
-pub(crate) struct Write {
-    tx: sqlx::Transaction<'static, Sqlite>,
-    changes: Vec<Change>,
-}
-
-impl Write {
-    pub(crate) fn announce(&mut self, change: Change) {
-        self.changes.push(change);
-    }
-
-    /// Commits, then publishes what was announced: nothing reaches the feed unless committed.
-    pub(crate) async fn commit(self, feed: &ChangeFeed) -> StoreResult<()> {
-        self.tx.commit().await?;
-        feed.publish(self.changes);
-        Ok(())
-    }
-
-    /// The database's clock (ms) for the rows committed now, never before the stamp of the
-    /// last row committed (the highest id: ids follow commit order under the write lock). So
-    /// stamps follow commit order for every producer at once, even when the system clock steps
-    /// back or several processes write; history pages go by producer in reception-time order.
-    /// One query and one primary-key seek on every ingest commit, instead of a query per
-    /// producer in the batch.
-    pub(crate) async fn stamp(&mut self) -> StoreResult<i64> {
-        let stamp: i64 = sqlx::query_scalar(
+/// The database's clock (ms) for the rows committed now, never before the stamp of the
+/// last row committed (the highest id: ids follow commit order under the write lock). So
+/// stamps follow commit order for every producer at once, even when the system clock steps
+/// back or several processes write; history pages go by producer in reception-time order.
+/// One query and one primary-key seek on every ingest commit, instead of a query per
+/// producer in the batch.
+pub(crate) async fn stamp(tx: &mut Write<Sqlite>) -> StoreResult<i64> {
+    let stamp: i64 = sqlx::query_scalar(
             "SELECT MAX(CAST(unixepoch('subsec') * 1000 AS INTEGER), \
                         COALESCE((SELECT received_at FROM measurements ORDER BY id DESC LIMIT 1), 0))",
         )
-        .fetch_one(&mut **self)
+        .fetch_one(&mut **tx)
         .await?;
-        Ok(stamp)
-    }
-}
-
-impl std::ops::Deref for Write {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for Write {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-async fn append_audit(
-    conn: &mut SqliteConnection,
-    at: DateTime<Utc>,
-    actor: &Actor,
-    action: AuditAction,
-    object: &str,
-    detail: &AuditDetail,
-) -> StoreResult<()> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, object, detail) VALUES (?, ?, ?, ?, ?)")
-        .bind(crate::rows::ms(at))
-        .bind(actor.to_string())
-        .bind(action.as_str())
-        .bind(object)
-        .bind(detail.canonical_json())
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
-    fn pool(&self) -> crate::Pool {
-        crate::Pool::Sqlite(self.pool.clone())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    fn changes(&self) -> broadcast::Receiver<Change> {
-        self.feed.subscribe()
-    }
-
-    fn watch_measurements(&self) -> crate::MeasurementWatch {
-        self.feed.watch_measurements()
-    }
-
-    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO bal_schema (key, value) VALUES ('master_key', ?) \
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(fingerprint)
-        .execute(&self.pool)
-        .await?;
-        let stored: String =
-            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'master_key'")
-                .fetch_one(&self.pool)
-                .await?;
-        if stored == fingerprint {
-            Ok(())
-        } else {
-            Err(crate::master_key_mismatch(&stored, fingerprint))
-        }
-    }
+    Ok(stamp)
 }

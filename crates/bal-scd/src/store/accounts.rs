@@ -1,17 +1,20 @@
-//! [`AccountStore`] on PostgreSQL.
+//! [`AccountStore`] on either backend.
 
 use async_trait::async_trait;
 use bal_core::{Actor, AuditAction, AuditDetail, Role, Subscription, Topic, Username};
 use chrono::{DateTime, Utc};
 
+use sqlx::QueryBuilder;
+
 use super::grants::{live_subscriptions_of, record_transition};
-use super::{PgStore, append_audit, get, is_unique_violation, user_from_row};
+use super::rows::{deletion_action, ms, user_from_row};
+use super::{SqlStore, append_audit, is_unique_violation};
+use crate::dialect::{BuilderExt, Dialect, QueryExt, first, get, sql};
 use crate::error::corrupt;
-use crate::rows::{deletion_action, ms, user_columns};
 use crate::{AccountStore, Change, Credentials, NewUser, StoreError, StoreResult, User};
 
 #[async_trait]
-impl AccountStore for PgStore {
+impl<DB: Dialect> AccountStore for SqlStore<DB> {
     async fn create_user(
         &self,
         new: NewUser,
@@ -20,20 +23,20 @@ impl AccountStore for PgStore {
     ) -> StoreResult<User> {
         let topic = (new.role == Role::Producer).then(|| Topic::for_producer(&new.username));
         let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
+        let inserted = sqlx::query::<DB>(
             "INSERT INTO users \
              (username, password_hash, role, topic, wallet, account, created_at, broker_secret) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(new.username.as_str())
-        .bind(&new.password_hash)
-        .bind(new.role.as_str())
-        .bind(topic.as_ref().map(Topic::as_str))
-        .bind(new.wallet.to_string())
-        .bind(&new.account)
-        .bind(ms(now))
-        .bind(&new.broker_secret)
-        .execute(&mut *tx)
+        .arg(new.username.as_str())
+        .arg(new.password_hash.as_str())
+        .arg(new.role.as_str())
+        .arg(topic.as_ref().map(Topic::as_str))
+        .arg(new.wallet.to_string())
+        .arg(new.account.as_str())
+        .arg(ms(now))
+        .arg(new.broker_secret.as_deref())
+        .run(&mut tx)
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
@@ -71,50 +74,50 @@ impl AccountStore for PgStore {
     }
 
     async fn user(&self, username: &Username) -> StoreResult<Option<User>> {
-        let sql = concat!(
+        let sql = sql!(DB;
             "SELECT ",
-            user_columns!(""),
+            USER_COLUMNS,
             " FROM users WHERE username = $1 AND deleted_at IS NULL"
         );
-        sqlx::query(sql)
-            .bind(username.as_str())
-            .fetch_optional(&self.pool)
+        sqlx::query::<DB>(sql)
+            .arg(username.as_str())
+            .optional(&self.pool)
             .await?
             .as_ref()
-            .map(user_from_row)
+            .map(user_from_row::<DB>)
             .transpose()
     }
 
     async fn users(&self) -> StoreResult<Vec<User>> {
-        let sql = concat!(
+        let sql = sql!(DB;
             "SELECT ",
-            user_columns!(""),
+            USER_COLUMNS,
             " FROM users WHERE deleted_at IS NULL ORDER BY username"
         );
-        sqlx::query(sql)
-            .fetch_all(&self.pool)
+        sqlx::query::<DB>(sql)
+            .all(&self.pool)
             .await?
             .iter()
-            .map(user_from_row)
+            .map(user_from_row::<DB>)
             .collect()
     }
 
     async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>> {
-        let sql = concat!(
+        let sql = sql!(DB;
             "SELECT ",
-            user_columns!(""),
+            USER_COLUMNS,
             ", password_hash, broker_secret IS NOT NULL AS has_broker_secret \
              FROM users WHERE username = $1 AND deleted_at IS NULL"
         );
-        let row = sqlx::query(sql)
-            .bind(username.as_str())
-            .fetch_optional(&self.pool)
+        let row = sqlx::query::<DB>(sql)
+            .arg(username.as_str())
+            .optional(&self.pool)
             .await?;
         row.map(|row| {
             Ok(Credentials {
-                user: user_from_row(&row)?,
-                password_hash: get(&row, "password_hash")?,
-                has_broker_secret: get(&row, "has_broker_secret")?,
+                user: user_from_row::<DB>(&row)?,
+                password_hash: get::<DB, _>(&row, "password_hash")?,
+                has_broker_secret: get::<DB, _>(&row, "has_broker_secret")?,
             })
         })
         .transpose()
@@ -129,21 +132,21 @@ impl AccountStore for PgStore {
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
-        let updated = sqlx::query(
+        let updated = sqlx::query::<DB>(
             "UPDATE users SET password_hash = $1, broker_secret = $2 \
              WHERE username = $3 AND deleted_at IS NULL",
         )
-        .bind(&password_hash)
-        .bind(&broker_secret)
-        .bind(username.as_str())
-        .execute(&mut *tx)
+        .arg(password_hash.as_str())
+        .arg(broker_secret.as_deref())
+        .arg(username.as_str())
+        .run(&mut tx)
         .await?;
-        if updated.rows_affected() == 0 {
+        if updated == 0 {
             return Err(StoreError::NotFound("user"));
         }
-        sqlx::query("DELETE FROM sessions WHERE username = $1")
-            .bind(username.as_str())
-            .execute(&mut *tx)
+        sqlx::query::<DB>("DELETE FROM sessions WHERE username = $1")
+            .arg(username.as_str())
+            .run(&mut tx)
             .await?;
         let object = format!("user:{username}");
         let detail = AuditDetail::PasswordChanged;
@@ -168,16 +171,16 @@ impl AccountStore for PgStore {
         broker_secret: String,
     ) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
+        let done = sqlx::query::<DB>(
             "UPDATE users SET broker_secret = $1 WHERE username = $2 AND password_hash = $3 \
              AND broker_secret IS NULL AND deleted_at IS NULL",
         )
-        .bind(&broker_secret)
-        .bind(username.as_str())
-        .bind(password_hash)
-        .execute(&mut *tx)
+        .arg(broker_secret.as_str())
+        .arg(username.as_str())
+        .arg(password_hash)
+        .run(&mut tx)
         .await?;
-        let kept = done.rows_affected() == 1;
+        let kept = done == 1;
         if kept {
             tx.announce(Change::BrokerSecret(username.clone()));
         }
@@ -186,14 +189,18 @@ impl AccountStore for PgStore {
     }
 
     async fn broker_secrets(&self) -> StoreResult<Vec<(Username, String)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
+        let rows = sqlx::query::<DB>(
             "SELECT username, broker_secret FROM users \
              WHERE broker_secret IS NOT NULL AND deleted_at IS NULL ORDER BY username",
         )
-        .fetch_all(&self.pool)
+        .all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(u, s)| Ok((Username::parse(&u).map_err(|_| corrupt("username"))?, s)))
+        rows.iter()
+            .map(|r| {
+                let u: String = get::<DB, _>(r, "username")?;
+                let name = Username::parse(&u).map_err(|_| corrupt("username"))?;
+                Ok((name, get::<DB, String>(r, "broker_secret")?))
+            })
             .collect()
     }
 
@@ -205,10 +212,12 @@ impl AccountStore for PgStore {
     ) -> StoreResult<Vec<Subscription>> {
         let mut tx = self.begin_write().await?;
         let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM users WHERE username = $1 AND deleted_at IS NULL")
-                .bind(username.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            sqlx::query::<DB>("SELECT role FROM users WHERE username = $1 AND deleted_at IS NULL")
+                .arg(username.as_str())
+                .optional(&mut tx)
+                .await?
+                .map(|r| first::<DB, String>(&r))
+                .transpose()?;
         let role: Role = role
             .ok_or(StoreError::NotFound("user"))?
             .parse()
@@ -216,12 +225,16 @@ impl AccountStore for PgStore {
         if role == Role::Admin {
             // Lock every live admin, in name order, before counting: a concurrent deletion of
             // another admin waits here, then sees this one gone (rows are re-read under lock).
-            let admins: Vec<String> = sqlx::query_scalar(
+            let admins: Vec<String> = sqlx::query::<DB>(sql!(DB;
                 "SELECT username FROM users WHERE role = 'admin' AND deleted_at IS NULL \
-                 ORDER BY username FOR UPDATE",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
+                 ORDER BY username",
+                FOR_UPDATE
+            ))
+            .all(&mut tx)
+            .await?
+            .iter()
+            .map(first::<DB, String>)
+            .collect::<StoreResult<_>>()?;
             if !admins.iter().any(|a| a == username.as_str()) {
                 return Err(StoreError::NotFound("user"));
             }
@@ -229,11 +242,12 @@ impl AccountStore for PgStore {
                 return Err(StoreError::Conflict("cannot delete the last admin".into()));
             }
         } else {
-            let locked: Option<String> = sqlx::query_scalar(
-                "SELECT username FROM users WHERE username = $1 AND deleted_at IS NULL FOR UPDATE",
-            )
-            .bind(username.as_str())
-            .fetch_optional(&mut *tx)
+            let locked = sqlx::query::<DB>(sql!(DB;
+                "SELECT username FROM users WHERE username = $1 AND deleted_at IS NULL",
+                FOR_UPDATE
+            ))
+            .arg(username.as_str())
+            .optional(&mut tx)
             .await?;
             if locked.is_none() {
                 return Err(StoreError::NotFound("user"));
@@ -248,17 +262,17 @@ impl AccountStore for PgStore {
                 ended.push(after);
             }
         }
-        sqlx::query("DELETE FROM sessions WHERE username = $1")
-            .bind(username.as_str())
-            .execute(&mut *tx)
+        sqlx::query::<DB>("DELETE FROM sessions WHERE username = $1")
+            .arg(username.as_str())
+            .run(&mut tx)
             .await?;
-        sqlx::query(
+        sqlx::query::<DB>(
             "UPDATE users SET password_hash = NULL, account = NULL, broker_secret = NULL, \
              deleted_at = $1 WHERE username = $2",
         )
-        .bind(ms(now))
-        .bind(username.as_str())
-        .execute(&mut *tx)
+        .arg(ms(now))
+        .arg(username.as_str())
+        .run(&mut tx)
         .await?;
         let object = format!("user:{username}");
         let detail = AuditDetail::UserDeleted {
@@ -290,19 +304,22 @@ impl AccountStore for PgStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        // Shared lock on the user: a password change or deletion waits for this session, then
+        // ends it; it cannot slip in after them.
+        let done = sqlx::query::<DB>(sql!(DB;
             "INSERT INTO sessions (token_hash, username, created_at, expires_at) \
              SELECT $1, username, $2, $3 FROM users \
-             WHERE username = $4 AND password_hash = $5 AND deleted_at IS NULL FOR SHARE",
-        )
-        .bind(&token_hash[..])
-        .bind(ms(now))
-        .bind(ms(expires_at))
-        .bind(username.as_str())
-        .bind(password_hash)
-        .execute(&self.pool)
+             WHERE username = $4 AND password_hash = $5 AND deleted_at IS NULL",
+            FOR_SHARE
+        ))
+        .arg(&token_hash[..])
+        .arg(ms(now))
+        .arg(ms(expires_at))
+        .arg(username.as_str())
+        .arg(password_hash)
+        .run(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     async fn session_user(
@@ -310,55 +327,59 @@ impl AccountStore for PgStore {
         token_hash: [u8; 32],
         now: DateTime<Utc>,
     ) -> StoreResult<Option<User>> {
-        let sql = concat!(
+        let sql = sql!(DB;
             "SELECT ",
-            user_columns!("u."),
+            USER_COLUMNS_U,
             " FROM sessions s JOIN users u ON u.username = s.username \
              WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.deleted_at IS NULL"
         );
-        sqlx::query(sql)
-            .bind(&token_hash[..])
-            .bind(ms(now))
-            .fetch_optional(&self.pool)
+        sqlx::query::<DB>(sql)
+            .arg(&token_hash[..])
+            .arg(ms(now))
+            .optional(&self.pool)
             .await?
             .as_ref()
-            .map(user_from_row)
+            .map(user_from_row::<DB>)
             .transpose()
     }
 
     async fn delete_session(&self, token_hash: [u8; 32]) -> StoreResult<()> {
-        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
-            .bind(&token_hash[..])
-            .execute(&self.pool)
+        sqlx::query::<DB>("DELETE FROM sessions WHERE token_hash = $1")
+            .arg(&token_hash[..])
+            .run(&self.pool)
             .await?;
         Ok(())
     }
 
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
-            .bind(ms(now))
-            .execute(&self.pool)
+        let done = sqlx::query::<DB>("DELETE FROM sessions WHERE expires_at <= $1")
+            .arg(ms(now))
+            .run(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     async fn login_failures(&self, keys: &[String], since: DateTime<Utc>) -> StoreResult<Vec<u32>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT key, count(*) FROM login_failures WHERE key = ANY($1) AND at >= $2 \
-             GROUP BY key",
-        )
-        .bind(keys)
-        .bind(ms(since))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(keys
-            .iter()
-            .map(|k| {
-                rows.iter()
-                    .find(|(key, _)| key == k)
-                    .map_or(0, |(_, n)| u32::try_from(*n).unwrap_or(u32::MAX))
-            })
-            .collect())
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            QueryBuilder::<DB>::new("SELECT key, count(*) AS n FROM login_failures WHERE at >= ");
+        sql.push_arg(ms(since)).push(" AND key IN ");
+        sql.push_list(keys.iter().map(String::as_str));
+        sql.push(" GROUP BY key");
+        let rows = sql.build().all(&self.pool).await?;
+        let mut counts = Vec::with_capacity(keys.len());
+        for k in keys {
+            let mut n = 0;
+            for r in &rows {
+                if get::<DB, String>(r, "key")? == *k {
+                    n = u32::try_from(get::<DB, i64>(r, "n")?).unwrap_or(u32::MAX);
+                }
+            }
+            counts.push(n);
+        }
+        Ok(counts)
     }
 
     async fn record_login_failure(
@@ -367,23 +388,32 @@ impl AccountStore for PgStore {
         at: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> StoreResult<()> {
-        // One statement: the old rows go and the new ones come in the same round trip.
-        sqlx::query(
-            "WITH forgotten AS (DELETE FROM login_failures WHERE key = ANY($1) AND at < $3) \
-             INSERT INTO login_failures (key, at) SELECT k, $2 FROM unnest($1::text[]) AS k",
-        )
-        .bind(keys)
-        .bind(ms(at))
-        .bind(ms(forget_before))
-        .execute(&self.pool)
-        .await?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut forget = QueryBuilder::<DB>::new("DELETE FROM login_failures WHERE at < ");
+        forget.push_arg(ms(forget_before)).push(" AND key IN ");
+        forget.push_list(keys.iter().map(String::as_str));
+        forget.build().run(&mut tx).await?;
+        let mut insert = QueryBuilder::<DB>::new("INSERT INTO login_failures (key, at) VALUES ");
+        for (i, key) in keys.iter().enumerate() {
+            insert.push(if i == 0 { "(" } else { ", (" });
+            insert
+                .push_arg(key.as_str())
+                .push(", ")
+                .push_arg(ms(at))
+                .push(")");
+        }
+        insert.build().run(&mut tx).await?;
+        tx.commit(self).await?;
         Ok(())
     }
 
     async fn clear_login_failures(&self, key: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM login_failures WHERE key = $1")
-            .bind(key)
-            .execute(&self.pool)
+        sqlx::query::<DB>("DELETE FROM login_failures WHERE key = $1")
+            .arg(key)
+            .run(&self.pool)
             .await?;
         Ok(())
     }

@@ -1,0 +1,153 @@
+//! The SCD's queries, written once and run on both backends ([`SqlStore<DB>`] for `DB` =
+//! `Sqlite` or `Postgres`, see [`crate::dialect`]). Where the backends must differ (connecting,
+//! the change feed's transport, the commit order of measurements and certification spans) the
+//! code is in `crate::sqlite` and `crate::postgres`.
+//!
+//! Row locks are written into the queries (`FOR_UPDATE`, `FOR_SHARE`): PostgreSQL commits
+//! concurrently and needs them so that read-then-write transactions (two decisions on one
+//! grant, two deletions of the last admins, a login racing a password change) are serialised
+//! on the rows that matter; SQLite needs none, its write transactions hold the one write lock
+//! from their first statement.
+
+mod accounts;
+mod cluster;
+mod grants;
+pub(crate) mod rows;
+
+use async_trait::async_trait;
+use bal_core::{Actor, AuditAction, AuditDetail};
+use chrono::{DateTime, Utc};
+use sqlx::{Pool, Transaction};
+use tokio::sync::broadcast;
+
+use crate::dialect::{Dialect, Exec, QueryExt, first};
+use crate::{Change, ChangeFeed, MeasurementStore, Store, StoreResult};
+
+pub(crate) use crate::error::is_unique_violation;
+pub(crate) use cluster::check_fence;
+pub(crate) use grants::subscription_by_id;
+pub(crate) use rows::ms;
+
+/// The SCD on one backend.
+pub struct SqlStore<DB: Dialect> {
+    pub(crate) pool: Pool<DB>,
+    pub(crate) feed: ChangeFeed,
+    pub(crate) side: DB::Side,
+}
+
+impl<DB: Dialect> SqlStore<DB> {
+    pub(crate) async fn begin_write(&self) -> StoreResult<Write<DB>> {
+        Ok(Write {
+            tx: DB::begin_write(&self.pool).await?,
+            changes: Vec::new(),
+        })
+    }
+}
+
+/// A write transaction and the changes it will announce once committed.
+pub(crate) struct Write<DB: Dialect> {
+    pub(crate) tx: Transaction<'static, DB>,
+    changes: Vec<Change>,
+}
+
+impl<DB: Dialect> Write<DB> {
+    pub(crate) fn announce(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// Commits, then publishes what was announced: nothing reaches the feed unless committed.
+    pub(crate) async fn commit(mut self, store: &SqlStore<DB>) -> StoreResult<()> {
+        DB::before_commit(&mut self.tx, &store.side, &self.changes).await?;
+        self.tx.commit().await?;
+        store.feed.publish(self.changes);
+        Ok(())
+    }
+}
+
+/// The transaction's connection, for the backend-specific queries that run in it.
+impl<DB: Dialect> std::ops::Deref for Write<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: Dialect> std::ops::DerefMut for Write<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+}
+
+impl<'c, DB: Dialect> From<&'c mut Write<DB>> for Exec<'c, DB> {
+    fn from(write: &'c mut Write<DB>) -> Self {
+        Exec::Conn(&mut *write.tx)
+    }
+}
+
+pub(crate) async fn append_audit<DB: Dialect>(
+    tx: &mut Write<DB>,
+    at: DateTime<Utc>,
+    actor: &Actor,
+    action: AuditAction,
+    object: &str,
+    detail: &AuditDetail,
+) -> StoreResult<()> {
+    sqlx::query::<DB>(
+        "INSERT INTO audit_log (at, actor, action, object, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .arg(ms(at))
+    .arg(actor.to_string())
+    .arg(action.as_str())
+    .arg(object)
+    .arg(detail.canonical_json())
+    .run(tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl<DB: Dialect> Store for SqlStore<DB>
+where
+    SqlStore<DB>: MeasurementStore + crate::CertificationStore,
+{
+    fn backend(&self) -> crate::Backend {
+        DB::BACKEND
+    }
+
+    fn pool(&self) -> crate::Pool {
+        DB::pool_handle(&self.pool)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query::<DB>("SELECT 1").run(&self.pool).await?;
+        Ok(())
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.feed.subscribe()
+    }
+
+    fn watch_measurements(&self) -> crate::MeasurementWatch {
+        self.feed.watch_measurements()
+    }
+
+    async fn check_master_key(&self, fingerprint: &str) -> StoreResult<()> {
+        sqlx::query::<DB>(
+            "INSERT INTO bal_schema (key, value) VALUES ('master_key', $1) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .arg(fingerprint)
+        .run(&self.pool)
+        .await?;
+        let row = sqlx::query::<DB>("SELECT value FROM bal_schema WHERE key = 'master_key'")
+            .optional(&self.pool)
+            .await?
+            .ok_or_else(|| crate::error::corrupt("bal_schema has no master_key"))?;
+        let stored: String = first::<DB, _>(&row)?;
+        if stored == fingerprint {
+            Ok(())
+        } else {
+            Err(crate::master_key_mismatch(&stored, fingerprint))
+        }
+    }
+}
