@@ -101,6 +101,7 @@ pub trait Dialect:
     + Binds<String>
     + Binds<Option<String>>
     + Binds<Vec<u8>>
+    + Binds<Option<Vec<u8>>>
     + Decodes<i64>
     + Decodes<Option<i64>>
     + Decodes<bool>
@@ -163,6 +164,7 @@ pub enum Borrowed<'a> {
     Str(&'a str),
     OptStr(Option<&'a str>),
     Bytes(&'a [u8]),
+    OptBytes(Option<&'a [u8]>),
 }
 
 /// The part of [`Dialect`] both drivers implement with the same code.
@@ -176,6 +178,7 @@ macro_rules! runs_queries {
                 Borrowed::Str(v) => query.bind(v),
                 Borrowed::OptStr(v) => query.bind(v),
                 Borrowed::Bytes(v) => query.bind(v),
+                Borrowed::OptBytes(v) => query.bind(v),
             }
         }
 
@@ -184,6 +187,7 @@ macro_rules! runs_queries {
                 Borrowed::Str(v) => builder.push_bind(v),
                 Borrowed::OptStr(v) => builder.push_bind(v),
                 Borrowed::Bytes(v) => builder.push_bind(v),
+                Borrowed::OptBytes(v) => builder.push_bind(v),
             };
         }
 
@@ -298,7 +302,15 @@ macro_rules! owned_args {
         }
     )+};
 }
-owned_args!(i64, Option<i64>, bool, String, Option<String>, Vec<u8>);
+owned_args!(
+    i64,
+    Option<i64>,
+    bool,
+    String,
+    Option<String>,
+    Vec<u8>,
+    Option<Vec<u8>>
+);
 
 macro_rules! borrowed_args {
     ($($t:ty => $variant:ident),+) => {$(
@@ -315,7 +327,12 @@ macro_rules! borrowed_args {
         }
     )+};
 }
-borrowed_args!(&'a str => Str, Option<&'a str> => OptStr, &'a [u8] => Bytes);
+borrowed_args!(
+    &'a str => Str,
+    Option<&'a str> => OptStr,
+    &'a [u8] => Bytes,
+    Option<&'a [u8]> => OptBytes
+);
 
 /// A query's parameters and how it runs, in the words generic code can use.
 pub trait QueryExt<'q, DB: Dialect>: Sized {

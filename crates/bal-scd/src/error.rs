@@ -32,6 +32,18 @@ impl StoreError {
         Self::backend(Corrupt(what.into()))
     }
 
+    /// Whether the driver's error under this one is a unique-key violation (a taken name, a
+    /// second live request), which stores turn into a [`StoreError::Conflict`] with a message.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Backend(b) => matches!(
+                b.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::Database(d)) if d.is_unique_violation()
+            ),
+            _ => false,
+        }
+    }
+
     /// The error with its whole cause chain on one line, for logs (`Display` alone stops at
     /// "database error": the cause is for the operator, never for a client).
     pub fn report(&self) -> String {
@@ -99,16 +111,8 @@ pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::corrupt(what)
 }
 
-/// Whether the driver's error under `e` is a unique-key violation (a taken name, a second live
-/// request), which the stores turn into a [`StoreError::Conflict`] with a message.
 pub(crate) fn is_unique_violation(e: &StoreError) -> bool {
-    match e {
-        StoreError::Backend(b) => matches!(
-            b.downcast_ref::<sqlx::Error>(),
-            Some(sqlx::Error::Database(d)) if d.is_unique_violation()
-        ),
-        _ => false,
-    }
+    e.is_unique_violation()
 }
 
 #[cfg(test)]

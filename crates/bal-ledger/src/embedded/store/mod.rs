@@ -1,15 +1,15 @@
 //! Where the embedded chain keeps its blocks, transactions with their receipts, logs and world
 //! state, in their Ethereum encodings: tables in the SCD's database (so one backup and one
 //! `bal db copy` carry everything), created by the SCD's migrations, read and written only
-//! here. One file per backend, on the pool the SCD opened ([`bal_scd::Pool`]).
+//! here. One body of queries for both backends (`sql`, over `bal_scd::dialect`), on the pool
+//! the SCD opened ([`bal_scd::Pool`]).
 
-mod postgres;
-mod sqlite;
+mod sql;
 
 use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 
-use bal_scd::{StoreError, StoreResult};
+use bal_scd::StoreResult;
 
 /// A block: its number, hash, timestamp and RLP-encoded header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,75 +123,7 @@ pub type SharedChainStore = std::sync::Arc<dyn ChainStore>;
 /// The chain's tables in the database `pool` belongs to.
 pub fn open(pool: bal_scd::Pool) -> SharedChainStore {
     match pool {
-        bal_scd::Pool::Sqlite(pool) => std::sync::Arc::new(sqlite::SqliteChainStore { pool }),
-        bal_scd::Pool::Postgres(pool) => std::sync::Arc::new(postgres::PgChainStore { pool }),
+        bal_scd::Pool::Sqlite(pool) => std::sync::Arc::new(sql::SqlChainStore { pool }),
+        bal_scd::Pool::Postgres(pool) => std::sync::Arc::new(sql::SqlChainStore { pool }),
     }
 }
-
-/// A unique key taken by a concurrent append is the same conflict as a stale head.
-fn append_conflict(e: sqlx::Error, number: u64) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            StoreError::Conflict(format!("block {number} was appended concurrently"))
-        }
-        _ => e.into(),
-    }
-}
-
-/// The row helpers for `$row` (a driver's row type) in the calling module, which imports the
-/// chain types: one definition for both backends (their row types share no trait that would
-/// let a generic function decode columns by name).
-macro_rules! chain_rows {
-    ($row:ty, $db:ty) => {
-        fn get<'r, T>(row: &'r $row, column: &str) -> StoreResult<T>
-        where
-            T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
-        {
-            Ok(sqlx::Row::try_get(row, column)?)
-        }
-
-        fn bytes_to<T: for<'a> TryFrom<&'a [u8]>>(raw: &[u8], what: &str) -> StoreResult<T> {
-            T::try_from(raw).map_err(|_| StoreError::corrupt(what))
-        }
-
-        fn col<T: for<'a> TryFrom<&'a [u8]>>(row: &$row, column: &str) -> StoreResult<T> {
-            let raw: Vec<u8> = get(row, column)?;
-            bytes_to(&raw, column)
-        }
-
-        fn num(row: &$row, column: &str) -> StoreResult<u64> {
-            let v: i64 = get(row, column)?;
-            u64::try_from(v).map_err(|_| StoreError::corrupt(column))
-        }
-
-        fn word(v: &U256) -> [u8; 32] {
-            v.to_be_bytes::<32>()
-        }
-
-        fn block_from_row(row: &$row) -> StoreResult<StoredBlock> {
-            Ok(StoredBlock {
-                number: num(row, "number")?,
-                hash: col(row, "hash")?,
-                timestamp: num(row, "timestamp")?,
-                header: get(row, "header")?,
-            })
-        }
-
-        fn tx_from_row(row: &$row) -> StoreResult<StoredTransaction> {
-            let contract: Option<Vec<u8>> = get(row, "contract_address")?;
-            Ok(StoredTransaction {
-                hash: col(row, "hash")?,
-                block_number: num(row, "block_number")?,
-                tx_index: num(row, "tx_index")? as u32,
-                sender: col(row, "sender")?,
-                raw: get(row, "raw")?,
-                receipt: get(row, "receipt")?,
-                gas_used: num(row, "gas_used")?,
-                contract_address: contract
-                    .map(|c| bytes_to::<Address>(&c, "contract_address"))
-                    .transpose()?,
-            })
-        }
-    };
-}
-pub(crate) use chain_rows;
