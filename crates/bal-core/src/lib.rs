@@ -14,6 +14,7 @@
 //! - [`upload`]: HTTPS upload bodies (JSON arrays and NDJSON) split into payloads.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod measurement;
 pub mod merkle;
@@ -24,11 +25,12 @@ pub mod upload;
 pub mod user;
 pub mod wallet;
 
+pub use access::ReadScope;
 pub use audit::{Actor, AuditAction, AuditDetail};
 pub use measurement::{Fields, Measurement, NewMeasurement};
 pub use subscription::{GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus};
 pub use topic::{FilterScope, Topic, TopicError};
-pub use user::{Role, RoleError, Username, UsernameError};
+pub use user::{Role, RoleError, User, Username, UsernameError};
 pub use wallet::{WalletAddress, WalletError};
 
 /// Truncates a time to whole milliseconds: the precision the SCD stores (and the certified

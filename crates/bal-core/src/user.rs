@@ -1,9 +1,23 @@
-//! Usernames and roles.
+//! Users, usernames and roles.
 
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
+
 use crate::serde_via_str;
+use crate::{Topic, WalletAddress};
+
+/// A user as everyone but the login check sees it: no password hash, no key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: Username,
+    pub role: Role,
+    /// A producer's root topic; `None` for other roles.
+    pub topic: Option<Topic>,
+    pub wallet: WalletAddress,
+    pub created_at: DateTime<Utc>,
+}
 
 /// A BAL login name: 3 to 32 characters of `a-z 0-9 _ -`, starting with a letter.
 ///

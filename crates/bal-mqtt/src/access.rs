@@ -3,8 +3,8 @@
 //! producer's topics only under an accepted, unexpired grant; admins may read any one
 //! producer; nobody subscribes to a filter that reaches across producers.
 
-use bal_core::{FilterScope, Role, Topic, Username};
-use bal_scd::{SharedStore, StoreResult, User};
+use bal_core::{FilterScope, ReadScope, Role, Topic, Username};
+use bal_scd::{SharedStore, StoreResult, User, read_scope};
 use chrono::Utc;
 
 /// Why a publish was refused.
@@ -29,19 +29,26 @@ pub fn check_publish(user: &User, topic: &str) -> Result<Topic, PublishRefusal> 
 /// True when `user` may subscribe with `filter` now.
 pub async fn may_subscribe(store: &SharedStore, user: &User, filter: &str) -> StoreResult<bool> {
     match FilterScope::of(filter) {
-        Ok(FilterScope::Producer(p)) => may_read(store, user, &p).await,
+        Ok(FilterScope::Producer(p)) => {
+            let scope = read_scope(&**store, user, Some(&p), Utc::now()).await?;
+            Ok(subscribe_allowed(&scope, filter))
+        }
         Ok(FilterScope::Wide) | Err(_) => Ok(false),
     }
 }
 
-/// True when `user` may read `producer`'s readings now: an admin any, a producer its own, a
-/// consumer under an accepted, unexpired grant (the only case that asks the database).
+/// The subscribe rule, given what the subscriber may read: a filter that stays within one
+/// producer's topics, of a producer in `scope`.
+pub fn subscribe_allowed(scope: &ReadScope, filter: &str) -> bool {
+    matches!(FilterScope::of(filter), Ok(FilterScope::Producer(p)) if scope.allows(&p))
+}
+
+/// True when `user` may read `producer`'s readings now: `bal-core`'s read rule (`ReadScope`),
+/// which asks the database only for a consumer's grants.
 pub async fn may_read(store: &SharedStore, user: &User, producer: &Username) -> StoreResult<bool> {
-    Ok(match user.role {
-        Role::Admin => true,
-        Role::Producer => *producer == user.username,
-        Role::Consumer => store.can_read(&user.username, producer, Utc::now()).await?,
-    })
+    Ok(read_scope(&**store, user, Some(producer), Utc::now())
+        .await?
+        .allows(producer))
 }
 
 #[cfg(test)]

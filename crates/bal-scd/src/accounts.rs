@@ -1,21 +1,12 @@
 //! Users and their sessions.
 
 use async_trait::async_trait;
-use bal_core::{Actor, Role, Subscription, Topic, Username, WalletAddress};
+use bal_core::{Actor, Role, Subscription, Username, WalletAddress};
 use chrono::{DateTime, Utc};
 
 use crate::StoreResult;
 
-/// A user as everyone but the login check sees it: no password hash, no key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub username: Username,
-    pub role: Role,
-    /// A producer's root topic; `None` for other roles.
-    pub topic: Option<Topic>,
-    pub wallet: WalletAddress,
-    pub created_at: DateTime<Utc>,
-}
+pub use bal_core::User;
 
 /// What creating a user stores. Hashing and key generation happen before, outside the store.
 #[derive(Clone)]

@@ -139,6 +139,20 @@ pub trait Dialect:
     ) -> Query<'q, Self, Self::Arguments>;
     fn push_borrowed(builder: &mut QueryBuilder<Self>, value: Borrowed<'_>);
 
+    /// Certification: a read-only snapshot for choosing the next items, and the horizon in it:
+    /// rows of transactions at or above it may still commit inside a span being chosen, so
+    /// they wait. PostgreSQL: the oldest transaction still running on this database; SQLite:
+    /// none (one writer, ids in commit order), so `i64::MAX`.
+    fn snapshot(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = StoreResult<(Transaction<'static, Self>, i64)>> + Send;
+
+    /// Certification: takes the lock that serialises batch writers across processes, in `tx`
+    /// (PostgreSQL's advisory lock; SQLite's write transaction already holds the write lock).
+    fn lock_batches<'a>(
+        tx: &'a mut Transaction<'static, Self>,
+    ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
+
     /// The pool as [`crate::Pool`] (for `/metrics`, and the embedded chain's tables).
     fn pool_handle(pool: &Pool<Self>) -> crate::Pool;
 
@@ -248,6 +262,16 @@ impl Dialect for Sqlite {
         std::future::ready(Ok(()))
     }
 
+    async fn snapshot(pool: &Pool<Self>) -> StoreResult<(Transaction<'static, Self>, i64)> {
+        Ok((pool.begin().await?, i64::MAX))
+    }
+
+    fn lock_batches<'a>(
+        _: &'a mut Transaction<'static, Self>,
+    ) -> impl Future<Output = StoreResult<()>> + Send + 'a {
+        std::future::ready(Ok(()))
+    }
+
     fn pool_handle(pool: &Pool<Self>) -> crate::Pool {
         crate::Pool::Sqlite(pool.clone())
     }
@@ -271,6 +295,18 @@ impl Dialect for Postgres {
         changes: &'a [Change],
     ) -> impl Future<Output = StoreResult<()>> + Send + 'a {
         crate::postgres::notify(tx, side, changes)
+    }
+
+    fn snapshot(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = StoreResult<(Transaction<'static, Self>, i64)>> + Send {
+        crate::postgres::snapshot(pool)
+    }
+
+    fn lock_batches<'a>(
+        tx: &'a mut Transaction<'static, Self>,
+    ) -> impl Future<Output = StoreResult<()>> + Send + 'a {
+        crate::postgres::lock_batches(tx)
     }
 
     fn pool_handle(pool: &Pool<Self>) -> crate::Pool {
@@ -442,9 +478,12 @@ where
 
 /// One SQL text for both backends, with the few fragments that differ written as words:
 /// `NOW` (the database's clock in Unix ms), `FOR_UPDATE` and `FOR_SHARE` (row locks: on SQLite
-/// nothing, its write transactions already hold the one write lock), and `(SUBSCRIPTION_COLUMNS)`
-/// and the like for column lists. Everything else is string literals, concatenated at compile
-/// time: the result is a `&'static str` for either backend.
+/// nothing, its write transactions already hold the one write lock), `SUBSCRIPTION_COLUMNS`
+/// and the like for column lists, certification's marks (`BATCH_COLUMNS`, `LAST_MARKS`,
+/// `M_XID`, `A_XID`), and `{ postgres: "...", sqlite: "..." }` where the commit order makes a
+/// condition differ (both texts take the same parameters; SQLite may leave some unused, which
+/// its driver allows). Everything else is string literals, concatenated at compile time: the
+/// result is a `&'static str` for either backend.
 ///
 /// `sql!(DB; "SELECT ", SUBSCRIPTION_COLUMNS, " FROM subscriptions WHERE id = $1", FOR_UPDATE)`
 macro_rules! sql {
@@ -458,8 +497,29 @@ macro_rules! sql {
 pub(crate) use sql;
 
 macro_rules! sqlite_piece {
+    ({ postgres: $pg:literal, sqlite: $lite:literal $(,)? }) => {
+        $lite
+    };
     (NOW) => {
         "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+    // Certification (see `crate::certification`): SQLite's batches keep one id per span end
+    // (its marks are `(0, id)`), read under PostgreSQL's names.
+    (BATCH_COLUMNS) => {
+        "seq, root, leaf_count, measurement_count, 0 AS m_after_xid, \
+         measurements_after AS m_after_id, 0 AS m_upto_xid, measurements_upto AS m_upto_id, \
+         0 AS a_after_xid, audit_after AS a_after_id, 0 AS a_upto_xid, audit_upto AS a_upto_id, \
+         created_at, chain_id, contract, tx_hash, block_number, block_time, gas_used, anchored_at"
+    };
+    (LAST_MARKS) => {
+        "SELECT 0 AS m_upto_xid, measurements_upto AS m_upto_id, 0 AS a_upto_xid, \
+         audit_upto AS a_upto_id FROM cert_batches ORDER BY seq DESC LIMIT 1"
+    };
+    (M_XID) => {
+        "0 AS xid"
+    };
+    (A_XID) => {
+        "0 AS xid"
     };
     (FOR_UPDATE) => {
         ""
@@ -474,8 +534,26 @@ macro_rules! sqlite_piece {
 pub(crate) use sqlite_piece;
 
 macro_rules! postgres_piece {
+    ({ postgres: $pg:literal, sqlite: $lite:literal $(,)? }) => {
+        $pg
+    };
     (NOW) => {
         "bal_now_ms()"
+    };
+    (BATCH_COLUMNS) => {
+        "seq, root, leaf_count, measurement_count, m_after_xid, m_after_id, m_upto_xid, \
+         m_upto_id, a_after_xid, a_after_id, a_upto_xid, a_upto_id, created_at, chain_id, \
+         contract, tx_hash, block_number, block_time, gas_used, anchored_at"
+    };
+    (LAST_MARKS) => {
+        "SELECT m_upto_xid, m_upto_id, a_upto_xid, a_upto_id FROM cert_batches \
+         ORDER BY seq DESC LIMIT 1"
+    };
+    (M_XID) => {
+        "m.xid"
+    };
+    (A_XID) => {
+        "a.xid"
     };
     (FOR_UPDATE) => {
         " FOR UPDATE"

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use bal_core::{
-    Actor, AuditAction, GrantAction, Subscription, SubscriptionId, SubscriptionStatus, Username,
+    Actor, AuditAction, GrantAction, ReadScope, Subscription, SubscriptionId, SubscriptionStatus,
+    User, Username,
 };
 use chrono::{DateTime, Utc};
 
@@ -69,12 +70,26 @@ pub trait GrantStore: Send + Sync {
     async fn expire_due(&self, now: DateTime<Utc>) -> StoreResult<Vec<Subscription>>;
 
     async fn audit_log(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+}
 
-    /// True when `consumer` holds an accepted grant on `producer`'s topic that has not expired.
-    async fn can_read(
-        &self,
-        consumer: &Username,
-        producer: &Username,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+/// `user`'s [`ReadScope`] at `now`: `bal-core`'s one read rule, with the grants it needs read
+/// from `store` (none unless `user` is a consumer). With `producer`, only the grants on that
+/// producer are read: enough to ask [`ReadScope::allows`] about it.
+pub async fn read_scope(
+    store: &(impl GrantStore + ?Sized),
+    user: &User,
+    producer: Option<&Username>,
+    now: DateTime<Utc>,
+) -> StoreResult<ReadScope> {
+    if !ReadScope::depends_on_grants(user.role) {
+        return Ok(ReadScope::of(user, [], now));
+    }
+    let grants = store
+        .subscriptions(&SubscriptionQuery {
+            consumer: Some(user.username.clone()),
+            producer: producer.cloned(),
+            status: Some(SubscriptionStatus::Accepted),
+        })
+        .await?;
+    Ok(ReadScope::of(user, &grants, now))
 }

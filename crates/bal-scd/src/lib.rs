@@ -48,7 +48,7 @@ pub use cluster::{
 };
 pub use error::{StoreError, StoreResult};
 pub use feed::{Change, ChangeFeed, MeasurementWatch};
-pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery};
+pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery, read_scope};
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
     StoredBatch,

@@ -12,7 +12,8 @@ use crate::StoreResult;
 /// Filters for reading measurements, in the backend's page order (see [`MeasurementCursor`]).
 #[derive(Debug, Clone)]
 pub struct MeasurementQuery {
-    pub producer: Username,
+    /// Whose measurements: these producers' (none: an empty page), or everyone's (`None`).
+    pub producers: Option<Vec<Username>>,
     /// Only measurements received at or after this time.
     pub from: Option<DateTime<Utc>>,
     /// Only measurements received before this time.
@@ -22,7 +23,7 @@ pub struct MeasurementQuery {
     pub limit: u32,
 }
 
-/// A position in a producer's history: `<key>-<id>`, opaque to clients.
+/// A position in the history: `<key>-<id>`, opaque to clients.
 ///
 /// Pages come in **commit order**, so that a reader paging while writers commit sees every row
 /// exactly once:

@@ -6,9 +6,9 @@
 use alloy_primitives::B256;
 use axum::extract::State;
 use bal_core::proof::{Check, Outcome, ProofBundle, Verdict};
-use bal_core::{Role, SubscriptionStatus, Username};
+use bal_core::{Role, Username};
 use bal_ledger::proofs::{ProofState, check_with_ledger};
-use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery, User};
+use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery, User, read_scope};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -204,33 +204,13 @@ pub struct TransactionParams {
     cursor: Option<i64>,
 }
 
-/// Whose readings `caller` may read now: `None` for all.
+/// Whose readings `caller` may read now (`bal-core`'s read rule): `None` for all.
 pub(crate) async fn readable_producers(
     state: &AppState,
     caller: &User,
 ) -> Result<Option<Vec<Username>>, ApiError> {
-    Ok(match caller.role {
-        Role::Admin => None,
-        Role::Producer => Some(vec![caller.username.clone()]),
-        Role::Consumer => {
-            let now = Utc::now();
-            let grants = state
-                .store
-                .subscriptions(&SubscriptionQuery {
-                    consumer: Some(caller.username.clone()),
-                    status: Some(SubscriptionStatus::Accepted),
-                    ..SubscriptionQuery::default()
-                })
-                .await?;
-            Some(
-                grants
-                    .into_iter()
-                    .filter(|s| s.grants_access_at(now))
-                    .map(|s| s.producer)
-                    .collect(),
-            )
-        }
-    })
+    let scope = read_scope(&*state.store, caller, None, Utc::now()).await?;
+    Ok(scope.producers().map(|p| p.iter().cloned().collect()))
 }
 
 /// The certified data of an anchor transaction (v2 API `getByTransaction`): the batch, its

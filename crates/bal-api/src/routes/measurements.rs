@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bal_core::upload::{MAX_READINGS, UploadError, UploadFormat, split_upload};
-use bal_core::{NewMeasurement, Role, Topic, Username};
-use bal_scd::{Change, ItemKind, MeasurementCursor, MeasurementQuery, User};
+use bal_core::{NewMeasurement, ReadScope, Role, Topic, Username};
+use bal_scd::{Change, ItemKind, MeasurementCursor, MeasurementQuery, User, read_scope};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -32,23 +32,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_measurement))
 }
 
-/// May `caller` read `producer`'s data now? Owners and admins always; consumers under an
-/// accepted, unexpired grant; nobody else.
+/// May `caller` read `producer`'s data now? `bal-core`'s read rule (`ReadScope`): owners and
+/// admins always; consumers under an accepted, unexpired grant; nobody else.
 pub(crate) async fn authorize_read(
     state: &AppState,
     caller: &User,
     producer: &Username,
 ) -> Result<(), ApiError> {
-    let allowed = match caller.role {
-        Role::Admin => true,
-        Role::Producer => caller.username == *producer,
-        Role::Consumer => {
-            state
-                .store
-                .can_read(&caller.username, producer, Utc::now())
-                .await?
-        }
-    };
+    let allowed = read_scope(&*state.store, caller, Some(producer), Utc::now())
+        .await?
+        .allows(producer);
     if allowed {
         Ok(())
     } else {
@@ -217,7 +210,8 @@ const MAX_PAGE: u32 = 1000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Whose readings; producers may omit it (their own).
+    /// Whose readings. Without it, everything the caller may read: all readings for an admin,
+    /// a producer's own, a consumer's granted producers'.
     #[param(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     producer: Option<String>,
     /// Received at or after (RFC 3339).
@@ -244,16 +238,30 @@ fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
         .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
 }
 
-fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiError> {
-    match raw {
-        Some(p) => Username::parse(&p).map_err(|_| ApiError::NotFound("producer")),
-        None if caller.role == Role::Producer => Ok(caller.username.clone()),
-        None => Err(ApiError::BadRequest("producer is required".into())),
+fn producer_param(raw: Option<String>) -> Result<Option<Username>, ApiError> {
+    raw.map(|p| Username::parse(&p).map_err(|_| ApiError::NotFound("producer")))
+        .transpose()
+}
+
+/// Whose readings a request reads: the producer it names, if `caller` may read it (403
+/// otherwise), or the caller's whole read scope (`None`: everyone's).
+async fn readable(
+    state: &AppState,
+    caller: &User,
+    named: Option<Username>,
+) -> Result<Option<Vec<Username>>, ApiError> {
+    match named {
+        Some(producer) => {
+            authorize_read(state, caller, &producer).await?;
+            Ok(Some(vec![producer]))
+        }
+        None => crate::routes::certification::readable_producers(state, caller).await,
     }
 }
 
-/// A producer's readings in commit order (oldest first), by time range and cursor. A reader
-/// paging while readings arrive sees every reading exactly once: on SQLite the order is also
+/// Readings in commit order (oldest first), by time range and cursor: one producer's, or
+/// without `producer` everything the caller may read. A reader paging while readings arrive
+/// sees every reading exactly once: on SQLite the order is also
 /// reception-time order; on PostgreSQL, where writers commit concurrently, a page holds only
 /// readings of transactions older than every one still running, ordered by transaction, so
 /// reception times may interleave by the length of a transaction.
@@ -261,9 +269,8 @@ fn producer_param(caller: &User, raw: Option<String>) -> Result<Username, ApiErr
     security(("bearer" = [])),
     params(ListParams),
     responses((status = 200, body = MeasurementPage),
-        (status = 400, body = ErrorBody, description = "no producer named (admins and \
-            consumers must name one), or a malformed cursor"),
-        (status = 403, body = ErrorBody, description = "no accepted grant"),
+        (status = 400, body = ErrorBody, description = "a malformed cursor or limit"),
+        (status = 403, body = ErrorBody, description = "no accepted grant on the named producer"),
         (status = 404, body = ErrorBody, description = "no such producer")))]
 async fn list_measurements(
     State(state): State<AppState>,
@@ -271,7 +278,7 @@ async fn list_measurements(
     Query(p): Query<ListParams>,
 ) -> Result<Json<MeasurementPage>, ApiError> {
     let caller = caller.user;
-    let producer = producer_param(&caller, p.producer)?;
+    let named = producer_param(p.producer)?;
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -279,9 +286,8 @@ async fn list_measurements(
         )));
     }
     let after = p.cursor.as_deref().map(parse_cursor).transpose()?;
-    authorize_read(&state, &caller, &producer).await?;
     let query = MeasurementQuery {
-        producer,
+        producers: readable(&state, &caller, named).await?,
         from: p.from,
         to: p.to,
         after,
@@ -353,7 +359,7 @@ async fn certification_of(state: &AppState, id: i64) -> Result<CertificationView
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
-    /// Whose readings; producers may omit it (their own).
+    /// Whose readings. Without it, everything the caller may read, as its grants change.
     #[param(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     producer: Option<String>,
 }
@@ -362,15 +368,18 @@ pub struct StreamParams {
 /// lapse the BAL has not yet written down (or a missed announcement) keeps a stream open.
 const RECHECK: Duration = Duration::from_millis(500);
 
-/// A live stream (server-sent events) of a producer's new readings, one `measurement` event
-/// each. It ends within a second of the grant being revoked, cancelled or expiring.
+/// A live stream (server-sent events) of new readings, one `measurement` event each: one
+/// producer's, or without `producer` everything the caller may read (a consumer's stream
+/// follows its grants as they are accepted, revoked or expire). A stream of one producer ends
+/// within a second of the grant being revoked, cancelled or expiring; every stream ends with
+/// the session.
 #[utoipa::path(get, path = "/api/measurements/stream", tag = "measurements",
     security(("bearer" = [])),
     params(StreamParams),
     responses((status = 200, content_type = "text/event-stream",
             description = "`measurement` events carrying a MeasurementView"),
-        (status = 400, body = ErrorBody, description = "no producer named"),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 403, body = ErrorBody, description = "no accepted grant on the named producer"),
+        (status = 404, body = ErrorBody)))]
 async fn stream(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -378,23 +387,26 @@ async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let session = caller.session;
     let caller = caller.user;
-    let producer = producer_param(&caller, p.producer)?;
+    let named = producer_param(p.producer)?;
     // Listen before checking, so nothing committed in between is missed.
     let watch = state.store.watch_measurements();
     let changes = state.store.changes();
-    authorize_read(&state, &caller, &producer).await?;
-    let events = live_readings(state, caller, session, producer, watch, changes);
+    if let Some(producer) = &named {
+        authorize_read(&state, &caller, producer).await?;
+    }
+    let events = live_readings(state, caller, session, named, watch, changes);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// `measurement` events with each new reading of `producer`, for as long as `caller` may read
-/// them and its session lasts; then one `end` event. `watch` and `changes` must be taken (in
-/// that order) before access was checked, so that nothing committed in between is missed.
+/// `measurement` events with each new reading `caller` may read (of `producer` only, when
+/// named), for as long as its session lasts and, for a named producer, as long as it may read
+/// it; then one `end` event. `watch` and `changes` must be taken (in that order) before access
+/// was checked, so that nothing committed in between is missed.
 pub(crate) fn live_readings(
     state: AppState,
     caller: User,
     session: [u8; 32],
-    producer: Username,
+    producer: Option<Username>,
     watch: bal_scd::MeasurementWatch,
     mut changes: tokio::sync::broadcast::Receiver<Change>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -402,26 +414,43 @@ pub(crate) fn live_readings(
         // Held as long as the stream lives: measurements are announced meanwhile.
         let _watch = watch;
         let mut recheck = tokio::time::interval(RECHECK);
+        // What `caller` may read now: re-read on every check and on its grants' changes.
+        let scope_now = || read_scope(&*state.store, &caller, producer.as_ref(), Utc::now());
+        let mut scope = scope_now().await.ok();
         loop {
+            // A stream of one producer ends with the access to it; a scope stream only narrows.
+            let allowed = |scope: &Option<ReadScope>| match (scope, &producer) {
+                (None, _) => false,
+                (Some(s), Some(p)) => s.allows(p),
+                (Some(_), None) => true,
+            };
+            if !allowed(&scope) {
+                break;
+            }
             tokio::select! {
                 change = changes.recv() => match change {
                     Ok(Change::Measurements(batch)) => {
-                        for m in batch.iter().filter(|m| m.producer == producer) {
+                        let Some(s) = &scope else { break };
+                        let wanted = |m: &&bal_core::Measurement| {
+                            producer.as_ref().is_none_or(|p| m.producer == *p)
+                                && s.allows(&m.producer)
+                        };
+                        for m in batch.iter().filter(wanted) {
                             let view = MeasurementView::from(m);
                             if let Ok(e) = Event::default().event("measurement").json_data(&view) {
                                 yield Ok(e);
                             }
                         }
                     }
-                    Ok(Change::Subscription(s)) if s.consumer == caller.username
-                        && s.producer == producer && !s.grants_access_at(Utc::now()) => break,
-                    Ok(Change::UserDeleted(u)) if u == caller.username || u == producer => break,
+                    Ok(Change::Subscription(s)) if s.consumer == caller.username => {
+                        scope = scope_now().await.ok();
+                    }
+                    Ok(Change::UserDeleted(u))
+                        if u == caller.username || producer.as_ref() == Some(&u) => break,
                     // Changes may have been missed: tell the client, and check access now.
                     Ok(Change::Resync) => {
                         yield Ok(Event::default().event("lagged").data("resync"));
-                        if authorize_read(&state, &caller, &producer).await.is_err() {
-                            break;
-                        }
+                        scope = scope_now().await.ok();
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
@@ -432,11 +461,10 @@ pub(crate) fn live_readings(
                 _ = recheck.tick() => {
                     // The session too: logout, a password change or deletion ends the stream.
                     let session = state.store.session_user(session, Utc::now()).await;
-                    if !matches!(session, Ok(Some(_)))
-                        || authorize_read(&state, &caller, &producer).await.is_err()
-                    {
+                    if !matches!(session, Ok(Some(_))) {
                         break;
                     }
+                    scope = scope_now().await.ok();
                 }
             }
         }

@@ -61,7 +61,7 @@ async fn latest(state: &AppState, producer: &Username) -> Result<Vec<Measurement
     let mut rows = state
         .store
         .measurements(&MeasurementQuery {
-            producer: producer.clone(),
+            producers: Some(vec![producer.clone()]),
             from: Some(Utc::now() - Duration::minutes(LIVE_MINUTES)),
             to: None,
             after: None,
@@ -118,7 +118,7 @@ pub async fn show(
     let history = state
         .store
         .measurements(&MeasurementQuery {
-            producer: producer.clone(),
+            producers: Some(vec![producer.clone()]),
             from: Some(from),
             to,
             after: q.after.as_deref().and_then(|c| c.parse().ok()),
@@ -302,7 +302,7 @@ pub async fn csv(
     let rows = state
         .store
         .measurements(&MeasurementQuery {
-            producer: producer.clone(),
+            producers: Some(vec![producer.clone()]),
             from,
             to,
             after: None,
@@ -342,7 +342,7 @@ pub async fn events(
     let watch = state.store.watch_measurements();
     let changes = state.store.changes();
     let producer = producer_for(&state, &who, &raw).await?;
-    let stream = live_readings(state, who.user, who.session, producer, watch, changes);
+    let stream = live_readings(state, who.user, who.session, Some(producer), watch, changes);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

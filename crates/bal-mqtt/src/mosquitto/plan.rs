@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bal_core::{Role, Subscription};
+use bal_core::{ReadScope, Role, Subscription, Username};
 use bal_scd::User;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -70,28 +70,30 @@ fn read_acls(producer: &str) -> [Acl; 2] {
     [Acl::allow(SUBSCRIBE, all.clone()), Acl::allow(RECEIVE, all)]
 }
 
-/// What the broker should hold for these users and grants at `now`.
+/// What the broker should hold for these users and grants at `now`: producers send on their
+/// own topics, and everyone receives what `bal-core`'s read rule (`ReadScope`) lets them read.
 pub fn desired(users: &[User], grants: &[Subscription], now: DateTime<Utc>) -> Desired {
-    let producers: Vec<&str> = users
+    let producers: Vec<&Username> = users
         .iter()
         .filter(|u| u.role == Role::Producer)
-        .map(|u| u.username.as_str())
+        .map(|u| &u.username)
         .collect();
+    let mut by_consumer: BTreeMap<&Username, Vec<&Subscription>> = BTreeMap::new();
+    for g in grants {
+        by_consumer.entry(&g.consumer).or_default().push(g);
+    }
     let mut want = Desired::new();
     for u in users {
         let acls = want.entry(u.username.to_string()).or_default();
-        match u.role {
-            Role::Producer => {
-                acls.insert(Acl::allow(SEND, format!("platone/{}/#", u.username)));
-                acls.extend(read_acls(u.username.as_str()));
-            }
-            Role::Admin => acls.extend(producers.iter().flat_map(|p| read_acls(p))),
-            Role::Consumer => {}
+        if u.role == Role::Producer {
+            acls.insert(Acl::allow(SEND, format!("platone/{}/#", u.username)));
         }
-    }
-    for g in grants.iter().filter(|g| g.grants_access_at(now)) {
-        if let Some(acls) = want.get_mut(g.consumer.as_str()) {
-            acls.extend(read_acls(g.producer.as_str()));
+        let theirs = by_consumer.get(&u.username).into_iter().flatten().copied();
+        match ReadScope::of(u, theirs, now) {
+            ReadScope::All => acls.extend(producers.iter().flat_map(|p| read_acls(p.as_str()))),
+            ReadScope::Producers(readable) => {
+                acls.extend(readable.iter().flat_map(|p| read_acls(p.as_str())))
+            }
         }
     }
     want
@@ -259,8 +261,111 @@ pub fn plan(desired: &Desired, actual: &Actual, admin: &str) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::subscribe_allowed;
     use crate::testing::user;
-    use bal_core::{Topic, Username};
+    use bal_core::{FilterScope, Topic, Username};
+    use proptest::prelude::*;
+
+    /// Whether a role entry `platone/<p>/#` of Mosquitto's lets `filter` be subscribed: the
+    /// filter stays below that producer's root.
+    fn plan_lets_subscribe(d: &Desired, user: &str, filter: &str) -> bool {
+        d[user].iter().any(|a| {
+            let root = a.topic.trim_end_matches("/#");
+            a.acltype == SUBSCRIBE && (filter == root || filter.starts_with(&format!("{root}/")))
+        })
+    }
+
+    const NAMES: [&str; 7] = [
+        "admin",
+        "producer1",
+        "producer2",
+        "producer3",
+        "consumer1",
+        "consumer2",
+        "consumer3",
+    ];
+
+    fn filters() -> impl Strategy<Value = String> {
+        let name = prop::sample::select(NAMES.to_vec());
+        let shape = prop::sample::select(vec![
+            "platone/{}",
+            "platone/{}/#",
+            "platone/{}/+/x",
+            "platone/{}/pmu/7",
+            "platone/{}//a",
+            "other/{}",
+            "$share/g/platone/{}",
+            "platone/+",
+            "platone/#",
+            "#",
+        ]);
+        (shape, name).prop_map(|(s, n)| s.replace("{}", n))
+    }
+
+    proptest! {
+        /// For random grants (any status, expired or not) and filters, Mosquitto's plan and
+        /// the embedded broker's subscribe check agree with `bal-core`'s read rule: neither
+        /// lets anyone read outside their `ReadScope`, and they give the same answer for every
+        /// filter on an existing producer's topics that the embedded broker accepts the syntax
+        /// of. (Elsewhere they may differ harmlessly: an admin may subscribe to a name that is
+        /// no producer's on the embedded broker, where nothing is ever published; Mosquitto
+        /// accepts empty levels, still below a readable root.)
+        #[test]
+        fn the_mosquitto_plan_and_the_embedded_checks_follow_the_read_rule(
+            grants in prop::collection::vec((4usize..7, 1usize..4, 0u8..4, 0u8..3), 0..12),
+            filters in prop::collection::vec(filters(), 1..20),
+        ) {
+            let now = chrono::Utc::now();
+            let users: Vec<User> = NAMES
+                .iter()
+                .map(|n| {
+                    let role = match n.as_bytes()[0] {
+                        b'a' => Role::Admin,
+                        b'p' => Role::Producer,
+                        _ => Role::Consumer,
+                    };
+                    user(n, role)
+                })
+                .collect();
+            let grants: Vec<Subscription> = grants
+                .into_iter()
+                .map(|(c, p, status, expiry)| {
+                    let mut g = grant(NAMES[c], NAMES[p], None);
+                    g.status = [
+                        bal_core::SubscriptionStatus::Requested,
+                        bal_core::SubscriptionStatus::Accepted,
+                        bal_core::SubscriptionStatus::Refused,
+                        bal_core::SubscriptionStatus::Revoked,
+                    ][status as usize];
+                    g.expires_at = [None, Some(now - chrono::Duration::seconds(5)),
+                        Some(now + chrono::Duration::hours(1))][expiry as usize];
+                    g
+                })
+                .collect();
+            let plan = desired(&users, &grants, now);
+            for u in &users {
+                let scope = ReadScope::of(u, &grants, now);
+                for f in &filters {
+                    let mosquitto = plan_lets_subscribe(&plan, u.username.as_str(), f);
+                    let embedded = subscribe_allowed(&scope, f);
+                    let within = |f: &str| NAMES.iter().any(|p| {
+                        let p = Username::parse(p).unwrap();
+                        scope.allows(&p)
+                            && (f == format!("platone/{p}") || f.starts_with(&format!("platone/{p}/")))
+                    });
+                    prop_assert!(!mosquitto || within(f), "{} may not read {f} on Mosquitto", u.username);
+                    prop_assert!(!embedded || within(f), "{} may not read {f} embedded", u.username);
+                    let on_producer = matches!(
+                        FilterScope::of(f),
+                        Ok(FilterScope::Producer(p)) if p.as_str().starts_with("producer")
+                    );
+                    if on_producer {
+                        prop_assert_eq!(mosquitto, embedded, "{} subscribing {}", u.username, f);
+                    }
+                }
+            }
+        }
+    }
 
     fn grant(consumer: &str, producer: &str, expires_in_secs: Option<i64>) -> Subscription {
         let now = Utc::now();

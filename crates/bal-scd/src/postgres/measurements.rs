@@ -1,7 +1,7 @@
 //! [`MeasurementStore`] on PostgreSQL.
 
 use async_trait::async_trait;
-use bal_core::{Measurement, NewMeasurement};
+use bal_core::{Measurement, NewMeasurement, Username};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
@@ -100,6 +100,9 @@ impl MeasurementStore for PgStore {
     }
 
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
+        if query.producers.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(MeasurementPage::new(Vec::new(), query.limit, None));
+        }
         // Commit order: by writing transaction, and only transactions older than every one
         // still running, so a later commit never lands behind the cursor.
         let elsewhere: Vec<i64> = sqlx::query_scalar("SELECT bal_xids_elsewhere()")
@@ -110,9 +113,18 @@ impl MeasurementStore for PgStore {
             MEASUREMENT_COLUMNS,
             ", xid FROM measurements WHERE xid < bal_xid_horizon("
         ));
-        sql.push_bind(elsewhere)
-            .push(" || bal_xids_elsewhere()) AND producer = ");
-        sql.push_bind(query.producer.as_str());
+        sql.push_bind(elsewhere).push(" || bal_xids_elsewhere())");
+        match query.producers.as_deref() {
+            // One producer: its index gives the page order without a sort.
+            Some([one]) => {
+                sql.push(" AND producer = ").push_bind(one.as_str());
+            }
+            Some(several) => {
+                let names: Vec<&str> = several.iter().map(Username::as_str).collect();
+                sql.push(" AND producer = ANY(").push_bind(names).push(")");
+            }
+            None => {}
+        }
         if let Some(from) = query.from {
             sql.push(" AND received_at >= ").push_bind(ms(from));
         }

@@ -17,6 +17,8 @@
 //! certification.
 
 mod certification;
+
+pub(crate) use certification::{lock_batches, snapshot};
 mod import;
 mod listener;
 mod measurements;

@@ -7,7 +7,6 @@
 //! transaction ids. The queries both backends share are in `crate::store`; what is here is
 //! SQLite's own: opening the file, and the commit order of measurements and certification.
 
-mod certification;
 mod export;
 mod measurements;
 
@@ -15,23 +14,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Sqlite;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::schema::{self, Plan, SchemaStatus};
 use crate::store::Write;
 use crate::{ChangeFeed, ConnectOptions, SqliteStore, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// A column of a SQLite row, for the queries only SQLite runs.
-pub(crate) fn get<'r, T>(row: &'r SqliteRow, column: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    Ok(sqlx::Row::try_get(row, column)?)
-}
 
 /// Whether a pooled connection may be handed out again.
 ///

@@ -169,24 +169,6 @@ impl<DB: Dialect> GrantStore for SqlStore<DB> {
             .map(audit_entry_from_row::<DB>)
             .collect()
     }
-
-    async fn can_read(
-        &self,
-        consumer: &Username,
-        producer: &Username,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let found = sqlx::query::<DB>(
-            "SELECT 1 FROM subscriptions WHERE consumer = $1 AND producer = $2 \
-             AND status = 'accepted' AND (expires_at IS NULL OR expires_at > $3) LIMIT 1",
-        )
-        .arg(consumer.as_str())
-        .arg(producer.as_str())
-        .arg(ms(now))
-        .optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
 }
 
 /// Writes a subscription's new state and its audit entry.

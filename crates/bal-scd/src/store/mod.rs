@@ -10,6 +10,7 @@
 //! from their first statement.
 
 mod accounts;
+mod certification;
 mod cluster;
 mod grants;
 pub(crate) mod rows;
@@ -108,7 +109,7 @@ pub(crate) async fn append_audit<DB: Dialect>(
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
 where
-    SqlStore<DB>: MeasurementStore + crate::CertificationStore,
+    SqlStore<DB>: MeasurementStore,
 {
     fn backend(&self) -> crate::Backend {
         DB::BACKEND
