@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod auth;
 pub mod client;
 pub mod error;
+mod linger;
 mod openapi;
 mod routes;
 pub mod views;
@@ -179,6 +180,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::metrics::count_request,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            linger::drain_unread,
         ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

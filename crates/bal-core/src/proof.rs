@@ -14,9 +14,11 @@ pub const FORMAT: &str = "bal-proof/1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProofBundle {
     pub format: String,
+    #[serde(deserialize_with = "json_integer::deserialize")]
     pub chain_id: u64,
     pub contract: Address,
     pub transaction: B256,
+    #[serde(deserialize_with = "json_integer::deserialize")]
     pub block_number: u64,
     pub root: B256,
     /// `[producerWallet, topic, id, receivedAtMs, payloadHash]`, all strings, in the layout of
@@ -26,6 +28,50 @@ pub struct ProofBundle {
     pub proof: Vec<B256>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+}
+
+/// A chain id or block number read from JSON as JSON Schema counts integers: `17187` and
+/// `17187.0` alike, from 0 to 2^63 - 1 (the bound of the `int64` the document states, and of
+/// the columns the BAL keeps them in).
+mod json_integer {
+    use serde::de::{self, Deserializer, Visitor};
+
+    const MAX: u64 = i64::MAX as u64;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Integer)
+    }
+
+    struct Integer;
+
+    impl Visitor<'_> for Integer {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an integer from 0 to {MAX}")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            if v <= MAX {
+                Ok(v)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^63 is the first float above the range (i64::MAX is not a float).
+            if v.fract() == 0.0 && (0.0..9_223_372_036_854_775_808.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
 }
 
 /// Leaf values as JSON strings: hex for the address and hash, decimal for the integers.
@@ -261,6 +307,23 @@ mod tests {
         assert!(v.valid, "{v:?}");
         assert!(v.checks.iter().all(|c| c.outcome == Outcome::Passed));
         let json = serde_json::to_string(&b).unwrap();
+        // Integers as JSON Schema counts them, within int64: what the document states.
+        let with = |field: &str, raw: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            v[field] = serde_json::from_str(raw).unwrap();
+            serde_json::from_value::<ProofBundle>(v)
+        };
+        assert_eq!(with("chain_id", "17187.0").unwrap().chain_id, 17187);
+        assert_eq!(
+            with("block_number", "9223372036854775807")
+                .unwrap()
+                .block_number,
+            i64::MAX as u64
+        );
+        for bad in ["9223372036854775808", "-1", "1.5", "1e30", "\"1\""] {
+            assert!(with("chain_id", bad).is_err(), "{bad}");
+            assert!(with("block_number", bad).is_err(), "{bad}");
+        }
         assert!(json.contains(r#""leaf_values":["0x0707"#), "{json}");
         assert!(json.contains(r#""3","1700000000003""#), "{json}");
         let back: ProofBundle = serde_json::from_str(&json).unwrap();

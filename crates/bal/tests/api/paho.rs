@@ -10,7 +10,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     match std::env::var_os("BAL_TEST_PYTHON") {
         Some(path) => path.into(),
         None => panic!(
