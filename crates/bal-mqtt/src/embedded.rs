@@ -22,9 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
 use bal_core::measurement::mqtt_origin;
-use bal_core::{NewMeasurement, SubscriptionStatus, Username};
+use bal_core::{NewMeasurement, Username};
 use bal_metrics::{Channel, Refusal, Source};
-use bal_scd::{Change, SharedStore, User};
+use bal_scd::{SharedStore, User};
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
@@ -32,15 +32,14 @@ use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, Id, LastWill, Publish, PublishAclResult, PublishResult,
-    SubscribeAclResult, Unsubscribe,
+    AuthResult, ConnectInfo, LastWill, Publish, PublishAclResult, PublishResult, SubscribeAclResult,
 };
-use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use crate::access::{PublishRefusal, check_publish, may_subscribe};
 use crate::cluster::{self, ClusterConfig, ClusterHealth};
 use crate::delivery::ReadChecks;
+use crate::grant_watch;
 use crate::ingest::Ingest;
 
 /// Where and how the embedded broker listens.
@@ -70,10 +69,6 @@ pub struct EmbeddedBroker {
     /// The peers' reachability, and the task that probes it, in a cluster.
     cluster: Option<(ClusterHealth, JoinHandle<()>)>,
 }
-
-/// How often every live session's subscriptions are re-checked against the grants, as a safety
-/// net behind the change announcements.
-const RECHECK: Duration = Duration::from_secs(5);
 
 /// How long a verified MQTT password is remembered (see [`CredentialCache`]).
 const CREDENTIAL_TTL: Duration = Duration::from_secs(10 * 60);
@@ -191,7 +186,11 @@ impl EmbeddedBroker {
                 tracing::error!(error = %e, "MQTT broker stopped");
             }
         });
-        let watcher = tokio::spawn(enforce_grants(scx.clone(), store, hooks.clone()));
+        let watcher = tokio::spawn(grant_watch::enforce_grants(
+            scx.clone(),
+            store,
+            hooks.clone(),
+        ));
         Ok(Self {
             scx,
             server,
@@ -253,51 +252,33 @@ impl EmbeddedBroker {
         if let Some((_, probe)) = &self.cluster {
             probe.abort();
         }
-        for id in session_ids(&self.scx, |_| true).await {
-            kick(&self.scx, id).await;
+        for id in grant_watch::session_ids(&self.scx, |_| true).await {
+            grant_watch::kick(&self.scx, id).await;
         }
     }
 }
 
-/// The ids of the sessions whose username passes `keep`. Collected before any session is
-/// touched: kicking while the session map is being iterated can deadlock.
-async fn session_ids(scx: &ServerContext, keep: impl Fn(Option<&str>) -> bool) -> Vec<Id> {
-    let shared = scx.extends.shared().await;
-    shared
-        .iter()
-        .filter_map(|e| e.session().map(|s| s.id.clone()))
-        .filter(|id| keep(id.username.as_deref()))
-        .collect()
-}
-
-async fn kick(scx: &ServerContext, id: Id) {
-    let mut entry = scx.extends.shared().await.entry(id.clone());
-    if let Err(e) = entry.kick(true, true, true).await {
-        tracing::warn!(client_id = %id.client_id, error = %e, "kick failed");
-    }
-}
-
 /// The users of live sessions, so that publish checks need no database round trip. Roles never
-/// change; a deleted user is removed (and kicked) by [`enforce_grants`].
+/// change; a deleted user is removed (and kicked) by `grant_watch::enforce_grants`.
 /// Shared, so that a publish check clones a pointer, not the user's strings.
 type UserCache = Arc<RwLock<HashMap<String, Arc<User>>>>;
 
 #[derive(Clone)]
-struct Hooks {
+pub(crate) struct Hooks {
     /// Weak: rmqtt's hook manager keeps the hooks as long as the broker's context lives, which
     /// can outlast the broker (the context and its hooks reference each other); a strong
     /// reference would keep the store and its database connections open after the BAL stops.
     store: std::sync::Weak<dyn bal_scd::Store>,
     ingest: Ingest,
     limiter: Arc<LoginLimiter>,
-    verified: Arc<CredentialCache>,
-    users: UserCache,
+    pub(crate) verified: Arc<CredentialCache>,
+    pub(crate) users: UserCache,
     max_payload: usize,
     scx: ServerContext,
     /// QoS 0 readings that could not be stored (the database was down): nobody resends them.
     dropped_qos0: Arc<std::sync::atomic::AtomicU64>,
     /// The read check on every delivery.
-    reads: Arc<ReadChecks>,
+    pub(crate) reads: Arc<ReadChecks>,
 }
 
 fn publish_result(reason: PublishAckReason, text: &str, disconnect: bool) -> HookResult {
@@ -553,91 +534,6 @@ impl Handler for Hooks {
                 }
             }
             _ => (true, acc),
-        }
-    }
-}
-
-/// Follows the SCD's changes: when a grant ends, the consumer's live subscriptions that it no
-/// longer may hold are removed; when a user is deleted, its sessions are ended.
-async fn enforce_grants(scx: ServerContext, store: SharedStore, hooks: Hooks) {
-    let mut changes = store.changes();
-    let mut recheck = tokio::time::interval(RECHECK);
-    loop {
-        tokio::select! {
-            change = changes.recv() => match change {
-                Ok(Change::Subscription(s)) => {
-                    hooks.reads.forget(Some(s.consumer.as_str()));
-                    if matches!(
-                        s.status,
-                        SubscriptionStatus::Revoked | SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
-                    ) {
-                        recheck_sessions(&scx, &store, Some(s.consumer.as_str())).await
-                    }
-                }
-                // Like HTTPS sessions, MQTT sessions end when the password changes or the user
-                // goes; the old password stops working at once.
-                Ok(Change::PasswordChanged(u) | Change::UserDeleted(u)) => {
-                    hooks.verified.forget(u.as_str());
-                    hooks.users.write().expect("user cache lock").remove(u.as_str());
-                    for id in session_ids(&scx, |name| name == Some(u.as_str())).await {
-                        kick(&scx, id).await;
-                    }
-                }
-                // Missed changes (a slow follower, or another process's while the database
-                // listener reconnected): re-check every session. (The credential cache needs
-                // no flush: it is keyed by the stored hash, which a password change replaces.)
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
-                    hooks.reads.forget(None);
-                    recheck_sessions(&scx, &store, None).await
-                }
-                Ok(_) => {}
-                Err(RecvError::Closed) => return,
-            },
-            _ = recheck.tick() => recheck_sessions(&scx, &store, None).await,
-        }
-    }
-}
-
-/// Removes every subscription (of `username`'s sessions, or of all sessions) that its user may
-/// no longer hold. A session whose user is gone is ended.
-async fn recheck_sessions(scx: &ServerContext, store: &SharedStore, username: Option<&str>) {
-    let ids = session_ids(scx, |name| username.is_none() || name == username).await;
-    for id in ids {
-        let user = match id.username.as_deref().map(Username::parse) {
-            Some(Ok(name)) => store.user(&name).await,
-            _ => Ok(None),
-        };
-        let user = match user {
-            Ok(Some(u)) => u,
-            Ok(None) => {
-                kick(scx, id).await;
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e.report(), "grant re-check failed");
-                continue;
-            }
-        };
-        let entry = scx.extends.shared().await.entry(id.clone());
-        for sub in entry.subscriptions().await.unwrap_or_default() {
-            let filter = sub.topic.to_string();
-            if matches!(may_subscribe(store, &user, &filter).await, Ok(true)) {
-                continue;
-            }
-            let removed = match Unsubscribe::from(&sub.topic, false, false) {
-                Ok(u) => entry.unsubscribe(&u).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match removed {
-                Ok(_) => {
-                    tracing::info!(username = %user.username, filter, "unsubscribed: grant ended")
-                }
-                Err(e) => {
-                    tracing::warn!(username = %user.username, error = %e, "unsubscribe failed; disconnecting");
-                    kick(scx, id.clone()).await;
-                    break;
-                }
-            }
         }
     }
 }

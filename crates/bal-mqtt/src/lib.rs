@@ -15,6 +15,7 @@ pub mod access;
 pub mod cluster;
 mod delivery;
 pub mod embedded;
+mod grant_watch;
 pub mod ingest;
 pub mod mosquitto;
 mod node_shared;
