@@ -86,17 +86,7 @@ impl MeasurementStore for PgStore {
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        sqlx::query(sql!(Postgres;
-            "SELECT ",
-            MEASUREMENT_COLUMNS,
-            " FROM measurements WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(rows::measurement_from_row::<Postgres>)
-        .transpose()
+        crate::store::measurement_by_id(&self.pool, id).await
     }
 
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {

@@ -98,30 +98,7 @@ impl PgStore {
 }
 
 async fn schema_status(pool: &PgPool) -> StoreResult<SchemaStatus> {
-    let has = |table: &'static str| {
-        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-            .bind(table)
-            .fetch_one(pool)
-    };
-    let applied = if has("_sqlx_migrations").await? {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?
-    } else {
-        Vec::new()
-    };
-    let min_binary = if has("bal_schema").await? {
-        sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'min_binary'")
-            .fetch_optional(pool)
-            .await?
-    } else {
-        None
-    };
-    Ok(SchemaStatus {
-        applied,
-        latest_known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
-        min_binary,
-    })
+    crate::store::schema_status(pool, &MIGRATOR).await
 }
 
 /// Removes anything that looks like a password from a message about a URL.

@@ -65,17 +65,7 @@ impl MeasurementStore for SqliteStore {
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        sqlx::query(sql!(Sqlite;
-            "SELECT ",
-            MEASUREMENT_COLUMNS,
-            " FROM measurements WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(rows::measurement_from_row::<Sqlite>)
-        .transpose()
+        crate::store::measurement_by_id(&self.pool, id).await
     }
 
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {

@@ -82,34 +82,7 @@ impl SqliteStore {
 
     /// The schema as this binary sees it.
     pub async fn schema(&self) -> StoreResult<SchemaStatus> {
-        let has = |table: &'static str| {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
-            )
-            .bind(table)
-            .fetch_one(&self.pool)
-        };
-        let applied = if has("_sqlx_migrations").await? > 0 {
-            sqlx::query_scalar(
-                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-            )
-            .fetch_all(&self.pool)
-            .await?
-        } else {
-            Vec::new()
-        };
-        let min_binary = if has("bal_schema").await? > 0 {
-            sqlx::query_scalar("SELECT value FROM bal_schema WHERE key = 'min_binary'")
-                .fetch_optional(&self.pool)
-                .await?
-        } else {
-            None
-        };
-        Ok(SchemaStatus {
-            applied,
-            latest_known: MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0),
-            min_binary,
-        })
+        crate::store::schema_status(&self.pool, &MIGRATOR).await
     }
 }
 

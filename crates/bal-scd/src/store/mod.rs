@@ -106,6 +106,63 @@ pub(crate) async fn append_audit<DB: Dialect>(
     Ok(())
 }
 
+/// The schema as this binary (whose migrations are `migrator`) sees the database at `pool`.
+pub(crate) async fn schema_status<DB: Dialect>(
+    pool: &Pool<DB>,
+    migrator: &sqlx::migrate::Migrator,
+) -> StoreResult<crate::SchemaStatus> {
+    let has = |table: &'static str| async move {
+        let row = sqlx::query::<DB>(crate::dialect::sql!(DB; {
+            postgres: "SELECT to_regclass($1) IS NOT NULL",
+            sqlite: "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = $1",
+        }))
+        .arg(table)
+        .optional(pool)
+        .await?;
+        row.map_or(Ok(false), |r| first::<DB, bool>(&r))
+    };
+    let applied = if has("_sqlx_migrations").await? {
+        sqlx::query::<DB>("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .all(pool)
+            .await?
+            .iter()
+            .map(first::<DB, i64>)
+            .collect::<StoreResult<_>>()?
+    } else {
+        Vec::new()
+    };
+    let min_binary = if has("bal_schema").await? {
+        sqlx::query::<DB>("SELECT value FROM bal_schema WHERE key = 'min_binary'")
+            .optional(pool)
+            .await?
+            .map(|r| first::<DB, String>(&r))
+            .transpose()?
+    } else {
+        None
+    };
+    Ok(crate::SchemaStatus {
+        applied,
+        latest_known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+        min_binary,
+    })
+}
+
+/// One measurement by id (both backends' `MeasurementStore::measurement`).
+pub(crate) async fn measurement_by_id<DB: Dialect>(
+    pool: &Pool<DB>,
+    id: i64,
+) -> StoreResult<Option<bal_core::Measurement>> {
+    sqlx::query::<DB>(crate::dialect::sql!(DB;
+        "SELECT ", MEASUREMENT_COLUMNS, " FROM measurements WHERE id = $1"
+    ))
+    .arg(id)
+    .optional(pool)
+    .await?
+    .as_ref()
+    .map(rows::measurement_from_row::<DB>)
+    .transpose()
+}
+
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
 where
