@@ -3,8 +3,9 @@
 //! tables, which `bal-ledger` reads and writes on this store's [`Pool`].
 //!
 //! The store is a set of small traits, one per aggregate, that speak in `bal-core` types and
-//! know nothing of SQL; [`Store`] bundles them for callers that need all. Each backend lives in
-//! its own module with its own `migrations/` folder, and each trait's docs state the guarantees
+//! know nothing of SQL; [`Store`] bundles them for callers that need all. Their queries are
+//! written once for both backends ([`SqlStore`], over [`dialect`]); each backend's module keeps
+//! what only it does, and its own `migrations/` folder. Each trait's docs state the guarantees
 //! every backend keeps with concurrent writers. Every method that changes users or grants also
 //! appends to the audit log in the same transaction, so the log can never disagree with the
 //! data, and every committed change is announced on the [`ChangeFeed`].
@@ -14,6 +15,8 @@
 //!   [`cluster`]: the registry of live replicas and the leases of jobs only one may do.
 //! - [`sqlite`]: the embedded default (one file, WAL). [`postgres`]: for production and for
 //!   several replicas on one database.
+//! - Who may read what is `bal-core`'s [`bal_core::ReadScope`]; [`read_scope`] reads the grants
+//!   it needs.
 #![forbid(unsafe_code)]
 
 pub mod accounts;
