@@ -5,10 +5,10 @@
 
 use alloy_primitives::B256;
 use axum::extract::State;
+use bal_core::Role;
 use bal_core::proof::{Check, Outcome, ProofBundle, Verdict};
-use bal_core::{Role, Username};
 use bal_ledger::proofs::{ProofState, check_with_ledger};
-use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery, User, read_scope};
+use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::routes::measurements::authorize_read;
+use crate::routes::measurements::{authorize_read, readable_producers};
 use crate::views::{AuditView, MeasurementView};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -202,15 +202,6 @@ pub struct TransactionParams {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<i64>,
-}
-
-/// Whose readings `caller` may read now (`bal-core`'s read rule): `None` for all.
-pub(crate) async fn readable_producers(
-    state: &AppState,
-    caller: &User,
-) -> Result<Option<Vec<Username>>, ApiError> {
-    let scope = read_scope(&*state.store, caller, None, Utc::now()).await?;
-    Ok(scope.producers().map(|p| p.iter().cloned().collect()))
 }
 
 /// The certified data of an anchor transaction (v2 API `getByTransaction`): the batch, its

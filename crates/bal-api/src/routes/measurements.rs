@@ -238,6 +238,15 @@ fn parse_cursor(raw: &str) -> Result<MeasurementCursor, ApiError> {
         .map_err(|_| ApiError::BadRequest("malformed cursor".into()))
 }
 
+/// Whose readings `caller` may read now (`bal-core`'s read rule): `None` for all.
+pub(crate) async fn readable_producers(
+    state: &AppState,
+    caller: &User,
+) -> Result<Option<Vec<Username>>, ApiError> {
+    let scope = read_scope(&*state.store, caller, None, Utc::now()).await?;
+    Ok(scope.producers().map(|p| p.iter().cloned().collect()))
+}
+
 fn producer_param(raw: Option<String>) -> Result<Option<Username>, ApiError> {
     raw.map(|p| Username::parse(&p).map_err(|_| ApiError::NotFound("producer")))
         .transpose()
@@ -255,7 +264,7 @@ async fn readable(
             authorize_read(state, caller, &producer).await?;
             Ok(Some(vec![producer]))
         }
-        None => crate::routes::certification::readable_producers(state, caller).await,
+        None => readable_producers(state, caller).await,
     }
 }
 

@@ -17,8 +17,8 @@ use super::layout::{page, when};
 use super::session::WebUser;
 use crate::AppState;
 use crate::error::ApiError;
-use crate::routes::certification::readable_producers;
 use crate::routes::measurements::authorize_read;
+use crate::routes::measurements::readable_producers;
 
 #[derive(Deserialize)]
 pub struct ExplorerQuery {
