@@ -1,7 +1,7 @@
 //! Creating users and changing passwords: the steps the API and the `bal user` commands share.
 
 use bal_core::{Actor, Role, Username};
-use bal_scd::{NewUser, Store, User};
+use bal_scd::{AccountStore, NewUser, User};
 use bal_wallet::{MasterKey, Sealer, Wallet};
 use chrono::Utc;
 use rand::Rng;
@@ -34,7 +34,7 @@ pub const FIRST_ADMIN: &str = "admin";
 /// Creates a user: checks the password rules, hashes the password, generates the wallet and
 /// stores it all (with its audit entry) in one step.
 pub async fn create_user(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     keys: &AccountKeys,
     username: Username,
     role: Role,
@@ -62,7 +62,7 @@ pub async fn create_user(
 
 /// Sets a new password; the user's sessions end.
 pub async fn change_password(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     keys: &AccountKeys,
     username: &Username,
     password: String,
@@ -80,7 +80,7 @@ pub async fn change_password(
 /// yet (users created before the external broker was configured), so the broker can let the
 /// user's devices in. Failures are logged only: the login itself succeeded.
 pub async fn keep_broker_secret(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     keys: &AccountKeys,
     username: &Username,
     password_hash: &str,
@@ -119,7 +119,7 @@ pub enum FirstAdmin {
 
 /// On first start (no admin yet), creates `admin` with `password` or a generated one.
 pub async fn ensure_first_admin(
-    store: &dyn Store,
+    store: &dyn AccountStore,
     keys: &AccountKeys,
     password: Option<String>,
 ) -> Result<FirstAdmin, ApiError> {

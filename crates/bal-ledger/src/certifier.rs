@@ -22,7 +22,10 @@ use std::time::Duration;
 use alloy_primitives::{B256, U256};
 use bal_core::merkle::MerkleTree;
 use bal_metrics::Metrics;
-use bal_scd::{AnchorRecord, Batch, CERTIFY_LEASE, Fence, NewBatch, SharedStore, StoreError};
+use bal_scd::{
+    AnchorRecord, Batch, CERTIFY_LEASE, CertificationStore, ClusterStore, Fence, NewBatch,
+    SharedStore, StoreError,
+};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -69,8 +72,26 @@ pub struct CertifierHealth {
     pub leader: bool,
 }
 
+/// What the certifier reads and writes: batches and anchors, and the lease that lets one
+/// replica certify at a time. `From` a whole store.
+#[derive(Clone)]
+pub struct CertifierStores {
+    pub batches: Arc<dyn CertificationStore>,
+    pub leases: Arc<dyn ClusterStore>,
+}
+
+impl From<SharedStore> for CertifierStores {
+    fn from(store: SharedStore) -> Self {
+        Self {
+            batches: store.clone(),
+            leases: store,
+        }
+    }
+}
+
 pub struct Certifier {
-    store: SharedStore,
+    batches: Arc<dyn CertificationStore>,
+    leases: Arc<dyn ClusterStore>,
     ledger: SharedLedger,
     config: CertifierConfig,
     /// This replica's id: the lease holder's name.
@@ -96,13 +117,15 @@ fn backoff(pause: Duration, window: Duration) -> Duration {
 impl Certifier {
     /// A certifier that anchors while `holder` (the replica id) holds the certification lease.
     pub fn new(
-        store: SharedStore,
+        stores: impl Into<CertifierStores>,
         ledger: SharedLedger,
         config: CertifierConfig,
         holder: impl Into<String>,
     ) -> Self {
+        let CertifierStores { batches, leases } = stores.into();
         Self {
-            store,
+            batches,
+            leases,
             ledger,
             config,
             holder: holder.into(),
@@ -128,14 +151,14 @@ impl Certifier {
     /// the next start, here or elsewhere.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let renewal = tokio::spawn(renew_lease(
-            self.store.clone(),
+            self.leases.clone(),
             self.holder.clone(),
             self.config.lease,
         ));
         self.rounds(&mut stop).await;
         renewal.abort();
         if let Err(e) = self
-            .store
+            .leases
             .release_if_held(CERTIFY_LEASE, &self.holder)
             .await
         {
@@ -171,7 +194,7 @@ impl Certifier {
 
     /// The lease, taken or renewed for this replica; `None` while another holds it.
     async fn held_lease(&self) -> Result<Option<Fence>, StoreError> {
-        self.store
+        self.leases
             .acquire_lease(CERTIFY_LEASE, &self.holder, self.config.lease)
             .await
     }
@@ -187,14 +210,14 @@ impl Certifier {
             return Ok(Vec::new());
         };
         let mut done = Vec::new();
-        for batch in self.store.unanchored_batches().await? {
+        for batch in self.batches.unanchored_batches().await? {
             let batch = self.settle(batch, true, &fence).await?;
             self.metrics
                 .batch_anchored(u64::from(batch.measurement_count), []);
             done.push(batch);
         }
         loop {
-            let pending = self.store.pending_items(self.config.max_batch).await?;
+            let pending = self.batches.pending_items(self.config.max_batch).await?;
             if pending.items.is_empty() {
                 return Ok(done);
             }
@@ -207,7 +230,7 @@ impl Certifier {
                 .filter(|i| i.kind == bal_scd::ItemKind::Measurement)
                 .count() as u32;
             let batch = self
-                .store
+                .batches
                 .create_batch(
                     &NewBatch {
                         root: tree.root(),
@@ -297,7 +320,7 @@ impl Certifier {
             gas_used: a.gas_used,
             anchored_at: Utc::now(),
         };
-        self.store.record_anchor(batch.seq, &record, fence).await?;
+        self.batches.record_anchor(batch.seq, &record, fence).await?;
         tracing::debug!(batch = batch.seq, leaves = batch.leaf_count, tx = %a.tx_hash, block = a.block_number, "batch anchored");
         let mut h = self.health.lock().expect("health lock");
         h.last_anchor_at = Some(record.anchored_at);
@@ -310,7 +333,7 @@ impl Certifier {
 
 /// Keeps renewing the lease while `holder` has it, every third of its length, so that a round
 /// longer than the lease does not lose it; takes nothing it does not hold already.
-async fn renew_lease(store: SharedStore, holder: String, lease: Duration) {
+async fn renew_lease(store: Arc<dyn ClusterStore>, holder: String, lease: Duration) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

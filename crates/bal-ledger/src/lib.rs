@@ -20,7 +20,8 @@ pub mod proofs;
 
 use std::sync::Arc;
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, Bytes};
+use alloy_sol_types::SolCall;
 use async_trait::async_trait;
 
 /// Where a root was anchored.
@@ -63,14 +64,28 @@ pub trait Ledger: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Sends `anchor(root, leafCount, batchId)` in one transaction and waits for its receipt.
     async fn anchor(&self, root: B256, leaf_count: u32, batch_id: B256) -> LedgerResult<Anchor>;
-    /// The contract's `anchoredAt(root)`: the block number, 0 if never.
-    async fn anchored_at(&self, root: B256) -> LedgerResult<u64>;
-    /// The contract's `verify(root, proof, leaf)`: anchored and the proof holds.
-    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool>;
+    /// Calls the contract without a transaction (`eth_call`): ABI-encoded call in, return
+    /// data out.
+    async fn call_contract(&self, input: Bytes) -> LedgerResult<Bytes>;
     /// The `Anchored` event of `root` in `block`, with its transaction.
     async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>>;
     /// The latest block number.
     async fn head(&self) -> LedgerResult<u64>;
+
+    /// The contract's `anchoredAt(root)`: the block number, 0 if never.
+    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
+        view(self, contract::anchoredAtCall { root }).await
+    }
+
+    /// The contract's `verify(root, proof, leaf)`: anchored and the proof holds.
+    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
+        let call = contract::verifyCall {
+            root,
+            proof: proof.to_vec(),
+            leaf,
+        };
+        view(self, call).await
+    }
 
     /// Where `root` was anchored, if it was: how a resumed batch recognises its own anchor.
     async fn find_anchor(&self, root: B256) -> LedgerResult<Option<Anchor>> {
@@ -87,6 +102,12 @@ pub trait Ledger: Send + Sync + 'static {
 }
 
 pub type SharedLedger = Arc<dyn Ledger>;
+
+/// A view function of the contract, called on `ledger`.
+async fn view<L: Ledger + ?Sized, C: SolCall>(ledger: &L, call: C) -> LedgerResult<C::Return> {
+    let out = ledger.call_contract(call.abi_encode().into()).await?;
+    C::abi_decode_returns(&out).map_err(|e| LedgerError::Unavailable(e.to_string()))
+}
 
 pub use certifier::{Certifier, CertifierConfig};
 pub use embedded::EmbeddedChain;

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bal_scd::{CERTIFY_LEASE, SharedStore};
 use tokio::sync::Mutex;
 
-use crate::contract::{self, Anchored, anchorCall, anchoredAtCall, isAnchorerCall, verifyCall};
+use crate::contract::{self, Anchored, anchorCall, isAnchorerCall};
 use crate::{Anchor, Ledger, LedgerError, LedgerResult};
 
 /// How long to wait for an anchor's receipt before the certifier retries (it recognises an
@@ -411,17 +411,14 @@ impl Ledger for NodeChain {
         })
     }
 
-    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
-        self.view(anchoredAtCall { root }).await
-    }
-
-    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
-        self.view(verifyCall {
-            root,
-            proof: proof.to_vec(),
-            leaf,
-        })
-        .await
+    async fn call_contract(&self, input: Bytes) -> LedgerResult<Bytes> {
+        let tx = TransactionRequest::default()
+            .with_to(self.contract)
+            .with_input(input);
+        self.provider
+            .call(tx)
+            .await
+            .map_err(|e| self.scrub.rpc(e))
     }
 
     async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {

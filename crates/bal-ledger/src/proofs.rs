@@ -9,7 +9,7 @@ use alloy_rpc_types_eth::TransactionRequest;
 use alloy_sol_types::SolCall;
 use bal_core::merkle::MerkleTree;
 use bal_core::proof::{Check, FORMAT, Outcome, ProofBundle};
-use bal_scd::{Batch, BatchLeaves, ItemKind, SharedStore, StoreResult};
+use bal_scd::{Batch, BatchLeaves, CertificationStore, ItemKind, StoreResult};
 use base64::Engine as _;
 
 use crate::contract::{anchoredAtCall, verifyCall};
@@ -35,13 +35,13 @@ type CachedTree = Arc<(MerkleTree, BatchLeaves)>;
 
 /// Builds proof bundles from the SCD.
 pub struct Prover {
-    store: SharedStore,
+    store: Arc<dyn CertificationStore>,
     /// Recently used batch trees, oldest first.
     cache: Mutex<VecDeque<(i64, CachedTree)>>,
 }
 
 impl Prover {
-    pub fn new(store: SharedStore) -> Self {
+    pub fn new(store: Arc<dyn CertificationStore>) -> Self {
         Self {
             store,
             cache: Mutex::default(),
@@ -117,10 +117,6 @@ impl Prover {
             .batch_tree(batch.seq)
             .await?
             .and_then(|e| e.1.index_of(kind, id)))
-    }
-
-    pub fn store(&self) -> &SharedStore {
-        &self.store
     }
 }
 

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, Bytes};
 use async_trait::async_trait;
 use bal_core::Role;
 use bal_core::merkle::MerkleTree;
@@ -21,7 +21,7 @@ async fn setup() -> (Db, SharedLedger) {
     let db = db().await;
     user(&db.store, "prod1", Role::Producer).await;
     user(&db.store, "cons1", Role::Consumer).await;
-    let chain = EmbeddedChain::open(db.store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+    let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();
     (db, Arc::new(chain))
@@ -255,7 +255,7 @@ async fn a_restart_in_the_middle_of_a_batch_loses_nothing_and_anchors_nothing_tw
 
     // The restart: a new process opens the same database.
     let store = db.reopen().await;
-    let chain = EmbeddedChain::open(store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+    let chain = EmbeddedChain::open(&*store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();
     let head_before = chain.head().await.unwrap();
@@ -309,11 +309,11 @@ impl Ledger for Flaky {
         }
         self.inner.anchor(root, n, id).await
     }
-    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
+    async fn call_contract(&self, input: Bytes) -> LedgerResult<Bytes> {
         if self.down.load(Ordering::SeqCst) {
             return Err(LedgerError::Unavailable("connection refused".into()));
         }
-        self.inner.anchored_at(root).await
+        self.inner.call_contract(input).await
     }
     async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
         self.inner.verify(root, proof, leaf).await

@@ -120,7 +120,7 @@ fn sign(key: &str, chain_id: u64, nonce: u64, to: Address, input: Vec<u8>) -> Tx
 #[tokio::test]
 async fn the_contract_on_the_embedded_chain() {
     let db = db().await;
-    let chain = EmbeddedChain::open(db.store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+    let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();
     behaves(&chain).await;
@@ -225,14 +225,14 @@ async fn the_embedded_chain_survives_a_restart() {
     let db = db().await;
     let (t, leaves) = tree(5);
     let (contract, anchor, head) = {
-        let chain = EmbeddedChain::open(db.store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+        let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
             .await
             .unwrap();
         let a = chain.anchor(t.root(), 5, B256::ZERO).await.unwrap();
         (chain.contract(), a, chain.head().await.unwrap())
     };
     let store = db.reopen().await;
-    let chain = EmbeddedChain::open(store.clone(), signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+    let chain = EmbeddedChain::open(&*store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
         .await
         .unwrap();
     assert_eq!(

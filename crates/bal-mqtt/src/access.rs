@@ -4,7 +4,7 @@
 //! producer; nobody subscribes to a filter that reaches across producers.
 
 use bal_core::{FilterScope, ReadScope, Role, Topic, Username};
-use bal_scd::{SharedStore, StoreResult, User, read_scope};
+use bal_scd::{GrantStore, StoreResult, User, read_scope};
 use chrono::Utc;
 
 /// Why a publish was refused.
@@ -27,10 +27,14 @@ pub fn check_publish(user: &User, topic: &str) -> Result<Topic, PublishRefusal> 
 }
 
 /// True when `user` may subscribe with `filter` now.
-pub async fn may_subscribe(store: &SharedStore, user: &User, filter: &str) -> StoreResult<bool> {
+pub async fn may_subscribe(
+    grants: &dyn GrantStore,
+    user: &User,
+    filter: &str,
+) -> StoreResult<bool> {
     match FilterScope::of(filter) {
         Ok(FilterScope::Producer(p)) => {
-            let scope = read_scope(&**store, user, Some(&p), Utc::now()).await?;
+            let scope = read_scope(grants, user, Some(&p), Utc::now()).await?;
             Ok(subscribe_allowed(&scope, filter))
         }
         Ok(FilterScope::Wide) | Err(_) => Ok(false),
@@ -45,8 +49,12 @@ pub fn subscribe_allowed(scope: &ReadScope, filter: &str) -> bool {
 
 /// True when `user` may read `producer`'s readings now: `bal-core`'s read rule (`ReadScope`),
 /// which asks the database only for a consumer's grants.
-pub async fn may_read(store: &SharedStore, user: &User, producer: &Username) -> StoreResult<bool> {
-    Ok(read_scope(&**store, user, Some(producer), Utc::now())
+pub async fn may_read(
+    grants: &dyn GrantStore,
+    user: &User,
+    producer: &Username,
+) -> StoreResult<bool> {
+    Ok(read_scope(grants, user, Some(producer), Utc::now())
         .await?
         .allows(producer))
 }

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bal_core::{Role, Topic, Username};
-use bal_scd::{SharedStore, User};
+use bal_scd::{GrantStore, User};
 
 use crate::access::may_read;
 
@@ -31,7 +31,12 @@ impl ReadChecks {
     /// Whether `user` may receive a message published on `topic` now, by the broker's read rule
     /// ([`may_read`]). Anything that is not a producer's topic, and any database error, is
     /// refused: default deny.
-    pub(crate) async fn may_receive(&self, store: &SharedStore, user: &User, topic: &str) -> bool {
+    pub(crate) async fn may_receive(
+        &self,
+        grants: &dyn GrantStore,
+        user: &User,
+        topic: &str,
+    ) -> bool {
         let Ok(topic) = Topic::parse(topic) else {
             return false;
         };
@@ -44,7 +49,7 @@ impl ReadChecks {
         {
             return *allowed;
         }
-        let allowed = match may_read(store, user, &producer).await {
+        let allowed = match may_read(grants, user, &producer).await {
             Ok(allowed) => allowed,
             Err(e) => {
                 tracing::error!(error = %e.report(), "delivery read check failed");

@@ -416,7 +416,7 @@ impl Hooks {
         qos: rmqtt::codec::types::QoS,
     ) -> HookResult {
         let allowed = match (self.user_of(session).await, self.store()) {
-            (Some(user), Some(store)) => match may_subscribe(&store, &user, filter).await {
+            (Some(user), Some(store)) => match may_subscribe(&*store, &user, filter).await {
                 Ok(allowed) => allowed,
                 Err(e) => {
                     tracing::error!(error = %e.report(), "subscribe check failed");
@@ -521,7 +521,7 @@ impl Handler for Hooks {
             Parameter::MessageExpiryCheck(session, _, p) => {
                 let allowed = match (self.user_of(session).await, self.store()) {
                     (Some(user), Some(store)) => {
-                        self.reads.may_receive(&store, &user, &p.topic).await
+                        self.reads.may_receive(&*store, &user, &p.topic).await
                     }
                     _ => false,
                 };

@@ -103,7 +103,7 @@ async fn recheck_sessions(scx: &ServerContext, store: &SharedStore, username: Op
         let entry = scx.extends.shared().await.entry(id.clone());
         for sub in entry.subscriptions().await.unwrap_or_default() {
             let filter = sub.topic.to_string();
-            if matches!(may_subscribe(store, &user, &filter).await, Ok(true)) {
+            if matches!(may_subscribe(&**store, &user, &filter).await, Ok(true)) {
                 continue;
             }
             let removed = match Unsubscribe::from(&sub.topic, false, false) {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bal_core::NewMeasurement;
 use bal_metrics::{Metrics, Source, Stored};
-use bal_scd::{SharedStore, StoreError};
+use bal_scd::{MeasurementStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -49,7 +49,7 @@ impl Ingest {
     /// Commits are counted in `metrics` (MQTT measurements stored and duplicate, commit
     /// latency and batch size).
     pub fn start(
-        store: SharedStore,
+        store: Arc<dyn MeasurementStore>,
         max_batch: usize,
         metrics: Arc<Metrics>,
     ) -> (Self, JoinHandle<()>) {
@@ -76,7 +76,7 @@ impl Ingest {
 }
 
 async fn write_batches(
-    store: SharedStore,
+    store: Arc<dyn MeasurementStore>,
     mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     metrics: Arc<Metrics>,

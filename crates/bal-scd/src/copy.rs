@@ -2,7 +2,8 @@
 //!
 //! Everything is copied as stored, byte for byte: users (hashes, wallets, sealed keys and
 //! passwords), grants, the audit log (its certified text untouched), measurements, batches,
-//! the embedded chain, and the master key's fingerprint; sequences are set past the copied
+//! the tables of the database's other tenants the caller names (the embedded chain's), and the
+//! master key's fingerprint; sequences are set past the copied
 //! ids. Sessions are not copied: users log in again. Every proof issued before the copy
 //! verifies after it, since leaves are rebuilt from the same values and the chain's blocks are
 //! the same bytes. A target that holds any user is refused.
@@ -26,19 +27,14 @@ pub(crate) struct Table {
     pub rows: Vec<Vec<Value>>,
 }
 
-/// The tables copied, parents before children.
-pub(crate) const TABLES: [&str; 11] = [
+/// The SCD's tables copied, parents before children.
+const TABLES: [&str; 6] = [
     "users",
     "subscriptions",
     "measurements",
     "audit_log",
     "cert_batches",
     "chain_contracts",
-    "chain_blocks",
-    "chain_transactions",
-    "chain_logs",
-    "chain_accounts",
-    "chain_storage",
 ];
 
 /// What was copied: rows per table.
@@ -47,8 +43,16 @@ pub struct CopyReport {
     pub tables: Vec<(&'static str, usize)>,
 }
 
-/// Copies the SQLite database at `from` into the empty PostgreSQL database at `to`.
-pub async fn copy(from: &str, to: &str, options: &ConnectOptions) -> StoreResult<CopyReport> {
+/// Copies the SQLite database at `from` into the empty PostgreSQL database at `to`: the SCD's
+/// tables, then `tenants'` (other crates' tables in the same database, parents first, which
+/// their owners have already created at `to`). A tenant's table missing at `from` (the
+/// embedded chain never ran there) copies as empty.
+pub async fn copy(
+    from: &str,
+    to: &str,
+    options: &ConnectOptions,
+    tenants: &[&'static str],
+) -> StoreResult<CopyReport> {
     if Backend::of(from)? != Backend::Sqlite || Backend::of(to)? != Backend::Postgres {
         return Err(StoreError::Config(
             "bal db copy moves a SQLite database (--from sqlite://...) to PostgreSQL \
@@ -72,8 +76,8 @@ pub async fn copy(from: &str, to: &str, options: &ConnectOptions) -> StoreResult
         },
     )
     .await?;
-    let mut tables = Vec::with_capacity(TABLES.len());
-    for name in TABLES {
+    let mut tables = Vec::with_capacity(TABLES.len() + tenants.len());
+    for &name in TABLES.iter().chain(tenants) {
         tables.push(source.export(name).await?);
     }
     let fingerprint = source.stored_master_key().await?;

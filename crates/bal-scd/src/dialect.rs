@@ -153,9 +153,6 @@ pub trait Dialect:
         tx: &'a mut Transaction<'static, Self>,
     ) -> impl Future<Output = StoreResult<()>> + Send + 'a;
 
-    /// The pool as [`crate::Pool`] (for `/metrics`, and the embedded chain's tables).
-    fn pool_handle(pool: &Pool<Self>) -> crate::Pool;
-
     fn fetch_all<'a>(
         query: Query<'a, Self, Self::Arguments>,
         on: Exec<'a, Self>,
@@ -272,10 +269,6 @@ impl Dialect for Sqlite {
         std::future::ready(Ok(()))
     }
 
-    fn pool_handle(pool: &Pool<Self>) -> crate::Pool {
-        crate::Pool::Sqlite(pool.clone())
-    }
-
     runs_queries!();
 }
 
@@ -307,10 +300,6 @@ impl Dialect for Postgres {
         tx: &'a mut Transaction<'static, Self>,
     ) -> impl Future<Output = StoreResult<()>> + Send + 'a {
         crate::postgres::lock_batches(tx)
-    }
-
-    fn pool_handle(pool: &Pool<Self>) -> crate::Pool {
-        crate::Pool::Postgres(pool.clone())
     }
 
     runs_queries!();

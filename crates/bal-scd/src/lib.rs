@@ -1,6 +1,6 @@
 //! The Shared Customer Database (SCD): users, sessions, subscriptions, measurements, the
-//! audit log and certification batches. Its migrations also create the embedded chain's
-//! tables, which `bal-ledger` reads and writes on this store's [`Pool`].
+//! audit log and certification batches. Other tenants of the same database (`bal-ledger`'s
+//! embedded chain) open their own [`Pool`] with [`open_pool`] and keep their own migrations.
 //!
 //! The store is a set of small traits, one per aggregate, that speak in `bal-core` types and
 //! know nothing of SQL; [`Store`] bundles them for callers that need all. Their queries are
@@ -100,29 +100,33 @@ impl Backend {
     }
 }
 
-/// A store's connection pool (see [`Store::pool`]).
+/// A connection pool on the database a URL names, opened as the SCD opens its own (WAL,
+/// busy timeout and the broken-transaction check on SQLite): for the database's other tenants,
+/// which keep their own tables and migrations (`bal-ledger`'s embedded chain).
 #[derive(Debug, Clone)]
 pub enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
-impl Pool {
-    /// The connections open now, and how many of them are idle: what `/metrics` reports.
-    pub fn usage(&self) -> (u32, usize) {
-        match self {
-            Pool::Sqlite(p) => (p.size(), p.num_idle()),
-            Pool::Postgres(p) => (p.size(), p.num_idle()),
-        }
-    }
+/// Opens a [`Pool`] on the database at `url` (`options.migrate` is not used: the SCD's schema
+/// is left as it is).
+pub async fn open_pool(url: &str, options: &ConnectOptions) -> StoreResult<Pool> {
+    Ok(match Backend::of(url)? {
+        Backend::Sqlite => Pool::Sqlite(sqlite::pool(url, options).await?),
+        Backend::Postgres => Pool::Postgres(postgres::pool(url, options).await?),
+    })
+}
 
-    /// The most connections the pool opens.
-    pub fn max_connections(&self) -> u32 {
-        match self {
-            Pool::Sqlite(p) => p.options().get_max_connections(),
-            Pool::Postgres(p) => p.options().get_max_connections(),
-        }
-    }
+/// The store's connections as `/metrics` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open now.
+    pub open: u32,
+    /// Of those, the idle ones.
+    pub idle: usize,
+    /// The most the pool opens.
+    pub max: u32,
 }
 
 /// How to open a store.
@@ -159,9 +163,8 @@ pub trait Store:
     + 'static
 {
     fn backend(&self) -> Backend;
-    /// The connection pool, for the embedded chain's tables (`bal-ledger`), which share this
-    /// database and its migrations. Nothing else goes around the traits.
-    fn pool(&self) -> Pool;
+    /// The connection pool's use, for `/metrics`.
+    fn pool_usage(&self) -> PoolUsage;
     /// Fails when the database cannot answer: the readiness probe.
     async fn ping(&self) -> StoreResult<()>;
     /// Changes committed from now on, by this process and (on PostgreSQL) by every other.

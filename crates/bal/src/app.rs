@@ -223,7 +223,8 @@ pub async fn open_ledger(
                 "chain.contract applies to chain.rpc_url only: the embedded chain deploys its own"
             );
             let chain = EmbeddedChain::open(
-                store.clone(),
+                &**store,
+                &settings.database_url(),
                 signer,
                 c.chain_id.unwrap_or(DEFAULT_CHAIN_ID),
             )

@@ -101,7 +101,7 @@ async fn run_on(args: &CertifyBenchArgs, database: Option<&str>) -> anyhow::Resu
             )
             .await?,
         ),
-        None => Arc::new(EmbeddedChain::open(store.clone(), signer, DEFAULT_CHAIN_ID).await?),
+        None => Arc::new(EmbeddedChain::open(&*store, &url, signer, DEFAULT_CHAIN_ID).await?),
     };
     println!(
         "chain: {} (chain id {}), contract {}",

@@ -22,6 +22,11 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let status = bal_scd::migrate(&url, &options)
         .await
         .with_context(|| format!("cannot migrate {} (database.url)", shown(&url)))?;
+    // The embedded chain's tables (bal-ledger's own migrations), so that a server role that
+    // may not create tables can use them.
+    bal_ledger::embedded::store::connect(&url)
+        .await
+        .with_context(|| format!("cannot migrate the embedded chain's tables in {}", shown(&url)))?;
     println!(
         "{}: schema version {} (this bal knows up to {})",
         shown(&url),
@@ -47,7 +52,12 @@ pub async fn status(settings: &Settings) -> anyhow::Result<()> {
 
 pub async fn copy(settings: &Settings, from: &str, to: &str) -> anyhow::Result<()> {
     let options = settings.connect_options(bal_scd::Migrate::Refuse);
-    let report = bal_scd::copy::copy(from, to, &options)
+    // The embedded chain's tables are bal-ledger's: it creates them at the target first.
+    let copy = async {
+        bal_ledger::embedded::store::connect(to).await?;
+        bal_scd::copy::copy(from, to, &options, &bal_ledger::embedded::store::TABLES).await
+    };
+    let report = copy
         .await
         .with_context(|| format!("cannot copy {} to {}", shown(from), shown(to)))?;
     println!("copied {} to {}:", shown(from), shown(to));

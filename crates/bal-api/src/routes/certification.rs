@@ -18,7 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody, Json, Path, Query};
-use crate::routes::measurements::{authorize_read, readable_producers};
+use crate::routes::measurements::{readable_measurement, readable_producers};
 use crate::views::{AuditView, MeasurementView};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -100,13 +100,8 @@ async fn proof(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<ProofBundle>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("measurement"))?;
-    let m = state
-        .store
-        .measurement(id)
-        .await?
-        .ok_or(ApiError::NotFound("measurement"))?;
-    authorize_read(&state, &caller.user, &m.producer).await?;
+    let m = readable_measurement(&state, &caller.user, &id).await?;
+    let id = m.id;
     match state
         .certification
         .prover

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use bal_core::upload::{MAX_READINGS, UploadError, UploadFormat, split_upload};
-use bal_core::{NewMeasurement, ReadScope, Role, Topic, Username};
+use bal_core::{Measurement, NewMeasurement, ReadScope, Role, Topic, Username};
 use bal_scd::{Change, ItemKind, MeasurementCursor, MeasurementQuery, User, read_scope};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -30,6 +30,23 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ingest, list_measurements))
         .routes(routes!(stream))
         .routes(routes!(get_measurement))
+}
+
+/// The reading a path's `id` names, if `caller` may read it: 404 for an id that is not a
+/// number or not stored, 403 outside the caller's read scope.
+pub(crate) async fn readable_measurement(
+    state: &AppState,
+    caller: &User,
+    id: &str,
+) -> Result<Measurement, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("measurement"))?;
+    let m = state
+        .store
+        .measurement(id)
+        .await?
+        .ok_or(ApiError::NotFound("measurement"))?;
+    authorize_read(state, caller, &m.producer).await?;
+    Ok(m)
 }
 
 /// May `caller` read `producer`'s data now? `bal-core`'s read rule (`ReadScope`): owners and
@@ -320,15 +337,9 @@ async fn get_measurement(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MeasurementView>, ApiError> {
-    let id: i64 = id.parse().map_err(|_| ApiError::NotFound("measurement"))?;
-    let m = state
-        .store
-        .measurement(id)
-        .await?
-        .ok_or(ApiError::NotFound("measurement"))?;
-    authorize_read(&state, &caller.user, &m.producer).await?;
+    let m = readable_measurement(&state, &caller.user, &id).await?;
     let mut view = MeasurementView::from(&m);
-    view.certification = Some(certification_of(&state, id).await?);
+    view.certification = Some(certification_of(&state, m.id).await?);
     Ok(Json(view))
 }
 

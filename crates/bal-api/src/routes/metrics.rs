@@ -79,7 +79,6 @@ async fn sample(state: &AppState) {
         Ok(Ok(b)) => m.set_backlog(b.unbatched_measurements, b.pending_measurements),
         _ => m.scrape_error("certification_backlog"),
     }
-    let pool = state.store.pool();
-    let (size, idle) = pool.usage();
-    m.set_database_pool(size, idle, pool.max_connections());
+    let pool = state.store.pool_usage();
+    m.set_database_pool(pool.open, pool.idle, pool.max);
 }

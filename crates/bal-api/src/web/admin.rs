@@ -2,7 +2,7 @@
 //! audit log with filters, and the health of the system: database, broker, chain, and the
 //! certification backlog and rate.
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bal_core::{Actor, AuditAction, Role, Subscription, User, Username};
 use bal_scd::{AuditQuery, SubscriptionQuery};
@@ -12,23 +12,13 @@ use serde::Deserialize;
 
 use super::layout::{csrf, page, post_button, when};
 use super::session::WebUser;
-use super::{WebError, check_csrf, done};
+use super::extract::{CsrfOnly, Posted, WebAdmin, carries_csrf};
+use super::{WebError, done};
 use crate::AppState;
 use crate::accounts;
 use crate::error::ApiError;
 
 const AUDIT_PAGE: u32 = 50;
-
-fn admin_only(who: &WebUser) -> Result<(), WebError> {
-    if who.user.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(WebError::new(
-            ApiError::Forbidden("this page is for the admin role".into()),
-            who,
-        ))
-    }
-}
 
 #[derive(Deserialize)]
 pub struct AdminQuery {
@@ -41,10 +31,9 @@ pub struct AdminQuery {
 
 pub async fn show(
     State(state): State<AppState>,
-    who: WebUser,
+    WebAdmin(who): WebAdmin,
     Query(q): Query<AdminQuery>,
 ) -> Result<Response, WebError> {
-    admin_only(&who)?;
     let now = Utc::now();
     let body = html! {
         (health(&state, now).await?)
@@ -276,13 +265,13 @@ pub struct CreateForm {
     password: Option<String>,
 }
 
+carries_csrf!(CreateForm);
+
 pub async fn create_user(
     State(state): State<AppState>,
-    who: WebUser,
-    Form(f): Form<CreateForm>,
+    WebAdmin(who): WebAdmin,
+    Posted(f): Posted<CreateForm>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
-    admin_only(&who)?;
     let fail = |e: ApiError| WebError::new(e, &who);
     let username = Username::parse(&f.username)
         .map_err(|e| fail(ApiError::Unprocessable(format!("username: {e}"))))?;
@@ -328,19 +317,12 @@ fn result_page(who: &WebUser, title: &str, notice: &str) -> Response {
     .into_response()
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: String,
-}
-
 pub async fn delete_user(
     State(state): State<AppState>,
-    who: WebUser,
+    WebAdmin(who): WebAdmin,
     Path(name): Path<String>,
-    Form(f): Form<CsrfForm>,
+    _: Posted<CsrfOnly>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
-    admin_only(&who)?;
     let username =
         Username::parse(&name).map_err(|_| WebError::new(ApiError::NotFound("user"), &who))?;
     let actor = Actor::User(who.user.username.clone());
@@ -354,12 +336,10 @@ pub async fn delete_user(
 
 pub async fn reset_password(
     State(state): State<AppState>,
-    who: WebUser,
+    WebAdmin(who): WebAdmin,
     Path(name): Path<String>,
-    Form(f): Form<CsrfForm>,
+    _: Posted<CsrfOnly>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
-    admin_only(&who)?;
     let fail = |e: ApiError| WebError::new(e, &who);
     let username = Username::parse(&name).map_err(|_| fail(ApiError::NotFound("user")))?;
     let password = zeroize::Zeroizing::new(accounts::generate_password());

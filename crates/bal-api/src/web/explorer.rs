@@ -17,7 +17,7 @@ use super::layout::{page, when};
 use super::session::WebUser;
 use crate::AppState;
 use crate::error::ApiError;
-use crate::routes::measurements::authorize_read;
+use crate::routes::measurements::readable_measurement;
 use crate::routes::measurements::readable_producers;
 
 #[derive(Deserialize)]
@@ -114,17 +114,10 @@ pub async fn show(
 
 async fn bundle_of(state: &AppState, who: &WebUser, raw: &str) -> Result<ProofBundle, WebError> {
     let fail = |e: ApiError| WebError::new(e, who);
-    let id: i64 = raw
-        .parse()
-        .map_err(|_| fail(ApiError::NotFound("reading")))?;
-    let m = state
-        .store
-        .measurement(id)
-        .await?
-        .ok_or_else(|| fail(ApiError::NotFound("reading")))?;
-    authorize_read(state, &who.user, &m.producer)
+    let m = readable_measurement(state, &who.user, raw)
         .await
         .map_err(fail)?;
+    let id = m.id;
     match state
         .certification
         .prover

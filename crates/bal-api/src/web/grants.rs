@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic};
 use bal_scd::SubscriptionQuery;
@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::layout::{csrf, page, post_button, when};
 use super::session::WebUser;
-use super::{WebError, check_csrf, done};
+use super::extract::{Posted, WebConsumer, WebProducer, carries_csrf};
+use super::{WebError, done};
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -22,24 +23,12 @@ pub struct Notice {
     done: Option<String>,
 }
 
-fn only(who: &WebUser, role: Role) -> Result<(), WebError> {
-    if who.user.role == role {
-        Ok(())
-    } else {
-        Err(WebError::new(
-            ApiError::Forbidden(format!("this page is for the {} role", role.as_str())),
-            who,
-        ))
-    }
-}
-
 /// Figure 4: every producer, with this consumer's latest subscription to it.
 pub async fn consumer(
     State(state): State<AppState>,
-    who: WebUser,
+    WebConsumer(who): WebConsumer,
     Query(n): Query<Notice>,
 ) -> Result<Response, WebError> {
-    only(&who, Role::Consumer)?;
     let now = Utc::now();
     let mut latest: HashMap<String, Subscription> = HashMap::new();
     let mine = SubscriptionQuery {
@@ -100,10 +89,9 @@ pub async fn consumer(
 /// Figure 5: the requests and grants on this producer's topic.
 pub async fn producer(
     State(state): State<AppState>,
-    who: WebUser,
+    WebProducer(who): WebProducer,
     Query(n): Query<Notice>,
 ) -> Result<Response, WebError> {
-    only(&who, Role::Producer)?;
     let now = Utc::now();
     let query = SubscriptionQuery {
         producer: Some(who.user.username.clone()),
@@ -174,13 +162,13 @@ pub struct RequestForm {
     topic: String,
 }
 
+carries_csrf!(RequestForm);
+
 pub async fn request(
     State(state): State<AppState>,
-    who: WebUser,
-    Form(f): Form<RequestForm>,
+    WebConsumer(who): WebConsumer,
+    Posted(f): Posted<RequestForm>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
-    only(&who, Role::Consumer)?;
     let topic = Topic::parse(&f.topic)
         .map_err(|e| WebError::new(ApiError::Unprocessable(e.to_string()), &who))?;
     let request = Subscription::request(who.user.username.clone(), &topic, Utc::now());
@@ -210,13 +198,14 @@ fn expiry(raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
         .map_err(|_| ApiError::Unprocessable(format!("{raw:?} is not a date and time")))
 }
 
+carries_csrf!(DecisionForm);
+
 pub async fn decide(
     State(state): State<AppState>,
     who: WebUser,
     Path((id, action)): Path<(String, String)>,
-    Form(f): Form<DecisionForm>,
+    Posted(f): Posted<DecisionForm>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
     let fail = |e: ApiError| WebError::new(e, &who);
     let action = match action.as_str() {
         "accept" => GrantAction::Accept {

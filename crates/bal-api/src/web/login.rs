@@ -11,7 +11,8 @@ use super::layout::page;
 use super::session::{
     LOGIN_COOKIE, SESSION_COOKIE, WebUser, cookie, csrf_for, csrf_matches, set_cookie,
 };
-use super::{WebError, check_csrf};
+use super::WebError;
+use super::extract::{CsrfOnly, Posted};
 use crate::AppState;
 use crate::auth::new_token;
 use crate::client::ClientAddr;
@@ -135,18 +136,12 @@ fn capitalised(s: &str) -> String {
     }
 }
 
-#[derive(Deserialize)]
-pub struct LogoutForm {
-    csrf: String,
-}
-
 /// Ends the session (server-side, so the token stops working at once) and clears the cookie.
 pub async fn logout(
     State(state): State<AppState>,
     who: WebUser,
-    Form(f): Form<LogoutForm>,
+    _: Posted<CsrfOnly>,
 ) -> Result<Response, WebError> {
-    check_csrf(&who, &f.csrf)?;
     state.store.delete_session(who.session).await?;
     Ok((
         [(

@@ -7,7 +7,8 @@
 //! data it was not granted, whatever URL it types. Forms post with a CSRF token; decisions
 //! redirect back (post/redirect/get) with a notice.
 //!
-//! - [`session`]: the cookie session and CSRF tokens.
+//! - [`session`]: the cookie session and CSRF tokens; `extract`: the role and CSRF checks every
+//!   handler gets by extractor.
 //! - [`layout`]: the page frame.
 //! - [`chart`]: SVG charts.
 //! - `login`, `grants`, `data`, `admin`, `explorer`: the pages.
@@ -16,6 +17,7 @@ mod admin;
 pub mod chart;
 mod data;
 mod explorer;
+mod extract;
 mod grants;
 mod layout;
 mod login;

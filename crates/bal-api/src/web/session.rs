@@ -82,6 +82,10 @@ impl FromRequestParts<AppState> for WebUser {
     type Rejection = LoginFirst;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, LoginFirst> {
+        // Several extractors of one request ask (a role and a posted form): one lookup.
+        if let Some(who) = parts.extensions.get::<WebUser>() {
+            return Ok(who.clone());
+        }
         let token = cookie(&parts.headers, SESSION_COOKIE).ok_or(LoginFirst)?;
         let session = digest(&token);
         let user = state
@@ -91,11 +95,13 @@ impl FromRequestParts<AppState> for WebUser {
             .ok()
             .flatten()
             .ok_or(LoginFirst)?;
-        Ok(Self {
+        let who = Self {
             user,
             session,
             csrf: csrf_for(&token),
-        })
+        };
+        parts.extensions.insert(who.clone());
+        Ok(who)
     }
 }
 

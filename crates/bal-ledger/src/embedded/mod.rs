@@ -20,7 +20,7 @@ use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{SolCall, SolEvent};
 use async_trait::async_trait;
-use bal_scd::SharedStore;
+use bal_scd::CertificationStore;
 use tokio::sync::Mutex;
 
 pub use block::Tip;
@@ -28,7 +28,7 @@ use block::{Included, next_env, seal};
 use evm::World;
 use store::{BlockKey, LogFilter, NewChainBlock, SharedChainStore};
 
-use crate::contract::{self, Anchored, anchorCall, anchoredAtCall, verifyCall};
+use crate::contract::{self, Anchored, anchorCall};
 use crate::{Anchor, Ledger, LedgerError, LedgerResult};
 
 /// The default chain id of the embedded chain: "BAL" in ASCII.
@@ -79,14 +79,16 @@ fn now_secs() -> u64 {
 }
 
 impl EmbeddedChain {
-    /// Opens the chain the SCD holds, or starts one (genesis, then the contract's deployment by
-    /// the operator). The contract is remembered per chain id.
+    /// Opens the chain kept in the database at `database_url` (the SCD's), or starts one
+    /// (genesis, then the contract's deployment by the operator). The contract is remembered
+    /// per chain id in `contracts`.
     pub async fn open(
-        store: SharedStore,
+        contracts: &dyn CertificationStore,
+        database_url: &str,
         signer: PrivateKeySigner,
         chain_id: u64,
     ) -> anyhow::Result<Self> {
-        let blocks = store::open(store.pool());
+        let blocks = store::connect(database_url).await?;
         let state = blocks.chain_state().await?;
         let mut world = World::new(chain_id);
         world.restore(&state.accounts, &state.storage);
@@ -102,7 +104,7 @@ impl EmbeddedChain {
         if tip.is_none() {
             chain.mine(None).await?;
         }
-        chain.contract = match store.chain_contract(chain_id).await? {
+        chain.contract = match contracts.chain_contract(chain_id).await? {
             Some(address) => address,
             None => {
                 let mined = chain
@@ -115,7 +117,7 @@ impl EmbeddedChain {
                 let address = mined.created.filter(|_| mined.success).ok_or_else(|| {
                     anyhow::anyhow!("deploying the certification contract failed")
                 })?;
-                store.remember_chain_contract(chain_id, address).await?;
+                contracts.remember_chain_contract(chain_id, address).await?;
                 tracing::info!(%address, block = mined.block_number, "certification contract deployed on the embedded chain");
                 address
             }
@@ -250,13 +252,6 @@ impl EmbeddedChain {
         }
     }
 
-    async fn view<C: SolCall>(&self, call: C) -> LedgerResult<C::Return> {
-        let out = self
-            .call(Address::ZERO, self.contract, call.abi_encode().into())
-            .await?;
-        C::abi_decode_returns(&out).map_err(unavailable)
-    }
-
     /// The chain id (also [`Ledger::chain_id`]).
     pub fn chain_id_value(&self) -> u64 {
         self.chain_id
@@ -327,17 +322,8 @@ impl Ledger for EmbeddedChain {
         })
     }
 
-    async fn anchored_at(&self, root: B256) -> LedgerResult<u64> {
-        self.view(anchoredAtCall { root }).await
-    }
-
-    async fn verify(&self, root: B256, proof: &[B256], leaf: B256) -> LedgerResult<bool> {
-        self.view(verifyCall {
-            root,
-            proof: proof.to_vec(),
-            leaf,
-        })
-        .await
+    async fn call_contract(&self, input: Bytes) -> LedgerResult<Bytes> {
+        self.call(Address::ZERO, self.contract, input).await
     }
 
     async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {

@@ -1,7 +1,7 @@
 //! [`MeasurementStore`] on PostgreSQL.
 
 use async_trait::async_trait;
-use bal_core::{Measurement, NewMeasurement, Username};
+use bal_core::{Measurement, NewMeasurement};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
@@ -9,7 +9,7 @@ use super::get;
 use crate::PgStore;
 use crate::dialect::sql;
 use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, StoredBatch, committed};
-use crate::store::rows::{self, ms, time};
+use crate::store::rows::{self, time};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
     StoreResult,
@@ -104,32 +104,7 @@ impl MeasurementStore for PgStore {
             ", xid FROM measurements WHERE xid < bal_xid_horizon("
         ));
         sql.push_bind(elsewhere).push(" || bal_xids_elsewhere())");
-        match query.producers.as_deref() {
-            // One producer: its index gives the page order without a sort.
-            Some([one]) => {
-                sql.push(" AND producer = ").push_bind(one.as_str());
-            }
-            Some(several) => {
-                let names: Vec<&str> = several.iter().map(Username::as_str).collect();
-                sql.push(" AND producer = ANY(").push_bind(names).push(")");
-            }
-            None => {}
-        }
-        if let Some(from) = query.from {
-            sql.push(" AND received_at >= ").push_bind(ms(from));
-        }
-        if let Some(to) = query.to {
-            sql.push(" AND received_at < ").push_bind(ms(to));
-        }
-        if let Some(c) = query.after {
-            sql.push(" AND (xid, id) > (")
-                .push_bind(c.key)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        sql.push(" ORDER BY xid, id LIMIT ")
-            .push_bind(i64::from(query.limit));
+        crate::store::push_history_filters(&mut sql, query, "xid");
         let rows = sql.build().fetch_all(&self.pool).await?;
         let items = rows
             .iter()

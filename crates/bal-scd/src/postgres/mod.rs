@@ -33,6 +33,13 @@ use crate::{Change, ChangeFeed, ConnectOptions, PgStore, StoreError, StoreResult
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// Migrations edited after release (see `schema::accept_rewritten`): 0001 lost the embedded
+/// chain's tables to bal-ledger's own migrations.
+const REWRITTEN: &[(i64, &str)] = &[(
+    1,
+    "57afb5fc6e1a2f59964c2b177f60c3531b147c390ce20085db6901857c9f2616a9ee1ea03a6d35e22162d4ff2b9fc815",
+)];
+
 /// A column of a PostgreSQL row, for the queries only PostgreSQL runs.
 pub(crate) fn get<'r, T>(row: &'r PgRow, column: &str) -> StoreResult<T>
 where
@@ -61,15 +68,8 @@ impl PgStore {
     /// `options.migrate` says. Unreachable servers, wrong credentials and a schema too new are
     /// errors here, before anything is served.
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
-        let connect = PgConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Config(format!("invalid PostgreSQL URL: {}", scrub(&e.to_string())))
-        })?;
-        // sqlx (0.9.1 and later) turns Nagle's algorithm off on its TCP connections itself.
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
-            .await?;
+        let pool = pool(url, options).await?;
+        schema::accept_rewritten(&pool, &MIGRATOR, REWRITTEN).await?;
         let status = schema_status(&pool).await?;
         if schema::plan(&MIGRATOR, &status, options.migrate, "PostgreSQL")? == Plan::Migrate {
             MIGRATOR.run(&pool).await?;
@@ -95,6 +95,20 @@ impl PgStore {
     pub async fn schema(&self) -> StoreResult<SchemaStatus> {
         schema_status(&self.pool).await
     }
+}
+
+/// Connects to the server at `url`, for the SCD and for the database's other tenants
+/// (`crate::open_pool`).
+pub(crate) async fn pool(url: &str, options: &ConnectOptions) -> StoreResult<PgPool> {
+    let connect = PgConnectOptions::from_str(url).map_err(|e| {
+        StoreError::Config(format!("invalid PostgreSQL URL: {}", scrub(&e.to_string())))
+    })?;
+    // sqlx (0.9.1 and later) turns Nagle's algorithm off on its TCP connections itself.
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections.max(2))
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await?)
 }
 
 async fn schema_status(pool: &PgPool) -> StoreResult<SchemaStatus> {

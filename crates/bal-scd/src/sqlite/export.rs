@@ -8,9 +8,16 @@ use crate::copy::{Table, Value};
 use crate::error::corrupt;
 
 impl SqliteStore {
-    /// Every row of `table`, in rowid order.
+    /// Every row of `table`, in rowid order; none when there is no such table.
     pub(crate) async fn export(&self, table: &'static str) -> StoreResult<Table> {
-        // `table` is one of `copy::TABLES`, never input.
+        if !crate::store::table_exists(&self.pool, table).await? {
+            return Ok(Table {
+                name: table,
+                columns: Vec::new(),
+                rows: Vec::new(),
+            });
+        }
+        // `table` is one of `copy::TABLES` or a tenant's, never input.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM {table} ORDER BY rowid"
         )))

@@ -77,36 +77,7 @@ impl MeasurementStore for SqliteStore {
             MEASUREMENT_COLUMNS,
             " FROM measurements WHERE 1 = 1"
         ));
-        match query.producers.as_deref() {
-            // One producer: its index gives the page order without a sort.
-            Some([one]) => {
-                sql.push(" AND producer = ").push_bind(one.as_str());
-            }
-            Some(several) => {
-                sql.push(" AND producer IN (");
-                let mut list = sql.separated(", ");
-                for p in several {
-                    list.push_bind(p.as_str());
-                }
-                sql.push(")");
-            }
-            None => {}
-        }
-        if let Some(from) = query.from {
-            sql.push(" AND received_at >= ").push_bind(ms(from));
-        }
-        if let Some(to) = query.to {
-            sql.push(" AND received_at < ").push_bind(ms(to));
-        }
-        if let Some(c) = query.after {
-            sql.push(" AND (received_at, id) > (")
-                .push_bind(c.key)
-                .push(", ")
-                .push_bind(c.id)
-                .push(")");
-        }
-        sql.push(" ORDER BY received_at, id LIMIT ")
-            .push_bind(i64::from(query.limit));
+        crate::store::push_history_filters(&mut sql, query, "received_at");
         let items = sql
             .build()
             .fetch_all(&self.pool)

@@ -14,13 +14,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Sqlite;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::schema::{self, Plan, SchemaStatus};
 use crate::store::Write;
 use crate::{ChangeFeed, ConnectOptions, SqliteStore, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Migrations edited after release (see `schema::accept_rewritten`): 0004 lost the embedded
+/// chain's tables to bal-ledger's own migrations.
+const REWRITTEN: &[(i64, &str)] = &[(
+    4,
+    "26b1ae33b6bfd86f1329e24212f34098656d4852db57ca7cb770444ab33c761d7219c5e985a1cad48515ecaca5cfdef6",
+)];
 
 /// Whether a pooled connection may be handed out again.
 ///
@@ -53,26 +62,13 @@ impl SqliteStore {
     /// Opens the database at `url` (creating an empty one if needed); an outdated schema is
     /// migrated or refused as `options.migrate` says.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Config(format!("invalid SQLite URL: {e}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL loses nothing on a process crash (kill -9); only an OS crash or
-            // power cut can drop the last commits. FULL would fsync on every commit.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .before_acquire(|conn, _| Box::pin(usable(conn)))
-            .acquire_timeout(options.acquire_timeout.max(Duration::from_secs(10)))
-            .connect_with(connect)
-            .await?;
+        let pool = pool(url, options).await?;
         let store = Self {
             pool,
             feed: ChangeFeed::new(),
             side: (),
         };
+        schema::accept_rewritten(&store.pool, &MIGRATOR, REWRITTEN).await?;
         let status = store.schema().await?;
         if schema::plan(&MIGRATOR, &status, options.migrate, "SQLite")? == Plan::Migrate {
             MIGRATOR.run(&store.pool).await?;
@@ -84,6 +80,26 @@ impl SqliteStore {
     pub async fn schema(&self) -> StoreResult<SchemaStatus> {
         crate::store::schema_status(&self.pool, &MIGRATOR).await
     }
+}
+
+/// Opens (creating if needed) the file at `url` in WAL mode, for the SCD and for the
+/// database's other tenants (`crate::open_pool`).
+pub(crate) async fn pool(url: &str, options: &ConnectOptions) -> StoreResult<SqlitePool> {
+    let connect = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Config(format!("invalid SQLite URL: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL loses nothing on a process crash (kill -9); only an OS crash or
+        // power cut can drop the last commits. FULL would fsync on every commit.
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(8)
+        .before_acquire(|conn, _| Box::pin(usable(conn)))
+        .acquire_timeout(options.acquire_timeout.max(Duration::from_secs(10)))
+        .connect_with(connect)
+        .await?)
 }
 
 /// The database's clock (ms) for the rows committed now, never before the stamp of the

@@ -106,21 +106,24 @@ pub(crate) async fn append_audit<DB: Dialect>(
     Ok(())
 }
 
+/// Whether the database at `pool` has a table of that name.
+pub(crate) async fn table_exists<DB: Dialect>(pool: &Pool<DB>, table: &str) -> StoreResult<bool> {
+    let row = sqlx::query::<DB>(crate::dialect::sql!(DB; {
+        postgres: "SELECT to_regclass($1) IS NOT NULL",
+        sqlite: "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = $1",
+    }))
+    .arg(table)
+    .optional(pool)
+    .await?;
+    row.map_or(Ok(false), |r| first::<DB, bool>(&r))
+}
+
 /// The schema as this binary (whose migrations are `migrator`) sees the database at `pool`.
 pub(crate) async fn schema_status<DB: Dialect>(
     pool: &Pool<DB>,
     migrator: &sqlx::migrate::Migrator,
 ) -> StoreResult<crate::SchemaStatus> {
-    let has = |table: &'static str| async move {
-        let row = sqlx::query::<DB>(crate::dialect::sql!(DB; {
-            postgres: "SELECT to_regclass($1) IS NOT NULL",
-            sqlite: "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = $1",
-        }))
-        .arg(table)
-        .optional(pool)
-        .await?;
-        row.map_or(Ok(false), |r| first::<DB, bool>(&r))
-    };
+    let has = |table: &'static str| table_exists(pool, table);
     let applied = if has("_sqlx_migrations").await? {
         sqlx::query::<DB>("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
             .all(pool)
@@ -145,6 +148,44 @@ pub(crate) async fn schema_status<DB: Dialect>(
         latest_known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
         min_binary,
     })
+}
+
+/// The rest of a history page's query, after the backend's start (which ends inside `WHERE`):
+/// the producers, the time range, the cursor, and the order, by `key` (the column that
+/// follows the backend's commit order) then id.
+pub(crate) fn push_history_filters<DB: Dialect>(
+    sql: &mut sqlx::QueryBuilder<DB>,
+    query: &crate::MeasurementQuery,
+    key: &'static str,
+) {
+    use crate::dialect::BuilderExt;
+    use crate::store::rows::ms;
+    match query.producers.as_deref() {
+        // One producer: its index gives the page order without a sort.
+        Some([one]) => {
+            sql.push(" AND producer = ").push_arg(one.as_str());
+        }
+        Some(several) => {
+            sql.push(" AND producer IN ")
+                .push_list(several.iter().map(bal_core::Username::as_str));
+        }
+        None => {}
+    }
+    if let Some(from) = query.from {
+        sql.push(" AND received_at >= ").push_arg(ms(from));
+    }
+    if let Some(to) = query.to {
+        sql.push(" AND received_at < ").push_arg(ms(to));
+    }
+    if let Some(c) = query.after {
+        sql.push(format_args!(" AND ({key}, id) > ("))
+            .push_arg(c.key)
+            .push(", ")
+            .push_arg(c.id)
+            .push(")");
+    }
+    sql.push(format_args!(" ORDER BY {key}, id LIMIT "))
+        .push_arg(i64::from(query.limit));
 }
 
 /// One measurement by id (both backends' `MeasurementStore::measurement`).
@@ -172,8 +213,12 @@ where
         DB::BACKEND
     }
 
-    fn pool(&self) -> crate::Pool {
-        DB::pool_handle(&self.pool)
+    fn pool_usage(&self) -> crate::PoolUsage {
+        crate::PoolUsage {
+            open: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     async fn ping(&self) -> StoreResult<()> {

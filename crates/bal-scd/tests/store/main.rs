@@ -8,6 +8,7 @@ mod accounts;
 mod certification;
 mod grants;
 mod measurements;
+mod schema;
 
 use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionStatus, Topic, Username};
 use bal_scd::testing::TestDatabase;

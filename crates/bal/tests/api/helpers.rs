@@ -106,6 +106,11 @@ pub fn bal_serve(data_dir: &Path, http: u16, mqtt: u16, mqtts: u16) -> std::proc
 
 /// A client that trusts exactly the CA at `ca` (and no public roots).
 pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    client_builder_trusting(ca).build().unwrap()
+}
+
+/// A client builder whose TLS trusts only the CA at `ca`.
+pub fn client_builder_trusting(ca: &Path) -> reqwest::ClientBuilder {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -116,10 +121,17 @@ pub fn client_trusting(ca: &Path) -> reqwest::Client {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().use_preconfigured_tls(tls)
+}
+
+/// A finished command's exit code, and its stdout and stderr as one text.
+pub fn code_and_text(out: &std::process::Output) -> (Option<i32>, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -309,9 +321,16 @@ impl TestApp {
     }
 
     /// The consumer requests the producer's topic; returns the subscription id.
+    /// `POST /api/subscriptions` for `topic`, as `consumer`: the response, whatever it is.
+    pub async fn try_subscribe(&self, consumer: &str, topic: &str) -> Response {
+        self.post("/api/subscriptions", consumer, json!({ "topic": topic }))
+            .await
+    }
+
     pub async fn request_subscription(&self, consumer: &str, producer: &str) -> String {
-        let body = json!({ "topic": format!("platone/{producer}") });
-        let r = self.post("/api/subscriptions", consumer, body).await;
+        let r = self
+            .try_subscribe(consumer, &format!("platone/{producer}"))
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         let v: Value = r.json().await.unwrap();
         v["id"].as_str().unwrap().to_owned()

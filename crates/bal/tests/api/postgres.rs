@@ -31,12 +31,7 @@ fn bal_on(url: &str, args: &[&str]) -> (Option<i32>, String) {
         .env("BAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    crate::helpers::code_and_text(&out)
 }
 
 fn serve_with(url: &str) -> (Option<i32>, String) {

@@ -48,13 +48,7 @@ async fn a_consumer_requests_and_the_producer_accepts_then_revokes() {
     assert_eq!(producers[0]["topic"], "platone/producer1");
     assert_eq!(status_of(&producers, "producer1"), Value::Null);
 
-    let r = app
-        .post(
-            "/api/subscriptions",
-            &c1,
-            json!({ "topic": "platone/producer1" }),
-        )
-        .await;
+    let r = app.try_subscribe(&c1, "platone/producer1").await;
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let sub = json_ok(r, StatusCode::CREATED).await;
     let id = sub["id"].as_str().unwrap();
@@ -170,13 +164,7 @@ async fn one_live_request_per_consumer_and_topic_and_a_new_one_after_the_end() {
 
     app.post_empty(&format!("/api/subscriptions/{id}/accept"), &p1)
         .await;
-    let r = app
-        .post(
-            "/api/subscriptions",
-            &c1,
-            json!({ "topic": "platone/producer1" }),
-        )
-        .await;
+    let r = app.try_subscribe(&c1, "platone/producer1").await;
     assert_error(r, StatusCode::CONFLICT, "conflict").await;
 
     app.post_empty(&format!("/api/subscriptions/{id}/revoke"), &p1)
@@ -265,13 +253,7 @@ async fn bad_subscription_requests_get_clear_errors() {
     }
     // Only consumers request.
     for token in [&p1, &app.admin] {
-        let r = app
-            .post(
-                "/api/subscriptions",
-                token,
-                json!({ "topic": "platone/producer1" }),
-            )
-            .await;
+        let r = app.try_subscribe(token, "platone/producer1").await;
         assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     }
     for id in ["not-a-uuid", "0190f4a4-8f49-7c3e-9c5b-3f1f3b2a9d11"] {
@@ -388,12 +370,6 @@ async fn deleting_a_producer_revokes_its_grants_and_hides_it() {
             .iter()
             .all(|p| p["username"] != "producer1")
     );
-    let r = app
-        .post(
-            "/api/subscriptions",
-            &c1,
-            json!({ "topic": "platone/producer1" }),
-        )
-        .await;
+    let r = app.try_subscribe(&c1, "platone/producer1").await;
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
 }

@@ -27,8 +27,8 @@ fn fixture_copy(dir: &std::path::Path) -> String {
 
 /// Every reading's proof and every certified grant decision verify on the store's chain;
 /// returns how many of each.
-async fn verify_everything(store: &SharedStore) -> (usize, usize) {
-    let chain = EmbeddedChain::open(store.clone(), PrivateKeySigner::random(), DEFAULT_CHAIN_ID)
+async fn verify_everything(store: &SharedStore, url: &str) -> (usize, usize) {
+    let chain = EmbeddedChain::open(&**store, url, PrivateKeySigner::random(), DEFAULT_CHAIN_ID)
         .await
         .unwrap();
     let ledger: SharedLedger = Arc::new(chain);
@@ -109,7 +109,7 @@ async fn a_database_of_release_0_1_0_upgrades_in_place_and_its_proofs_still_veri
         .to_string();
     assert!(err.contains("bal db migrate"), "{err}");
     let store = bal_scd::connect(&url, &Default::default()).await.unwrap();
-    let (readings, decisions) = verify_everything(&store).await;
+    let (readings, decisions) = verify_everything(&store, &url).await;
     assert!(readings >= 100, "{readings} readings verified");
     assert_eq!(decisions, 1);
 }
@@ -131,12 +131,7 @@ async fn bal_db_copy_moves_a_sqlite_installation_to_postgresql_and_every_proof_s
             .env("BAL_DB_COPY_TO", to)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        crate::helpers::code_and_text(&out)
     };
     let (code, text) = cli(&["db", "migrate"], "");
     assert_eq!(code, Some(0), "{text}");
@@ -154,8 +149,8 @@ async fn bal_db_copy_moves_a_sqlite_installation_to_postgresql_and_every_proof_s
         .unwrap();
     let source = bal_scd::connect(&from, &Default::default()).await.unwrap();
     assert_eq!(
-        verify_everything(&copied).await,
-        verify_everything(&source).await
+        verify_everything(&copied, &to).await,
+        verify_everything(&source, &from).await
     );
     assert_eq!(copied.users().await.unwrap(), source.users().await.unwrap());
     // New readings on the copy go on from the copied ids, and get certified after them.

@@ -4,13 +4,10 @@
 //! Chromium through the same flows, with the script.)
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -32,18 +29,7 @@ pub struct Page {
 
 impl Browser {
     pub fn new(app: &TestApp) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(app.mqtt_ca.as_ref().unwrap()).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+        let client = crate::helpers::client_builder_trusting(app.mqtt_ca.as_ref().unwrap())
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();

@@ -1,15 +1,20 @@
 //! Where the embedded chain keeps its blocks, transactions with their receipts, logs and world
 //! state, in their Ethereum encodings: tables in the SCD's database (so one backup and one
-//! `bal db copy` carry everything), created by the SCD's migrations, read and written only
-//! here. One body of queries for both backends (`sql`, over `bal_scd::dialect`), on the pool
-//! the SCD opened ([`bal_scd::Pool`]).
+//! `bal db copy` carry everything) that this crate owns: created by its own migrations
+//! (`migrations/`, recorded in `_bal_ledger_migrations`), read and written only here, on a pool
+//! of its own ([`bal_scd::open_pool`]). One body of queries for both backends (`sql`, over
+//! `bal_scd::dialect`).
 
 mod sql;
 
 use alloy_primitives::{Address, B256, U256};
 use async_trait::async_trait;
 
-use bal_scd::StoreResult;
+use std::sync::Arc;
+
+use bal_scd::dialect::{Dialect, QueryExt};
+use bal_scd::{ConnectOptions, Pool, StoreResult};
+use sqlx::migrate::Migrator;
 
 /// A block: its number, hash, timestamp and RLP-encoded header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,12 +123,61 @@ pub trait ChainStore: Send + Sync {
     async fn chain_logs(&self, filter: &LogFilter) -> StoreResult<Vec<StoredLog>>;
 }
 
-pub type SharedChainStore = std::sync::Arc<dyn ChainStore>;
+pub type SharedChainStore = Arc<dyn ChainStore>;
 
-/// The chain's tables in the database `pool` belongs to.
-pub fn open(pool: bal_scd::Pool) -> SharedChainStore {
-    match pool {
-        bal_scd::Pool::Sqlite(pool) => std::sync::Arc::new(sql::SqlChainStore { pool }),
-        bal_scd::Pool::Postgres(pool) => std::sync::Arc::new(sql::SqlChainStore { pool }),
+/// The chain's tables, parents before children: what `bal db copy` carries for this crate.
+pub const TABLES: [&str; 5] = [
+    "chain_blocks",
+    "chain_transactions",
+    "chain_logs",
+    "chain_accounts",
+    "chain_storage",
+];
+
+/// This crate's migrations, recorded apart from the SCD's (`_bal_ledger_migrations`).
+fn migrator(mut migrator: Migrator) -> Migrator {
+    migrator.dangerous_set_table_name("_bal_ledger_migrations");
+    migrator
+}
+
+/// Applies the migrations `pool`'s database lacks. They only ever add tables and columns, so
+/// this runs whatever the SCD's `database.auto_migrate` says (the embedded chain is for a
+/// laptop and a demo); a database that has them all is only read, so a server role that may
+/// not create tables (`deploy/postgres/grants.sql`) opens it once `bal db migrate` has run.
+async fn migrate<DB: Dialect>(pool: &sqlx::Pool<DB>, migrator: &Migrator) -> StoreResult<()>
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let applied: Option<i64> =
+        sqlx::query::<DB>("SELECT MAX(version) FROM _bal_ledger_migrations WHERE success")
+            .optional(pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| bal_scd::dialect::first::<DB, Option<i64>>(&row).ok())
+            .flatten();
+    let latest = migrator.iter().map(|m| m.version).max();
+    if applied < latest {
+        migrator.run(pool).await?;
     }
+    Ok(())
+}
+
+/// The chain's tables in the database at `url` (the SCD's), created or brought up to date
+/// first.
+pub async fn connect(url: &str) -> StoreResult<SharedChainStore> {
+    let options = ConnectOptions {
+        max_connections: 4,
+        ..ConnectOptions::default()
+    };
+    Ok(match bal_scd::open_pool(url, &options).await? {
+        Pool::Sqlite(pool) => {
+            migrate(&pool, &migrator(sqlx::migrate!("./migrations/sqlite"))).await?;
+            Arc::new(sql::SqlChainStore { pool })
+        }
+        Pool::Postgres(pool) => {
+            migrate(&pool, &migrator(sqlx::migrate!("./migrations/postgres"))).await?;
+            Arc::new(sql::SqlChainStore { pool })
+        }
+    })
 }
