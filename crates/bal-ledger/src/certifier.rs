@@ -224,32 +224,17 @@ impl Certifier {
             let full = pending.items.len() >= self.config.max_batch as usize;
             let leaves: Vec<B256> = pending.items.iter().map(|i| i.values.leaf()).collect();
             let tree = MerkleTree::new(&leaves).expect("not empty");
-            let measurement_count = pending
-                .items
-                .iter()
-                .filter(|i| i.kind == bal_scd::ItemKind::Measurement)
-                .count() as u32;
+            let root = tree.root();
             let batch = self
                 .batches
-                .create_batch(
-                    &NewBatch {
-                        root: tree.root(),
-                        measurement_count,
-                        items: pending.items.iter().map(|i| i.id).collect(),
-                        leaves,
-                        measurements: pending.measurements,
-                        audit: pending.audit,
-                        created_at: Utc::now(),
-                    },
-                    &fence,
-                )
+                .create_batch(&NewBatch::of(&pending, leaves, root), &fence)
                 .await?;
             let batch = self.settle(batch, false, &fence).await?;
             // Latency from storing to the recorded anchor, per measurement (a resumed batch's
             // measurements are not at hand: only fresh ones are observed).
             let anchored_ms = Utc::now().timestamp_millis();
             self.metrics.batch_anchored(
-                u64::from(measurement_count),
+                u64::from(batch.measurement_count),
                 pending
                     .items
                     .iter()
@@ -320,7 +305,9 @@ impl Certifier {
             gas_used: a.gas_used,
             anchored_at: Utc::now(),
         };
-        self.batches.record_anchor(batch.seq, &record, fence).await?;
+        self.batches
+            .record_anchor(batch.seq, &record, fence)
+            .await?;
         tracing::debug!(batch = batch.seq, leaves = batch.leaf_count, tx = %a.tx_hash, block = a.block_number, "batch anchored");
         let mut h = self.health.lock().expect("health lock");
         h.last_anchor_at = Some(record.anchored_at);

@@ -17,6 +17,8 @@ pub mod embedded;
 pub mod node;
 pub mod operator;
 pub mod proofs;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -415,10 +415,7 @@ impl Ledger for NodeChain {
         let tx = TransactionRequest::default()
             .with_to(self.contract)
             .with_input(input);
-        self.provider
-            .call(tx)
-            .await
-            .map_err(|e| self.scrub.rpc(e))
+        self.provider.call(tx).await.map_err(|e| self.scrub.rpc(e))
     }
 
     async fn anchor_in_block(&self, root: B256, block: u64) -> LedgerResult<Option<Anchor>> {

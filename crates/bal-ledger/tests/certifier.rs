@@ -11,7 +11,6 @@ use bal_core::Role;
 use bal_core::merkle::MerkleTree;
 use bal_core::proof::Outcome;
 use bal_ledger::certifier::{CertifierConfig, batch_id};
-use bal_ledger::embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
 use bal_ledger::proofs::{ProofState, Prover, check_with_ledger};
 use bal_ledger::{Anchor, Certifier, Ledger, LedgerError, LedgerResult, SharedLedger};
 use bal_scd::{BatchKey, ItemKind, NewBatch, SharedStore};
@@ -21,9 +20,7 @@ async fn setup() -> (Db, SharedLedger) {
     let db = db().await;
     user(&db.store, "prod1", Role::Producer).await;
     user(&db.store, "cons1", Role::Consumer).await;
-    let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
-        .await
-        .unwrap();
+    let chain = embedded_chain(&db.store, &db.database.url).await;
     (db, Arc::new(chain))
 }
 
@@ -255,9 +252,7 @@ async fn a_restart_in_the_middle_of_a_batch_loses_nothing_and_anchors_nothing_tw
 
     // The restart: a new process opens the same database.
     let store = db.reopen().await;
-    let chain = EmbeddedChain::open(&*store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
-        .await
-        .unwrap();
+    let chain = embedded_chain(&store, &db.database.url).await;
     let head_before = chain.head().await.unwrap();
     let ledger: SharedLedger = Arc::new(chain);
     let done = certifier(&store, &ledger, 50_000).round().await.unwrap();

@@ -13,7 +13,7 @@ use alloy_signer::SignerSync;
 use alloy_sol_types::SolCall;
 use bal_core::merkle::{LeafValues, MerkleTree};
 use bal_ledger::contract::{anchorCall, isAnchorerCall, ownerCall, setAnchorerCall};
-use bal_ledger::embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
+use bal_ledger::embedded::DEFAULT_CHAIN_ID;
 use bal_ledger::node::{NodeChain, NodeConfig};
 use bal_ledger::{Ledger, LedgerError};
 use support::*;
@@ -120,9 +120,7 @@ fn sign(key: &str, chain_id: u64, nonce: u64, to: Address, input: Vec<u8>) -> Tx
 #[tokio::test]
 async fn the_contract_on_the_embedded_chain() {
     let db = db().await;
-    let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
-        .await
-        .unwrap();
+    let chain = embedded_chain(&db.store, &db.database.url).await;
     behaves(&chain).await;
 
     // The deployer owns the contract and is its first anchorer; a stranger is neither.
@@ -141,6 +139,10 @@ async fn the_contract_on_the_embedded_chain() {
     assert!(!isAnchorerCall::abi_decode_returns(&st).unwrap());
 
     // Only anchorers anchor; only the owner names anchorers.
+    // A transaction of `key` with `nonce` to the contract, on this chain; its outcome.
+    let submit = |key: &'static str, nonce: u64, input: Vec<u8>| {
+        chain.submit(sign(key, DEFAULT_CHAIN_ID, nonce, contract, input))
+    };
     let (t, _) = tree(3);
     let anchor = anchorCall {
         root: t.root(),
@@ -148,16 +150,7 @@ async fn the_contract_on_the_embedded_chain() {
         batchId: B256::ZERO,
     }
     .abi_encode();
-    let m = chain
-        .submit(sign(
-            ANVIL_KEY_1,
-            DEFAULT_CHAIN_ID,
-            0,
-            contract,
-            anchor.clone(),
-        ))
-        .await
-        .unwrap();
+    let m = submit(ANVIL_KEY_1, 0, anchor.clone()).await.unwrap();
     assert!(!m.success);
     assert_eq!(
         bal_ledger::contract::revert_reason(&m.output),
@@ -168,31 +161,13 @@ async fn the_contract_on_the_embedded_chain() {
         allowed: true,
     }
     .abi_encode();
-    let m = chain
-        .submit(sign(
-            ANVIL_KEY_1,
-            DEFAULT_CHAIN_ID,
-            1,
-            contract,
-            set.clone(),
-        ))
-        .await
-        .unwrap();
+    let m = submit(ANVIL_KEY_1, 1, set.clone()).await.unwrap();
     assert_eq!(
         bal_ledger::contract::revert_reason(&m.output),
         format!("NotOwner({stranger})")
     );
     let owner_nonce = chain.nonce(chain.operator()).await;
-    let m = chain
-        .submit(sign(
-            ANVIL_KEY_0,
-            DEFAULT_CHAIN_ID,
-            owner_nonce,
-            contract,
-            set,
-        ))
-        .await
-        .unwrap();
+    let m = submit(ANVIL_KEY_0, owner_nonce, set).await.unwrap();
     assert!(m.success);
     let allowed = chain
         .call(
@@ -203,10 +178,7 @@ async fn the_contract_on_the_embedded_chain() {
         .await
         .unwrap();
     assert!(isAnchorerCall::abi_decode_returns(&allowed).unwrap());
-    let m = chain
-        .submit(sign(ANVIL_KEY_1, DEFAULT_CHAIN_ID, 2, contract, anchor))
-        .await
-        .unwrap();
+    let m = submit(ANVIL_KEY_1, 2, anchor).await.unwrap();
     assert!(
         m.success,
         "{}",
@@ -225,16 +197,12 @@ async fn the_embedded_chain_survives_a_restart() {
     let db = db().await;
     let (t, leaves) = tree(5);
     let (contract, anchor, head) = {
-        let chain = EmbeddedChain::open(&*db.store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
-            .await
-            .unwrap();
+        let chain = embedded_chain(&db.store, &db.database.url).await;
         let a = chain.anchor(t.root(), 5, B256::ZERO).await.unwrap();
         (chain.contract(), a, chain.head().await.unwrap())
     };
     let store = db.reopen().await;
-    let chain = EmbeddedChain::open(&*store, &db.database.url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
-        .await
-        .unwrap();
+    let chain = embedded_chain(&store, &db.database.url).await;
     assert_eq!(
         chain.contract(),
         contract,
@@ -269,58 +237,47 @@ async fn the_embedded_chain_survives_a_restart() {
     ));
 }
 
+/// The chain at `anvil` operated by `key`, for the SCD of `db` (as `bal` connects to a node).
+async fn node_chain(
+    anvil: &Anvil,
+    db: &Db,
+    key: &str,
+    chain_id: Option<u64>,
+    contract: Option<Address>,
+) -> anyhow::Result<NodeChain> {
+    let config = NodeConfig {
+        url: &anvil.url,
+        ca: None,
+        signer: signer(key),
+        chain_id,
+        contract,
+        replica: "replica-test",
+    };
+    NodeChain::connect(config, &db.store).await
+}
+
 #[tokio::test]
 async fn the_contract_on_anvil() {
     let anvil = anvil().await;
     let db = db().await;
-    let chain = NodeChain::connect(
-        NodeConfig {
-            url: &anvil.url,
-            ca: None,
-            signer: signer(ANVIL_KEY_0),
-            chain_id: Some(31337),
-            contract: None,
-            replica: "replica-test",
-        },
-        &db.store,
-    )
-    .await
-    .unwrap();
+    let chain = node_chain(&anvil, &db, ANVIL_KEY_0, Some(31337), None)
+        .await
+        .unwrap();
     assert_eq!(chain.chain_id(), 31337);
     behaves(&chain).await;
 
     // The contract is remembered: connecting again does not deploy another.
-    let again = NodeChain::connect(
-        NodeConfig {
-            url: &anvil.url,
-            ca: None,
-            signer: signer(ANVIL_KEY_0),
-            chain_id: None,
-            contract: None,
-            replica: "replica-test",
-        },
-        &db.store,
-    )
-    .await
-    .unwrap();
+    let again = node_chain(&anvil, &db, ANVIL_KEY_0, None, None)
+        .await
+        .unwrap();
     assert_eq!(again.contract(), chain.contract());
 
     // Another key is refused as operator until the owner names it.
-    let err = NodeChain::connect(
-        NodeConfig {
-            url: &anvil.url,
-            ca: None,
-            signer: signer(ANVIL_KEY_1),
-            chain_id: None,
-            contract: Some(chain.contract()),
-            replica: "replica-test",
-        },
-        &db.store,
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let err = node_chain(&anvil, &db, ANVIL_KEY_1, None, Some(chain.contract()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("may not anchor"), "{err}");
     let stranger = ProviderBuilder::new()
         .wallet(EthereumWallet::from(signer(ANVIL_KEY_1)))
@@ -349,36 +306,16 @@ async fn the_contract_on_anvil() {
             .unwrap()
             .status()
     );
-    NodeChain::connect(
-        NodeConfig {
-            url: &anvil.url,
-            ca: None,
-            signer: signer(ANVIL_KEY_1),
-            chain_id: None,
-            contract: Some(chain.contract()),
-            replica: "replica-test",
-        },
-        &db.store,
-    )
-    .await
-    .unwrap();
+    node_chain(&anvil, &db, ANVIL_KEY_1, None, Some(chain.contract()))
+        .await
+        .unwrap();
 
     // A wrong chain id is a clear start-up error.
-    let err = NodeChain::connect(
-        NodeConfig {
-            url: &anvil.url,
-            ca: None,
-            signer: signer(ANVIL_KEY_0),
-            chain_id: Some(5),
-            contract: None,
-            replica: "replica-test",
-        },
-        &db.store,
-    )
-    .await
-    .err()
-    .unwrap()
-    .to_string();
+    let err = node_chain(&anvil, &db, ANVIL_KEY_0, Some(5), None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("chain id 31337"), "{err}");
     let _ = Arc::new(());
 }

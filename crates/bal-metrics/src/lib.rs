@@ -10,13 +10,14 @@
 //! is a time series in the operator's Prometheus, kept for weeks.
 #![forbid(unsafe_code)]
 
+mod labels;
+
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bal_core::SubscriptionStatus;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,154 +27,8 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Where a measurement came in.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Source {
-    Mqtt,
-    Https,
-}
-
-/// What became of a measurement that was accepted for storing.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Stored {
-    /// Stored now.
-    New,
-    /// A redelivery of one stored before: not stored again.
-    Duplicate,
-}
-
-/// Why a measurement was not stored.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Refusal {
-    /// Published or uploaded to another producer's topic, or by a user who is no producer.
-    NotAuthorized,
-    /// Not a `platone/<producer>` topic.
-    InvalidTopic,
-    /// Over `ingest.max_payload_bytes`, or an upload over its limits.
-    TooLarge,
-    /// An upload that could not be read.
-    Malformed,
-    /// Accepted, but the database did not store it (the publisher is told to send it again,
-    /// or, at QoS 0, it is lost).
-    NotStored,
-}
-
-/// Where a login was tried.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Channel {
-    Https,
-    Mqtt,
-}
-
-impl Source {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Mqtt => "mqtt",
-            Source::Https => "https",
-        }
-    }
-}
-
-impl Stored {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stored::New => "stored",
-            Stored::Duplicate => "duplicate",
-        }
-    }
-}
-
-impl Refusal {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::NotAuthorized => "not_authorized",
-            Refusal::InvalidTopic => "invalid_topic",
-            Refusal::TooLarge => "too_large",
-            Refusal::Malformed => "malformed",
-            Refusal::NotStored => "not_stored",
-        }
-    }
-}
-
-impl Channel {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Https => "https",
-            Channel::Mqtt => "mqtt",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StoredLabels {
-    source: &'static str,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RefusedLabels {
-    source: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabels {
-    method: &'static str,
-    /// The matched route pattern (`/api/users/{username}`), `unmatched` for a 404 outside.
-    route: String,
-    /// `2xx`, `4xx`, ...
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    method: &'static str,
-    route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    decision: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ChannelLabels {
-    channel: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NameLabels {
-    name: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DependencyLabels {
-    dependency: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LeaseLabels {
-    lease: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StageLabels {
-    stage: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
+use labels::*;
+pub use labels::{Channel, Refusal, Source, Stored};
 
 /// Latencies from half a millisecond to about 16 s.
 fn latency_buckets() -> Histogram {

@@ -91,6 +91,27 @@ pub struct NewBatch {
     pub created_at: DateTime<Utc>,
 }
 
+impl NewBatch {
+    /// The batch of everything `pending` holds, whose `leaves` (the items' leaves, in order)
+    /// make the tree of `root`; created now.
+    pub fn of(pending: &PendingItems, leaves: Vec<B256>, root: B256) -> Self {
+        let measurement_count = pending
+            .items
+            .iter()
+            .filter(|i| i.kind == ItemKind::Measurement)
+            .count() as u32;
+        Self {
+            root,
+            measurement_count,
+            items: pending.items.iter().map(|i| i.id).collect(),
+            leaves,
+            measurements: pending.measurements,
+            audit: pending.audit,
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// Where and when a batch's root was anchored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AnchorRecord {

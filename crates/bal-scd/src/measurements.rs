@@ -75,6 +75,13 @@ pub struct MeasurementPage {
 }
 
 impl MeasurementPage {
+    /// The empty page of a query that names no producer at all (a consumer with no grant):
+    /// answered without asking the database.
+    pub(crate) fn nothing_readable(query: &MeasurementQuery) -> Option<Self> {
+        let none = query.producers.as_ref().is_some_and(Vec::is_empty);
+        none.then(|| Self::new(Vec::new(), query.limit, None))
+    }
+
     /// A page of `items` read with `limit`, whose last row is at `last`.
     pub(crate) fn new(
         items: Vec<Measurement>,
@@ -119,6 +126,14 @@ pub struct StoredBatch {
     pub ids: Vec<i64>,
     /// How many items were redeliveries, not stored again.
     pub duplicates: usize,
+}
+
+impl StoredBatch {
+    /// The ids of a batch, and for each item whether it was new (else a redelivery).
+    pub(crate) fn of(ids: Vec<i64>, new: &[bool]) -> Self {
+        let duplicates = new.iter().filter(|n| !**n).count();
+        Self { ids, duplicates }
+    }
 }
 
 /// How far back a redelivery is looked for: longer than a client takes to reconnect and resend

@@ -26,7 +26,12 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     // may not create tables can use them.
     bal_ledger::embedded::store::connect(&url)
         .await
-        .with_context(|| format!("cannot migrate the embedded chain's tables in {}", shown(&url)))?;
+        .with_context(|| {
+            format!(
+                "cannot migrate the embedded chain's tables in {}",
+                shown(&url)
+            )
+        })?;
     println!(
         "{}: schema version {} (this bal knows up to {})",
         shown(&url),

@@ -8,7 +8,7 @@ use axum::extract::State;
 use bal_core::Role;
 use bal_core::proof::{Check, Outcome, ProofBundle, Verdict};
 use bal_ledger::proofs::{ProofState, check_with_ledger};
-use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery};
+use bal_scd::{Batch, BatchKey, ItemKind, SubscriptionQuery, User};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,17 @@ async fn proof(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<ProofBundle>, ApiError> {
-    let m = readable_measurement(&state, &caller.user, &id).await?;
+    Ok(Json(readable_proof(&state, &caller.user, &id).await?))
+}
+
+/// The proof bundle of the reading a path's `id` names, if `caller` may read it: 409 until its
+/// batch is anchored.
+pub(crate) async fn readable_proof(
+    state: &AppState,
+    caller: &User,
+    id: &str,
+) -> Result<ProofBundle, ApiError> {
+    let m = readable_measurement(state, caller, id).await?;
     let id = m.id;
     match state
         .certification
@@ -108,9 +118,9 @@ async fn proof(
         .measurement(id, Some(&m.payload))
         .await?
     {
-        ProofState::Ready(bundle) => Ok(Json(*bundle)),
+        ProofState::Ready(bundle) => Ok(*bundle),
         ProofState::Pending => Err(ApiError::Conflict(format!(
-            "measurement {id} is not anchored yet; try again in a few seconds"
+            "reading {id} is not anchored yet; try again in a few seconds"
         ))),
         ProofState::Unknown => Err(ApiError::NotFound("measurement")),
     }

@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::extract::{CsrfOnly, Posted, WebAdmin, carries_csrf};
 use super::layout::{csrf, page, post_button, when};
 use super::session::WebUser;
-use super::extract::{CsrfOnly, Posted, WebAdmin, carries_csrf};
 use super::{WebError, done};
 use crate::AppState;
 use crate::accounts;

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bal_core::proof::{Outcome, ProofBundle};
-use bal_ledger::proofs::{ProofState, check_with_ledger};
+use bal_ledger::proofs::check_with_ledger;
 use bal_scd::BatchKey;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use super::layout::{page, when};
 use super::session::WebUser;
 use crate::AppState;
 use crate::error::ApiError;
-use crate::routes::measurements::readable_measurement;
+use crate::routes::certification::readable_proof;
 use crate::routes::measurements::readable_producers;
 
 #[derive(Deserialize)]
@@ -113,23 +113,9 @@ pub async fn show(
 }
 
 async fn bundle_of(state: &AppState, who: &WebUser, raw: &str) -> Result<ProofBundle, WebError> {
-    let fail = |e: ApiError| WebError::new(e, who);
-    let m = readable_measurement(state, &who.user, raw)
+    readable_proof(state, &who.user, raw)
         .await
-        .map_err(fail)?;
-    let id = m.id;
-    match state
-        .certification
-        .prover
-        .measurement(id, Some(&m.payload))
-        .await?
-    {
-        ProofState::Ready(b) => Ok(*b),
-        ProofState::Pending => Err(fail(ApiError::Conflict(format!(
-            "reading {id} is not anchored yet; reload in a few seconds"
-        )))),
-        ProofState::Unknown => Err(fail(ApiError::NotFound("reading"))),
-    }
+        .map_err(|e| WebError::new(e, who))
 }
 
 fn outcome_class(o: Outcome) -> &'static str {

@@ -11,9 +11,9 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::html;
 use serde::Deserialize;
 
+use super::extract::{Posted, WebConsumer, WebProducer, carries_csrf};
 use super::layout::{csrf, page, post_button, when};
 use super::session::WebUser;
-use super::extract::{Posted, WebConsumer, WebProducer, carries_csrf};
 use super::{WebError, done};
 use crate::AppState;
 use crate::error::ApiError;

@@ -7,12 +7,12 @@ use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
+use super::WebError;
+use super::extract::{CsrfOnly, Posted};
 use super::layout::page;
 use super::session::{
     LOGIN_COOKIE, SESSION_COOKIE, WebUser, cookie, csrf_for, csrf_matches, set_cookie,
 };
-use super::WebError;
-use super::extract::{CsrfOnly, Posted};
 use crate::AppState;
 use crate::auth::new_token;
 use crate::client::ClientAddr;

@@ -1,19 +1,14 @@
 //! Shared by the ledger's tests: a fresh SCD, users, and anvil.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use alloy_signer_local::PrivateKeySigner;
 use bal_core::{Actor, NewMeasurement, Role, Subscription, Topic, Username, WalletAddress};
+use bal_ledger::embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
 use bal_scd::{NewUser, SharedStore};
 use chrono::Utc;
 
-/// anvil's first two dev accounts (the well-known "test test ... junk" mnemonic).
-pub const ANVIL_KEY_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-pub const ANVIL_KEY_1: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+#[allow(unused_imports)] // each test binary uses its own part
+pub use bal_ledger::testing::{ANVIL_KEY_0, ANVIL_KEY_1, Anvil};
 
 /// A fresh SCD on the backend `BAL_TEST_DATABASE` names.
 pub struct Db {
@@ -88,71 +83,15 @@ pub async fn grant(store: &SharedStore, consumer: &str, producer: &str) {
         .unwrap();
 }
 
-/// anvil, from the npm package `@foundry-rs/anvil-linux-amd64` (`contracts/`'s `npm ci`), or
-/// `BAL_TEST_ANVIL`. Missing anvil fails the test: these tests never skip.
-pub fn anvil_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("BAL_TEST_ANVIL") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    assert!(
-        p.exists(),
-        "anvil not found at {}: run `npm ci` in contracts/ (or set BAL_TEST_ANVIL)",
-        p.display()
-    );
-    p
-}
-
-/// A running anvil on a free port; killed on drop.
-pub struct Anvil {
-    child: Child,
-    pub url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// anvil on a free port.
 pub async fn anvil() -> Anvil {
-    // HTTP clients built without an explicit TLS provider use the process default, as `bal`
-    // sets it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = TcpListener::bind("127.0.0.1:0")
+    Anvil::start().await
+}
+
+/// The embedded chain on `store` (opened on the test database at `url`, as the application
+/// opens it), operated by anvil's first key.
+pub async fn embedded_chain(store: &SharedStore, url: &str) -> EmbeddedChain {
+    EmbeddedChain::open(&**store, url, signer(ANVIL_KEY_0), DEFAULT_CHAIN_ID)
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(anvil_binary())
-        .args([
-            "--port",
-            &port.to_string(),
-            "--host",
-            "127.0.0.1",
-            "--silent",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start anvil");
-    let anvil = Anvil {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        let up = client
-            .post(&anvil.url)
-            .json(&serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}))
-            .send()
-            .await;
-        if up.is_ok() {
-            return anvil;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("anvil did not start on {}", anvil.url);
 }

@@ -8,16 +8,16 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use super::get;
 use crate::PgStore;
 use crate::dialect::sql;
-use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS, StoredBatch, committed};
+use crate::measurements::{StoredBatch, committed};
 use crate::store::rows::{self, time};
+use crate::store::{MeasurementOrder, redelivered_copy};
 use crate::{
-    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
-    StoreResult,
+    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
 };
 
 #[async_trait]
-impl MeasurementStore for PgStore {
-    async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
+impl MeasurementOrder for PgStore {
+    async fn write_batch(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
         // One round trip for the database's clock and an id for every item (ids of items that
         // turn out to be redeliveries are left unused: sequences have gaps anyway).
@@ -40,19 +40,7 @@ impl MeasurementStore for PgStore {
             if let (Some(origin), true) = (m.origin, m.redelivered) {
                 insert_rows(&mut tx, &fresh, stamp).await?;
                 fresh.clear();
-                let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, payload_hash FROM ( \
-                         SELECT id, payload_hash, origin, received_at FROM measurements \
-                         WHERE producer = $1 ORDER BY received_at DESC, id DESC LIMIT $2) AS latest \
-                     WHERE origin = $3 AND received_at >= $4 ORDER BY id DESC LIMIT 1",
-                )
-                .bind(m.producer.as_str())
-                .bind(REDELIVERY_SCAN_ROWS)
-                .bind(origin)
-                .bind(stamp - REDELIVERY_WINDOW_MS)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
+                if let Some(id) = redelivered_copy::<Postgres>(&mut tx, m, origin, stamp).await? {
                     ids.push(id);
                     new.push(false);
                     continue;
@@ -81,18 +69,10 @@ impl MeasurementStore for PgStore {
             // After the commit, not in it: see `listener::spawn_notifier`.
             let _ = self.side.measurement_notices.send(stored);
         }
-        let duplicates = new.iter().filter(|n| !**n).count();
-        Ok(StoredBatch { ids, duplicates })
+        Ok(StoredBatch::of(ids, &new))
     }
 
-    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        crate::store::measurement_by_id(&self.pool, id).await
-    }
-
-    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
-        if query.producers.as_ref().is_some_and(Vec::is_empty) {
-            return Ok(MeasurementPage::new(Vec::new(), query.limit, None));
-        }
+    async fn history_page(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
         // Commit order: by writing transaction, and only transactions older than every one
         // still running, so a later commit never lands behind the cursor.
         let elsewhere: Vec<i64> = sqlx::query_scalar("SELECT bal_xids_elsewhere()")

@@ -1,22 +1,21 @@
 //! [`MeasurementStore`] on SQLite.
 
 use async_trait::async_trait;
-use bal_core::{Measurement, NewMeasurement};
+use bal_core::NewMeasurement;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteStore;
 use crate::dialect::sql;
-use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
 use crate::measurements::{StoredBatch, committed};
 use crate::store::rows::{self, ms, time};
+use crate::store::{MeasurementOrder, redelivered_copy};
 use crate::{
-    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore, StoreError,
-    StoreResult,
+    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
 };
 
 #[async_trait]
-impl MeasurementStore for SqliteStore {
-    async fn store_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
+impl MeasurementOrder for SqliteStore {
+    async fn write_batch(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
         let stamp = super::stamp(&mut tx).await?;
         let mut ids = Vec::with_capacity(batch.len());
@@ -30,20 +29,7 @@ impl MeasurementStore for SqliteStore {
                 insert_rows(&mut tx, &fresh, stamp, &mut ids).await?;
                 new.resize(ids.len(), true);
                 fresh.clear();
-                let latest: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT id, payload_hash FROM ( \
-                         SELECT id, payload_hash, origin, received_at \
-                         FROM measurements INDEXED BY measurements_by_producer_time \
-                         WHERE producer = ? ORDER BY received_at DESC, id DESC LIMIT ?) \
-                     WHERE origin = ? AND received_at >= ? ORDER BY id DESC LIMIT 1",
-                )
-                .bind(m.producer.as_str())
-                .bind(REDELIVERY_SCAN_ROWS)
-                .bind(origin)
-                .bind(stamp - REDELIVERY_WINDOW_MS)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some((id, _)) = latest.filter(|(_, h)| h[..] == m.payload_hash[..]) {
+                if let Some(id) = redelivered_copy::<Sqlite>(&mut tx, m, origin, stamp).await? {
                     ids.push(id);
                     new.push(false);
                     continue;
@@ -60,18 +46,10 @@ impl MeasurementStore for SqliteStore {
             }
         }
         tx.commit(self).await?;
-        let duplicates = new.iter().filter(|n| !**n).count();
-        Ok(StoredBatch { ids, duplicates })
+        Ok(StoredBatch::of(ids, &new))
     }
 
-    async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>> {
-        crate::store::measurement_by_id(&self.pool, id).await
-    }
-
-    async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
-        if query.producers.as_ref().is_some_and(Vec::is_empty) {
-            return Ok(MeasurementPage::new(Vec::new(), query.limit, None));
-        }
+    async fn history_page(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
         let mut sql = QueryBuilder::<Sqlite>::new(sql!(Sqlite;
             "SELECT ",
             MEASUREMENT_COLUMNS,

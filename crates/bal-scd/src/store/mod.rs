@@ -204,6 +204,82 @@ pub(crate) async fn measurement_by_id<DB: Dialect>(
     .transpose()
 }
 
+/// The id of the stored copy of `m`, a redelivery from `origin`: the latest row of the same
+/// producer and origin with the same payload, among the producer's latest rows and within the
+/// redelivery window before `stamp` (both backends' `store_measurements`).
+pub(crate) async fn redelivered_copy<DB: Dialect>(
+    conn: &mut DB::Connection,
+    m: &bal_core::NewMeasurement,
+    origin: i64,
+    stamp: i64,
+) -> StoreResult<Option<i64>> {
+    use crate::dialect::get;
+    use crate::measurements::{REDELIVERY_SCAN_ROWS, REDELIVERY_WINDOW_MS};
+    let latest = sqlx::query::<DB>(crate::dialect::sql!(DB;
+        "SELECT id, payload_hash FROM ( \
+             SELECT id, payload_hash, origin, received_at FROM measurements ",
+        // SQLite's planner is told the index that reads the producer's latest rows first.
+        { postgres: "", sqlite: "INDEXED BY measurements_by_producer_time " },
+        "WHERE producer = $1 ORDER BY received_at DESC, id DESC LIMIT $2) AS latest \
+         WHERE origin = $3 AND received_at >= $4 ORDER BY id DESC LIMIT 1"
+    ))
+    .arg(m.producer.as_str())
+    .arg(REDELIVERY_SCAN_ROWS)
+    .arg(origin)
+    .arg(stamp - REDELIVERY_WINDOW_MS)
+    .optional(Exec::Conn(conn))
+    .await?;
+    let Some(row) = latest else { return Ok(None) };
+    let hash: Vec<u8> = get::<DB, _>(&row, "payload_hash")?;
+    if hash[..] == m.payload_hash[..] {
+        Ok(Some(get::<DB, i64>(&row, "id")?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// What each backend writes its own way in [`MeasurementStore`]: the ingest and the history
+/// page, which follow the backend's commit order (see `crate::sqlite` and `crate::postgres`).
+#[async_trait]
+pub(crate) trait MeasurementOrder {
+    async fn write_batch(
+        &self,
+        batch: &[bal_core::NewMeasurement],
+    ) -> StoreResult<crate::StoredBatch>;
+    /// A page of a query that names at least one producer (or all).
+    async fn history_page(
+        &self,
+        query: &crate::MeasurementQuery,
+    ) -> StoreResult<crate::MeasurementPage>;
+}
+
+#[async_trait]
+impl<DB: Dialect> MeasurementStore for SqlStore<DB>
+where
+    SqlStore<DB>: MeasurementOrder,
+{
+    async fn store_measurements(
+        &self,
+        batch: &[bal_core::NewMeasurement],
+    ) -> StoreResult<crate::StoredBatch> {
+        self.write_batch(batch).await
+    }
+
+    async fn measurement(&self, id: i64) -> StoreResult<Option<bal_core::Measurement>> {
+        measurement_by_id(&self.pool, id).await
+    }
+
+    async fn measurements(
+        &self,
+        query: &crate::MeasurementQuery,
+    ) -> StoreResult<crate::MeasurementPage> {
+        match crate::MeasurementPage::nothing_readable(query) {
+            Some(empty) => Ok(empty),
+            None => self.history_page(query).await,
+        }
+    }
+}
+
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
 where

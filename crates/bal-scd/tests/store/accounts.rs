@@ -6,11 +6,7 @@ use super::*;
 async fn reopening_the_database_keeps_everything() {
     let db = db().await;
     seed(&db.store).await;
-    let sub = db
-        .store
-        .request_subscription(request(Utc::now()))
-        .await
-        .unwrap();
+    let sub = requested(&db.store).await;
     drop(db.store);
     let again = db.database.store().await;
     assert_eq!(again.users().await.unwrap().len(), 3);

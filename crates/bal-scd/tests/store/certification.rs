@@ -31,16 +31,7 @@ async fn writer_process_entry() {
             .collect();
         ids.extend(store.insert_measurements(&batch).await.unwrap());
         if i % 10 == 0 {
-            let topic = Topic::parse("platone/prod").unwrap();
-            let sub = store
-                .request_subscription(Subscription::request(name("cons2"), &topic, Utc::now()))
-                .await
-                .unwrap();
-            let p = Actor::User(name("prod"));
-            store
-                .decide(sub.id, &GrantAction::Refuse, &p, Utc::now())
-                .await
-                .unwrap();
+            refused(&store, "cons2").await;
         }
     }
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
@@ -108,15 +99,7 @@ async fn with_concurrent_writers_every_reading_and_decision_is_batched_once_and_
         let store = writers[0].clone();
         tokio::spawn(async move {
             for _ in 0..5 {
-                let sub = store
-                    .request_subscription(request(Utc::now()))
-                    .await
-                    .unwrap();
-                let p = Actor::User(name("prod"));
-                store
-                    .decide(sub.id, &GrantAction::Refuse, &p, Utc::now())
-                    .await
-                    .unwrap();
+                refused(&store, "cons").await;
             }
         })
     };
@@ -208,14 +191,8 @@ async fn with_concurrent_writers_every_reading_and_decision_is_batched_once_and_
         .iter()
         .map(|b| (b.leaf_count - b.measurement_count) as usize)
         .sum();
-    let certified_actions = db
-        .store
-        .audit_log(&AuditQuery {
-            limit: 1000,
-            ..Default::default()
-        })
+    let certified_actions = audit(&db.store, 1000)
         .await
-        .unwrap()
         .into_iter()
         .filter(|e| e.action.as_str().starts_with("subscription."))
         .count();
@@ -242,16 +219,18 @@ async fn an_open_transaction_holds_certification_back_only_on_its_own_database()
     }
     use sqlx::{Connection, Executor};
     let elsewhere = TestDatabase::new().await;
-    let mut other = sqlx::PgConnection::connect(&elsewhere.url).await.unwrap();
-    other
-        .execute("BEGIN; CREATE TABLE t (x int);")
-        .await
-        .unwrap();
-    let ids = db
-        .store
-        .insert_measurements(&[reading("a", None)])
-        .await
-        .unwrap();
+    // A connection holding a writing transaction (one with an xid) open on the database at `url`.
+    let writing = |url: String| async move {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        c.execute("BEGIN; CREATE TABLE t (x int);").await.unwrap();
+        c
+    };
+    let store = |payload: &'static str| {
+        let store = db.store.clone();
+        async move { store.insert_measurements(&[reading(payload, None)]).await }
+    };
+    let mut other = writing(elsewhere.url.clone()).await;
+    let ids = store("a").await.unwrap();
     let pending = db.store.pending_items(10).await.unwrap();
     assert_eq!(
         pending.items.len(),
@@ -259,15 +238,8 @@ async fn an_open_transaction_holds_certification_back_only_on_its_own_database()
         "another database's transaction is not waited for"
     );
     // A writing transaction open on this database holds back what commits after it began.
-    let mut here = sqlx::PgConnection::connect(&db.database.url).await.unwrap();
-    here.execute("BEGIN; CREATE TABLE t (x int);")
-        .await
-        .unwrap();
-    let later = db
-        .store
-        .insert_measurements(&[reading("b", None)])
-        .await
-        .unwrap();
+    let mut here = writing(db.database.url.clone()).await;
+    let later = store("b").await.unwrap();
     let pending = db.store.pending_items(10).await.unwrap();
     let ids_pending: Vec<i64> = pending.items.iter().map(|i| i.id).collect();
     assert_eq!(

@@ -17,14 +17,7 @@ async fn the_audit_log_refuses_edits_and_deletions() {
         let err = exec(&db, sql).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
-    let entries = db
-        .store
-        .audit_log(&AuditQuery {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let entries = audit(&db.store, 10).await;
     assert_eq!(entries.len(), 3);
     assert!(entries.iter().all(|e| e.actor == Actor::System));
 }
@@ -61,19 +54,8 @@ async fn concurrent_requests_for_the_same_topic_leave_exactly_one_live() {
 async fn a_refused_decision_writes_neither_the_change_nor_an_audit_entry() {
     let db = db().await;
     seed(&db.store).await;
-    let sub = db
-        .store
-        .request_subscription(request(Utc::now()))
-        .await
-        .unwrap();
-    let before = db
-        .store
-        .audit_log(&AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let sub = requested(&db.store).await;
+    let before = audit(&db.store, 100).await;
     let err = db
         .store
         .decide(
@@ -85,14 +67,7 @@ async fn a_refused_decision_writes_neither_the_change_nor_an_audit_entry() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Grant(_)));
-    let after = db
-        .store
-        .audit_log(&AuditQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let after = audit(&db.store, 100).await;
     assert_eq!(before.len(), after.len());
     let stored = db.store.subscription(sub.id).await.unwrap().unwrap();
     assert_eq!(stored.status, SubscriptionStatus::Requested);
@@ -127,11 +102,7 @@ async fn of_two_concurrent_decisions_on_one_grant_one_wins_with_one_audit_entry(
     let other = db.database.store().await;
     let producer = Actor::User(name("prod"));
     for _ in 0..5 {
-        let sub = db
-            .store
-            .request_subscription(request(Utc::now()))
-            .await
-            .unwrap();
+        let sub = requested(&db.store).await;
         let (s1, s2, p1, p2) = (
             db.store.clone(),
             other.clone(),

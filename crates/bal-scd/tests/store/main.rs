@@ -103,6 +103,35 @@ fn request(now: chrono::DateTime<Utc>) -> Subscription {
     Subscription::request(name("cons"), &Topic::parse("platone/prod").unwrap(), now)
 }
 
+/// `cons` asks for `prod`'s data now.
+async fn requested(store: &SharedStore) -> Subscription {
+    store
+        .request_subscription(request(Utc::now()))
+        .await
+        .unwrap()
+}
+
+/// `consumer` asks for `prod`'s data and `prod` refuses: two audit entries.
+async fn refused(store: &SharedStore, consumer: &str) {
+    let topic = Topic::parse("platone/prod").unwrap();
+    let request = Subscription::request(name(consumer), &topic, Utc::now());
+    let sub = store.request_subscription(request).await.unwrap();
+    let p = Actor::User(name("prod"));
+    store
+        .decide(sub.id, &GrantAction::Refuse, &p, Utc::now())
+        .await
+        .unwrap();
+}
+
+/// The latest `limit` audit entries.
+async fn audit(store: &SharedStore, limit: u32) -> Vec<bal_scd::AuditEntry> {
+    let query = AuditQuery {
+        limit,
+        ..Default::default()
+    };
+    store.audit_log(&query).await.unwrap()
+}
+
 fn reading(payload: &str, origin: Option<(i64, bool)>) -> bal_core::NewMeasurement {
     let m = bal_core::NewMeasurement::new(
         Topic::parse("platone/prod").unwrap(),
@@ -123,20 +152,7 @@ async fn batch_pending(store: &SharedStore) -> Option<bal_scd::Batch> {
     }
     let leaves: Vec<_> = pending.items.iter().map(|i| i.values.leaf()).collect();
     let root = alloy_primitives::keccak256(leaves.iter().flat_map(|l| l.0).collect::<Vec<u8>>());
-    let measurement_count = pending
-        .items
-        .iter()
-        .filter(|i| i.kind == ItemKind::Measurement)
-        .count() as u32;
-    let batch = NewBatch {
-        root,
-        measurement_count,
-        items: pending.items.iter().map(|i| i.id).collect(),
-        leaves,
-        measurements: pending.measurements,
-        audit: pending.audit,
-        created_at: Utc::now(),
-    };
+    let batch = NewBatch::of(&pending, leaves, root);
     let fence = store
         .acquire_lease(
             CERTIFY_LEASE,

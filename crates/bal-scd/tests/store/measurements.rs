@@ -78,11 +78,7 @@ async fn committed_changes_reach_this_process_and_on_postgresql_every_other_with
     let (_watch_here, _watch_there) = (db.store.watch_measurements(), other.watch_measurements());
     let mut here = db.store.changes();
     let mut there = other.changes();
-    let sub = db
-        .store
-        .request_subscription(request(Utc::now()))
-        .await
-        .unwrap();
+    let sub = requested(&db.store).await;
     let ids = db
         .store
         .insert_measurements(&[reading("x", None)])

@@ -563,12 +563,13 @@ async fn standard_ethereum_tools_and_bal_verify_check_a_proof_against_the_embedd
 
 #[tokio::test]
 async fn with_chain_rpc_url_the_bal_certifies_on_anvil_and_bal_verify_checks_there() {
-    let anvil = crate::anvil::Anvil::start().await;
+    let anvil = bal_ledger::testing::Anvil::start().await;
     let url = anvil.url.clone();
     let app = spawn_app_with(move |s| {
         quick(s);
         s.chain.rpc_url = Some(serde_json::from_value(json!(url)).unwrap());
-        s.chain.operator_key = Some(serde_json::from_value(json!(crate::anvil::KEY_0)).unwrap());
+        s.chain.operator_key =
+            Some(serde_json::from_value(json!(bal_ledger::testing::ANVIL_KEY_0)).unwrap());
     })
     .await;
     let p1 = app.user("producer1", "producer").await;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::anvil::{Anvil, KEY_0};
 use crate::certification::{proof, quick, upload};
 use crate::helpers::{eventually, free_port, json_ok, spawn_app_with};
+use bal_ledger::testing::{ANVIL_KEY_0 as KEY_0, Anvil};
 
 async fn rpc(url: &str, method: &str, params: Value) -> Value {
     let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });

@@ -101,15 +101,10 @@ async fn the_demo_starts_on_taken_ports_and_shows_data_flowing_to_the_granted_co
         .unwrap();
     let token = login["token"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let page: Value = client
+    let readings = client
         .get(format!("{base}/api/measurements?producer=producer1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&token);
+    let page = json_ok(readings.send().await.unwrap(), StatusCode::OK).await;
     assert!(!page["items"].as_array().unwrap().is_empty(), "{page}");
     // The demo's readings get certified: a proof for the first, within a few seconds.
     let first = page["items"][0]["id"].as_i64().unwrap();

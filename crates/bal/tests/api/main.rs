@@ -1,7 +1,6 @@
 //! The API behaviour suite: each test starts the real application on port 0 with its own
 //! database and drives it over HTTPS, as a client would.
 
-mod anvil;
 mod audit;
 mod auth;
 mod authorization;

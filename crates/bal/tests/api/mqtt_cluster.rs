@@ -12,20 +12,18 @@
 //! Runs on the PostgreSQL pass of the suite (several processes need PostgreSQL); it fails when
 //! PostgreSQL, anvil or paho-mqtt is missing.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::anvil::Anvil;
 use crate::helpers::{ADMIN_PASSWORD, PASSWORD, eventually, install_crypto_provider};
 use crate::mosquitto_server::MosquittoServer;
-use crate::paho::{PahoDevice, Readings};
+use crate::paho::{PahoDevice, Readings, python_script};
 use crate::replicas::Cluster;
+use bal_ledger::testing::Anvil;
 
 fn on_postgres_pass() -> bool {
     bal_scd::testing::backend() == bal_scd::Backend::Postgres
@@ -68,20 +66,10 @@ struct PahoClient {
 impl PahoClient {
     /// Connects to `port` as `user` with `client_id` for `seconds`; `args` as the script takes.
     fn start(port: u16, user: &str, client_id: &str, seconds: u32, args: &[&str]) -> Self {
-        let python: PathBuf = std::env::var_os("BAL_TEST_PYTHON")
-            .expect("BAL_TEST_PYTHON is not set: run scripts/test (it installs paho-mqtt)")
-            .into();
-        let mut child = Command::new(python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/api/paho_client.py"
-            ))
+        let mut child = python_script("paho_client.py")
             .args(["127.0.0.1", &port.to_string(), user, PASSWORD, client_id])
             .arg(seconds.to_string())
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("python runs");
         let stdout = child.stdout.take().unwrap();

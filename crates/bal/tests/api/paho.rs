@@ -2,7 +2,7 @@
 //! process, publishing QoS 1 readings with a persistent session and reconnecting by itself.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,6 +18,21 @@ pub fn python() -> PathBuf {
              target/py"
         ),
     }
+}
+
+/// `python <script>` for a script of this suite (paho-mqtt is in the suite's virtualenv), its
+/// stdout piped to the test, killed with the test.
+pub fn python_script(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/api")
+            .join(script),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .kill_on_drop(true);
+    cmd
 }
 
 pub struct PahoDevice {
@@ -65,11 +80,7 @@ impl PahoDevice {
     /// As [`PahoDevice::start_with`], on `ports` (comma-separated): the nodes of a cluster,
     /// the next one taken whenever the connection is lost.
     pub fn start_on(ports: &str, username: &str, password: &str, r: &Readings) -> Self {
-        let mut child = Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/api/paho_device.py"
-            ))
+        let mut child = python_script("paho_device.py")
             .args(["127.0.0.1", ports, username, password])
             .arg(format!("paho-{}", r.prefix))
             .args([
@@ -78,9 +89,6 @@ impl PahoDevice {
                 r.version.to_string(),
             ])
             .arg(r.prefix)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("python runs");
         let stdout = child.stdout.take().unwrap();

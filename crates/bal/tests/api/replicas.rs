@@ -21,13 +21,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::anvil::{Anvil, KEY_0};
 use crate::helpers::{
     ADMIN_PASSWORD, PASSWORD, eventually, free_port, install_crypto_provider, read_events,
     readings_of,
 };
 use crate::mosquitto_server::{self, MosquittoServer};
 use crate::paho::PahoDevice;
+use bal_ledger::testing::{ANVIL_KEY_0 as KEY_0, Anvil};
 
 /// Readings the device publishes, and how fast: the kills happen while it publishes.
 const READINGS: usize = 5000;

@@ -199,14 +199,7 @@ async fn users_change_their_own_password_with_the_current_one() {
     );
 
     // Every session ended; only the new password works.
-    assert_eq!(
-        app.get("/api/me", &token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.login("consumer1", PASSWORD).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    signed_out(&app, &token, "consumer1").await;
     app.token("consumer1", "brand-new-password").await;
 }
 
@@ -248,12 +241,13 @@ async fn a_deleted_users_token_stops_working_and_it_cannot_log_in() {
     let app = spawn_app().await;
     let token = app.user("consumer1", "consumer").await;
     app.delete("/api/users/consumer1", &app.admin).await;
-    assert_eq!(
-        app.get("/api/me", &token).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        app.login("consumer1", PASSWORD).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    signed_out(&app, &token, "consumer1").await;
+}
+
+/// `token` no longer works, and `user` cannot log in with the old password.
+async fn signed_out(app: &TestApp, token: &str, user: &str) {
+    let me = app.get("/api/me", token).await;
+    assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
+    let login = app.login(user, PASSWORD).await;
+    assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
 }
