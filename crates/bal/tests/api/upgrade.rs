@@ -1,7 +1,9 @@
 //! Databases made by earlier releases: upgraded in place, and moved to PostgreSQL, every proof
 //! issued before still verifies. The fixture `fixtures/release-0.1.0.db` is a `bal demo`
 //! database made by release 0.1.0 (readings, a certified grant decision, anchored batches and
-//! the embedded chain's blocks).
+//! the embedded chain's blocks). `fixtures/release-3bce12b-postgres.sql` is that database as
+//! the release before the embedded chain's tables moved to bal-ledger's own migrations put it
+//! on PostgreSQL (its `bal db migrate`, then `bal db copy`; `pg_dump --inserts`).
 
 use std::sync::Arc;
 
@@ -16,6 +18,11 @@ use bal_scd::{AuditQuery, ItemKind, SharedStore};
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/release-0.1.0.db"
+);
+
+const POSTGRES_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/release-3bce12b-postgres.sql"
 );
 
 /// A copy of the fixture in a folder of its own, as a `sqlite://` URL.
@@ -183,4 +190,52 @@ async fn bal_db_copy_moves_a_sqlite_installation_to_postgresql_and_every_proof_s
     let (code, text) = cli(&["db", "copy", "--from", &from], &to);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("already holds users"), "{text}");
+}
+
+#[tokio::test]
+async fn a_postgresql_database_of_the_previous_release_upgrades_in_place_and_its_proofs_verify() {
+    if bal_scd::testing::backend() != bal_scd::Backend::Postgres {
+        // The PostgreSQL pass of the test command runs this one.
+        return;
+    }
+    use sqlx::Connection;
+    let url = bal_scd::testing::create_postgres_database();
+    let dump = std::fs::read_to_string(POSTGRES_FIXTURE).unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Our own fixture, checked in: no outside input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let store = bal_scd::connect(&url, &Default::default()).await.unwrap();
+    let (readings, decisions) = verify_everything(&store, &url).await;
+    assert!(readings >= 100, "{readings} readings verified");
+    assert_eq!(decisions, 1);
+    // The chain's tables, made by the SCD's migrations then, are now bal-ledger's: recorded
+    // in its own migrations table, their rows kept.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (ledger, blocks): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM _bal_ledger_migrations), (SELECT count(*) FROM chain_blocks)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(ledger, 1);
+    assert!(blocks > 1, "{blocks} blocks kept");
+    // New readings go on after the old ones.
+    let next = store
+        .insert_measurements(&[bal_core::NewMeasurement::new(
+            bal_core::Topic::parse("platone/producer1").unwrap(),
+            b"after the upgrade".to_vec(),
+        )])
+        .await
+        .unwrap();
+    assert!(next[0] > 100, "{next:?}");
+    let pending = store.pending_items(1000).await.unwrap();
+    assert!(
+        pending.items.iter().any(|i| i.id == next[0]),
+        "the new reading waits for the next batch"
+    );
 }
