@@ -108,12 +108,18 @@ pub(crate) fn plan(
 /// binary's; a few migrations were edited after release to hand tables to another crate's
 /// migrations (`(version, released SHA-384 in hex)`), which leaves the schema they build the
 /// same. Any other checksum is still refused by sqlx, as an edit nobody meant.
+///
+/// Only where this process may migrate (`Migrate::Auto`), and only when a checksum is the
+/// released one: a server running as a role that may not change the schema
+/// (`deploy/postgres/grants.sql`) reads and writes nothing here. sqlx looks at checksums only
+/// when it migrates, which such a server never does.
 pub(crate) async fn accept_rewritten<DB: Dialect>(
     pool: &sqlx::Pool<DB>,
     migrator: &Migrator,
     rewritten: &[(i64, &str)],
+    migrate: Migrate,
 ) -> StoreResult<()> {
-    if !crate::store::table_exists(pool, "_sqlx_migrations").await? {
+    if migrate == Migrate::Refuse || !crate::store::table_exists(pool, "_sqlx_migrations").await? {
         return Ok(());
     }
     for (version, released) in rewritten {
@@ -122,14 +128,19 @@ pub(crate) async fn accept_rewritten<DB: Dialect>(
         };
         let released = alloy_primitives::hex::decode(released)
             .map_err(|_| StoreError::Config(format!("migration {version}: bad checksum")))?;
-        sqlx::query::<DB>(
-            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
-        )
-        .arg(now.checksum.to_vec())
-        .arg(*version)
-        .arg(released)
-        .run(pool)
-        .await?;
+        let applied = sqlx::query::<DB>("SELECT checksum FROM _sqlx_migrations WHERE version = $1")
+            .arg(*version)
+            .optional(pool)
+            .await?
+            .map(|row| crate::dialect::first::<DB, Vec<u8>>(&row))
+            .transpose()?;
+        if applied.as_deref() == Some(&released[..]) {
+            sqlx::query::<DB>("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+                .arg(now.checksum.to_vec())
+                .arg(*version)
+                .run(pool)
+                .await?;
+        }
     }
     Ok(())
 }

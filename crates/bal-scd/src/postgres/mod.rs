@@ -69,7 +69,7 @@ impl PgStore {
     /// errors here, before anything is served.
     pub async fn connect(url: &str, options: &ConnectOptions) -> StoreResult<Self> {
         let pool = pool(url, options).await?;
-        schema::accept_rewritten(&pool, &MIGRATOR, REWRITTEN).await?;
+        schema::accept_rewritten(&pool, &MIGRATOR, REWRITTEN, options.migrate).await?;
         let status = schema_status(&pool).await?;
         if schema::plan(&MIGRATOR, &status, options.migrate, "PostgreSQL")? == Plan::Migrate {
             MIGRATOR.run(&pool).await?;

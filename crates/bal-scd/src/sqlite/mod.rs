@@ -68,7 +68,7 @@ impl SqliteStore {
             feed: ChangeFeed::new(),
             side: (),
         };
-        schema::accept_rewritten(&store.pool, &MIGRATOR, REWRITTEN).await?;
+        schema::accept_rewritten(&store.pool, &MIGRATOR, REWRITTEN, options.migrate).await?;
         let status = store.schema().await?;
         if schema::plan(&MIGRATOR, &status, options.migrate, "SQLite")? == Plan::Migrate {
             MIGRATOR.run(&store.pool).await?;

@@ -68,6 +68,13 @@ async fn a_migration_applied_as_released_is_accepted_after_its_edit_and_no_other
     // As a database migrated by an earlier release has it.
     set_checksum(&db, version, released).await;
     assert!(sqlx_accepts(&db).await.is_err(), "sqlx alone refuses it");
+    // A process that may not migrate (a server as a role without DDL rights) leaves it alone.
+    let refuse = bal_scd::ConnectOptions {
+        migrate: bal_scd::Migrate::Refuse,
+        ..bal_scd::testing::options()
+    };
+    drop(bal_scd::connect(&db.database.url, &refuse).await.unwrap());
+    assert_eq!(checksum(&db, version).await, released);
     drop(db.database.store().await);
     assert_eq!(checksum(&db, version).await, ours);
     sqlx_accepts(&db).await.unwrap();
