@@ -1,6 +1,5 @@
 //! [`MeasurementStore`] on PostgreSQL.
 
-use async_trait::async_trait;
 use bal_core::{Measurement, NewMeasurement};
 use sqlx::postgres::PgPool;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -15,7 +14,6 @@ use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
 };
 
-#[async_trait]
 impl MeasurementOrder for PgStore {
     async fn write_batch(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;

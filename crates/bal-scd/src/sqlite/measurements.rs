@@ -1,6 +1,5 @@
 //! [`MeasurementStore`] on SQLite.
 
-use async_trait::async_trait;
 use bal_core::NewMeasurement;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -13,7 +12,6 @@ use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
 };
 
-#[async_trait]
 impl MeasurementOrder for SqliteStore {
     async fn write_batch(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
         let mut tx = self.begin_write().await?;
