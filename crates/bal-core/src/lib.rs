@@ -12,6 +12,7 @@
 //! - [`merkle`]: Merkle batches and proofs in OpenZeppelin's `StandardMerkleTree` format.
 //! - [`proof`]: the `bal-proof/1` bundle and its offline checks.
 //! - [`upload`]: HTTPS upload bodies (JSON arrays and NDJSON) split into payloads.
+//! - [`setpoint`]: set points to devices: device names, values, states, topics and answers.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod measurement;
 pub mod merkle;
 pub mod proof;
+pub mod setpoint;
 pub mod subscription;
 pub mod topic;
 pub mod upload;
