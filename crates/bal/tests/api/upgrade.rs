@@ -100,6 +100,23 @@ async fn verify_everything(store: &SharedStore, url: &str) -> (usize, usize) {
     (readings, decisions)
 }
 
+/// Stores a reading in a database that holds the fixture's (ids up to ~140): it gets an id
+/// after theirs and waits for the next batch. Returns its id.
+async fn a_new_reading_waits_for_a_batch(store: &SharedStore) -> i64 {
+    let reading = bal_core::NewMeasurement::new(
+        bal_core::Topic::parse("platone/producer1").unwrap(),
+        b"after the old ones".to_vec(),
+    );
+    let id = store.insert_measurements(&[reading]).await.unwrap()[0];
+    assert!(id > 100, "ids go on after the old ones: {id}");
+    let pending = store.pending_items(1000).await.unwrap();
+    assert!(
+        pending.items.iter().any(|i| i.id == id),
+        "the new reading {id} waits for the next batch"
+    );
+    id
+}
+
 #[tokio::test]
 async fn a_database_of_release_0_1_0_upgrades_in_place_and_its_proofs_still_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,6 +136,7 @@ async fn a_database_of_release_0_1_0_upgrades_in_place_and_its_proofs_still_veri
     let (readings, decisions) = verify_everything(&store, &url).await;
     assert!(readings >= 100, "{readings} readings verified");
     assert_eq!(decisions, 1);
+    a_new_reading_waits_for_a_batch(&store).await;
 }
 
 #[tokio::test]
@@ -161,16 +179,9 @@ async fn bal_db_copy_moves_a_sqlite_installation_to_postgresql_and_every_proof_s
     );
     assert_eq!(copied.users().await.unwrap(), source.users().await.unwrap());
     // New readings on the copy go on from the copied ids, and get certified after them.
-    let next = copied
-        .insert_measurements(&[bal_core::NewMeasurement::new(
-            bal_core::Topic::parse("platone/producer1").unwrap(),
-            b"after the copy".to_vec(),
-        )])
-        .await
-        .unwrap();
-    assert!(next[0] > 100, "ids go on after the copied ones: {next:?}");
+    a_new_reading_waits_for_a_batch(&copied).await;
+    // Nothing pending is in a batch the copy brought along.
     let pending = copied.pending_items(1000).await.unwrap();
-    assert!(pending.items.iter().any(|i| i.id == next[0]));
     for item in pending
         .items
         .iter()
@@ -225,17 +236,5 @@ async fn a_postgresql_database_of_the_previous_release_upgrades_in_place_and_its
     assert_eq!(ledger, 1);
     assert!(blocks > 1, "{blocks} blocks kept");
     // New readings go on after the old ones.
-    let next = store
-        .insert_measurements(&[bal_core::NewMeasurement::new(
-            bal_core::Topic::parse("platone/producer1").unwrap(),
-            b"after the upgrade".to_vec(),
-        )])
-        .await
-        .unwrap();
-    assert!(next[0] > 100, "{next:?}");
-    let pending = store.pending_items(1000).await.unwrap();
-    assert!(
-        pending.items.iter().any(|i| i.id == next[0]),
-        "the new reading waits for the next batch"
-    );
+    a_new_reading_waits_for_a_batch(&store).await;
 }

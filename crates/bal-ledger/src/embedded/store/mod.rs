@@ -166,6 +166,8 @@ where
 /// The chain's tables in the database at `url` (the SCD's), created or brought up to date
 /// first.
 pub async fn connect(url: &str) -> StoreResult<SharedChainStore> {
+    // Few connections: the chain writes one block at a time (PostgreSQL; SQLite's pool has its
+    // own fixed size, see `bal_scd::open_pool`).
     let options = ConnectOptions {
         max_connections: 4,
         ..ConnectOptions::default()
