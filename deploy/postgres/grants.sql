@@ -5,7 +5,8 @@
 GRANT USAGE ON SCHEMA public TO bal_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON users, sessions, subscriptions, measurements,
     cert_batches, chain_contracts, chain_blocks, chain_transactions, chain_logs, chain_accounts,
-    chain_storage, replicas, leases, login_failures, broker_pushed TO bal_app;
+    chain_storage, replicas, leases, login_failures, broker_pushed, setpoints, setpoint_devices
+    TO bal_app;
 GRANT SELECT, INSERT ON audit_log, bal_schema TO bal_app;
 GRANT SELECT ON _sqlx_migrations, _bal_ledger_migrations TO bal_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO bal_app;

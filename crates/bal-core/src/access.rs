@@ -5,12 +5,30 @@
 //! every delivery, and the Mosquitto ACL plan. An admin (the DSO) reads everything; a producer
 //! its own data; a consumer the data of each producer whose grant it holds, accepted and not
 //! expired; nobody else anything.
+//!
+//! Beside it, the control rule ([`ControlScope`]): who may issue set points to whose devices. An
+//! admin (the DSO) commands every producer; a consumer the producers whose control grant it
+//! holds, accepted and not expired. A data grant gives no control and a control grant no data.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::{Role, Subscription, User, Username};
+use crate::{GrantAccess, Role, Subscription, User, Username};
+
+/// The producers named by `user`'s own grants of `access` that are in force at `now`.
+fn granted<'a>(
+    user: &User,
+    grants: impl IntoIterator<Item = &'a Subscription>,
+    access: GrantAccess,
+    now: DateTime<Utc>,
+) -> BTreeSet<Username> {
+    grants
+        .into_iter()
+        .filter(|g| g.consumer == user.username && g.access == access && g.grants_access_at(now))
+        .map(|g| g.producer.clone())
+        .collect()
+}
 
 /// What a user may read now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +51,9 @@ impl ReadScope {
         match user.role {
             Role::Admin => ReadScope::All,
             Role::Producer => ReadScope::Producers(BTreeSet::from([user.username.clone()])),
-            Role::Consumer => ReadScope::Producers(
-                grants
-                    .into_iter()
-                    .filter(|g| g.consumer == user.username && g.grants_access_at(now))
-                    .map(|g| g.producer.clone())
-                    .collect(),
-            ),
+            Role::Consumer => {
+                ReadScope::Producers(granted(user, grants, GrantAccess::Read, now))
+            }
         }
     }
 
@@ -61,6 +75,42 @@ impl ReadScope {
         match self {
             ReadScope::All => None,
             ReadScope::Producers(p) => Some(p),
+        }
+    }
+}
+
+/// Whose devices a user may send set points to now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlScope {
+    /// Every producer's (admins: the DSO).
+    All,
+    /// These producers' only (possibly none). A producer commands nobody, not even itself: its
+    /// devices are its own to set, outside the BAL.
+    Producers(BTreeSet<Username>),
+}
+
+impl ControlScope {
+    /// `user`'s control scope at `now`, given grants (a superset is fine, as for
+    /// [`ReadScope::of`]).
+    pub fn of<'a>(
+        user: &User,
+        grants: impl IntoIterator<Item = &'a Subscription>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        match user.role {
+            Role::Admin => ControlScope::All,
+            Role::Producer => ControlScope::Producers(BTreeSet::new()),
+            Role::Consumer => {
+                ControlScope::Producers(granted(user, grants, GrantAccess::Control, now))
+            }
+        }
+    }
+
+    /// May this scope send set points to `producer`'s devices?
+    pub fn allows(&self, producer: &Username) -> bool {
+        match self {
+            ControlScope::All => true,
+            ControlScope::Producers(p) => p.contains(producer),
         }
     }
 }
@@ -181,5 +231,36 @@ mod tests {
         assert!(ReadScope::depends_on_grants(Role::Consumer));
         assert!(!ReadScope::depends_on_grants(Role::Admin));
         assert!(!ReadScope::depends_on_grants(Role::Producer));
+    }
+
+    #[test]
+    fn a_data_grant_gives_no_control_and_a_control_grant_no_data() {
+        let now = DateTime::from_timestamp(2_000, 0).unwrap();
+        let mut control = grant("consumer1", "producer1", SubscriptionStatus::Accepted, None);
+        control.access = GrantAccess::Control;
+        let mut lapsed = grant(
+            "consumer1",
+            "producer3",
+            SubscriptionStatus::Accepted,
+            Some(now - Duration::seconds(1)),
+        );
+        lapsed.access = GrantAccess::Control;
+        let read = grant("consumer1", "producer2", SubscriptionStatus::Accepted, None);
+        let grants = [control, lapsed, read];
+        let p = |n: &str| Username::parse(n).unwrap();
+        let consumer = user("consumer1", Role::Consumer);
+        let reads = ReadScope::of(&consumer, &grants, now);
+        let controls = ControlScope::of(&consumer, &grants, now);
+        assert!(!reads.allows(&p("producer1")));
+        assert!(reads.allows(&p("producer2")));
+        assert!(controls.allows(&p("producer1")));
+        assert!(!controls.allows(&p("producer2")));
+        assert!(!controls.allows(&p("producer3")), "expired control grant");
+        // Another consumer's control grant gives this one nothing.
+        let other = ControlScope::of(&user("consumer2", Role::Consumer), &grants, now);
+        assert!(!other.allows(&p("producer1")));
+        assert!(ControlScope::of(&user("admin", Role::Admin), &[], now).allows(&p("producer9")));
+        let producer = ControlScope::of(&user("producer1", Role::Producer), &grants, now);
+        assert!(!producer.allows(&p("producer1")), "producers command nobody");
     }
 }

@@ -5,8 +5,11 @@ use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use alloy_primitives::B256;
+
 use crate::serde_via_str;
-use crate::subscription::{GrantAction, SubscriptionStatus};
+use crate::setpoint::{DeviceName, SetpointState};
+use crate::subscription::{GrantAccess, GrantAction, SubscriptionStatus};
 use crate::topic::Topic;
 use crate::user::{Role, Username};
 use crate::wallet::WalletAddress;
@@ -70,10 +73,12 @@ pub enum AuditAction {
     SubscriptionRevoked,
     SubscriptionCancelled,
     SubscriptionExpired,
+    /// A set point reached this state (`setpoint.<state>`): certified like grant decisions.
+    Setpoint(SetpointState),
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 9] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::UserCreated,
         AuditAction::UserDeleted,
         AuditAction::PasswordChanged,
@@ -83,6 +88,16 @@ impl AuditAction {
         AuditAction::SubscriptionRevoked,
         AuditAction::SubscriptionCancelled,
         AuditAction::SubscriptionExpired,
+        AuditAction::Setpoint(SetpointState::Queued),
+        AuditAction::Setpoint(SetpointState::Sent),
+        AuditAction::Setpoint(SetpointState::Delivered),
+        AuditAction::Setpoint(SetpointState::Received),
+        AuditAction::Setpoint(SetpointState::Applied),
+        AuditAction::Setpoint(SetpointState::Rejected),
+        AuditAction::Setpoint(SetpointState::Expired),
+        AuditAction::Setpoint(SetpointState::Cancelled),
+        AuditAction::Setpoint(SetpointState::Superseded),
+        AuditAction::Setpoint(SetpointState::Failed),
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,7 +111,25 @@ impl AuditAction {
             AuditAction::SubscriptionRevoked => "subscription.revoke",
             AuditAction::SubscriptionCancelled => "subscription.cancel",
             AuditAction::SubscriptionExpired => "subscription.expire",
+            AuditAction::Setpoint(state) => match state {
+                SetpointState::Queued => "setpoint.queued",
+                SetpointState::Sent => "setpoint.sent",
+                SetpointState::Delivered => "setpoint.delivered",
+                SetpointState::Received => "setpoint.received",
+                SetpointState::Applied => "setpoint.applied",
+                SetpointState::Rejected => "setpoint.rejected",
+                SetpointState::Expired => "setpoint.expired",
+                SetpointState::Cancelled => "setpoint.cancelled",
+                SetpointState::Superseded => "setpoint.superseded",
+                SetpointState::Failed => "setpoint.failed",
+            },
         }
+    }
+
+    /// Whether entries of this action are certified (their bytes go into a Merkle leaf): grant
+    /// decisions and set point transitions.
+    pub fn is_certified(self) -> bool {
+        self.as_str().starts_with("subscription.") || self.as_str().starts_with("setpoint.")
     }
 }
 
@@ -158,6 +191,7 @@ pub enum AuditDetail {
     SubscriptionRequested {
         consumer: Username,
         topic: Topic,
+        access: GrantAccess,
     },
     /// A subscription's status changed (a decision, an expiry, or a deleted user's grants).
     Transition {
@@ -167,6 +201,22 @@ pub enum AuditDetail {
         topic: Topic,
         expires_at: Option<DateTime<Utc>>,
         reason: Option<String>,
+        access: GrantAccess,
+    },
+    /// A set point reached `to` (from `from`; none when it was issued): who issued it, to
+    /// which device, the hash of its values, its validity, the device's sequence number, the
+    /// device's reason (rejections) and, when issued, the issuer's signature.
+    Setpoint {
+        from: Option<SetpointState>,
+        to: SetpointState,
+        issuer: Actor,
+        producer: Username,
+        device: DeviceName,
+        values_hash: B256,
+        valid_until: DateTime<Utc>,
+        seq: i64,
+        reason: Option<String>,
+        signature: Option<String>,
     },
 }
 
@@ -192,9 +242,14 @@ impl AuditDetail {
                 out.string("role", role.as_str());
                 out.number("ended_subscriptions", *ended_subscriptions as u64);
             }
-            AuditDetail::SubscriptionRequested { consumer, topic } => {
+            AuditDetail::SubscriptionRequested {
+                consumer,
+                topic,
+                access,
+            } => {
                 out.string("consumer", consumer.as_str());
                 out.string("topic", topic.as_str());
+                access_key(&mut out, *access);
             }
             AuditDetail::Transition {
                 from,
@@ -203,6 +258,7 @@ impl AuditDetail {
                 topic,
                 expires_at,
                 reason,
+                access,
             } => {
                 out.string("from", from.as_str());
                 out.string("to", to.as_str());
@@ -211,9 +267,42 @@ impl AuditDetail {
                 let expires = expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
                 out.optional_string("expires_at", expires.as_deref(), false);
                 out.optional_string("reason", reason.as_deref(), false);
+                access_key(&mut out, *access);
+            }
+            AuditDetail::Setpoint {
+                from,
+                to,
+                issuer,
+                producer,
+                device,
+                values_hash,
+                valid_until,
+                seq,
+                reason,
+                signature,
+            } => {
+                out.optional_string("from", from.map(SetpointState::as_str), false);
+                out.string("to", to.as_str());
+                out.string("issuer", &issuer.to_string());
+                out.string("producer", producer.as_str());
+                out.string("device", device.as_str());
+                out.string("values_hash", &values_hash.to_string());
+                let until = valid_until.to_rfc3339_opts(SecondsFormat::Millis, true);
+                out.string("valid_until", &until);
+                out.number("seq", u64::try_from(*seq).unwrap_or_default());
+                out.optional_string("reason", reason.as_deref(), false);
+                out.optional_string("signature", signature.as_deref(), false);
             }
         }
         out.finish()
+    }
+}
+
+/// A grant's access, written only for control grants: data grants' entries keep the bytes the
+/// releases before control grants wrote.
+fn access_key(out: &mut CanonicalObject, access: GrantAccess) {
+    if access != GrantAccess::Read {
+        out.string("access", access.as_str());
     }
 }
 
@@ -313,15 +402,29 @@ mod tests {
             topic: topic.clone(),
             expires_at: None,
             reason: None,
+            access: GrantAccess::Read,
         };
         assert_eq!(
             accepted.canonical_json(),
             r#"{"from":"requested","to":"accepted","consumer":"consumer1","topic":"platone/producer1"}"#
         );
-        let requested = AuditDetail::SubscriptionRequested { consumer, topic };
+        let requested = AuditDetail::SubscriptionRequested {
+            consumer: consumer.clone(),
+            topic: topic.clone(),
+            access: GrantAccess::Read,
+        };
         assert_eq!(
             requested.canonical_json(),
             r#"{"consumer":"consumer1","topic":"platone/producer1"}"#
+        );
+        let control = AuditDetail::SubscriptionRequested {
+            consumer,
+            topic,
+            access: GrantAccess::Control,
+        };
+        assert_eq!(
+            control.canonical_json(),
+            r#"{"consumer":"consumer1","topic":"platone/producer1","access":"control"}"#
         );
         assert_eq!(AuditDetail::PasswordChanged.canonical_json(), "{}");
     }
@@ -336,6 +439,7 @@ mod tests {
             topic: Topic::parse("platone/producer1").unwrap(),
             expires_at: Some(at),
             reason: Some("user \"deleted\"\n\u{1}".into()),
+            access: GrantAccess::Read,
         };
         let text = detail.canonical_json();
         // Valid JSON whose values are what serde_json would write for each field.
@@ -358,6 +462,32 @@ mod tests {
             deleted.canonical_json(),
             r#"{"role":"consumer","ended_subscriptions":2}"#
         );
+    }
+
+    #[test]
+    fn set_point_details_name_the_issuer_the_device_and_the_values_hash() {
+        let detail = AuditDetail::Setpoint {
+            from: Some(SetpointState::Received),
+            to: SetpointState::Rejected,
+            issuer: Actor::User(Username::parse("dso").unwrap()),
+            producer: Username::parse("prod1").unwrap(),
+            device: DeviceName::parse("inv-1").unwrap(),
+            values_hash: B256::repeat_byte(0xab),
+            valid_until: DateTime::from_timestamp_millis(1_764_000_000_123).unwrap(),
+            seq: 7,
+            reason: Some("out of range".into()),
+            signature: None,
+        };
+        let text = detail.canonical_json();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"from":"received","to":"rejected","issuer":"dso","producer":"prod1","device":"inv-1","values_hash":"0x{}","valid_until":"2025-11-24T16:00:00.123Z","seq":7,"reason":"out of range"}}"#,
+                "ab".repeat(32)
+            )
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed["seq"], 7);
     }
 
     #[test]

@@ -27,10 +27,12 @@ pub mod upload;
 pub mod user;
 pub mod wallet;
 
-pub use access::ReadScope;
+pub use access::{ControlScope, ReadScope};
 pub use audit::{Actor, AuditAction, AuditDetail};
 pub use measurement::{Fields, Measurement, NewMeasurement};
-pub use subscription::{GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus};
+pub use subscription::{
+    GrantAccess, GrantAction, GrantError, Subscription, SubscriptionId, SubscriptionStatus,
+};
 pub use topic::{FilterScope, Topic, TopicError};
 pub use user::{Role, RoleError, User, Username, UsernameError};
 pub use wallet::{WalletAddress, WalletError};

@@ -129,6 +129,49 @@ impl fmt::Display for SubscriptionStatus {
 
 serde_via_str!(SubscriptionStatus);
 
+/// What a grant gives: `read` (the producer's readings, the seed's subscriptions) or `control`
+/// (issuing set points to the producer's devices). Neither implies the other: a control grant
+/// reads nothing, a data grant commands nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantAccess {
+    #[default]
+    Read,
+    Control,
+}
+
+impl GrantAccess {
+    pub const ALL: [GrantAccess; 2] = [GrantAccess::Read, GrantAccess::Control];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantAccess::Read => "read",
+            GrantAccess::Control => "control",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("access must be read or control")]
+pub struct UnknownAccess;
+
+impl FromStr for GrantAccess {
+    type Err = UnknownAccess;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or(UnknownAccess)
+    }
+}
+
+impl fmt::Display for GrantAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+serde_via_str!(GrantAccess);
+
 /// A decision on a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantAction {
@@ -189,6 +232,9 @@ pub struct Subscription {
     pub expires_at: Option<DateTime<Utc>>,
     /// Who made the last decision (producer, consumer or the BAL).
     pub decided_by: Option<Actor>,
+    /// What the grant gives (rows written before control grants existed are `read`).
+    #[serde(default)]
+    pub access: GrantAccess,
 }
 
 impl Subscription {
@@ -206,6 +252,20 @@ impl Subscription {
             modification_date: now,
             expires_at: None,
             decided_by: None,
+            access: GrantAccess::Read,
+        }
+    }
+
+    /// A new request by `consumer` for `access` to the producer of `topic`.
+    pub fn request_access(
+        consumer: Username,
+        topic: &Topic,
+        access: GrantAccess,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            access,
+            ..Self::request(consumer, topic, now)
         }
     }
 
@@ -218,7 +278,8 @@ impl Subscription {
         }
     }
 
-    /// True when the consumer may read the producer's data at `now`.
+    /// True when the grant is in force at `now` (accepted and not expired), whatever its
+    /// access: callers check [`Subscription::access`] for what it gives.
     pub fn grants_access_at(&self, now: DateTime<Utc>) -> bool {
         self.status_at(now) == SubscriptionStatus::Accepted
     }

@@ -78,7 +78,28 @@ impl Prover {
         let Some(values) = self.store.measurement_leaf(id).await? else {
             return Ok(ProofState::Unknown);
         };
-        let Some(batch) = self.store.batch_of(ItemKind::Measurement, id).await? else {
+        self.bundle(ItemKind::Measurement, id, &values, payload)
+            .await
+    }
+
+    /// The bundle of a certified audit entry (a grant decision or a set point's transition),
+    /// with its payload: the entry as certified.
+    pub async fn audit_entry(&self, id: i64) -> StoreResult<ProofState> {
+        let Some((values, payload)) = self.store.audit_leaf(id).await? else {
+            return Ok(ProofState::Unknown);
+        };
+        self.bundle(ItemKind::Audit, id, &values, Some(&payload))
+            .await
+    }
+
+    async fn bundle(
+        &self,
+        kind: ItemKind,
+        id: i64,
+        values: &bal_core::merkle::LeafValues,
+        payload: Option<&[u8]>,
+    ) -> StoreResult<ProofState> {
+        let Some(batch) = self.store.batch_of(kind, id).await? else {
             return Ok(ProofState::Pending);
         };
         let Some(anchor) = batch.anchor else {
@@ -88,7 +109,7 @@ impl Prover {
             return Ok(ProofState::Pending);
         };
         let (tree, leaves) = &*entry;
-        let Some(index) = leaves.index_of(ItemKind::Measurement, id) else {
+        let Some(index) = leaves.index_of(kind, id) else {
             return Ok(ProofState::Pending);
         };
         let proof = tree.proof(index).unwrap_or_default();
@@ -99,7 +120,7 @@ impl Prover {
             transaction: anchor.tx_hash,
             block_number: anchor.block_number,
             root: batch.root,
-            leaf_values: (&values).into(),
+            leaf_values: values.into(),
             leaf: leaves.leaves[index],
             proof,
             payload_base64: payload.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),

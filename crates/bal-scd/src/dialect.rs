@@ -559,7 +559,11 @@ pub(crate) use postgres_piece;
 macro_rules! common_piece {
     (SUBSCRIPTION_COLUMNS) => {
         "id, consumer, producer, topic, status, creation_date, modification_date, expires_at, \
-         decided_by"
+         decided_by, access"
+    };
+    (SETPOINT_COLUMNS) => {
+        "id, issuer, producer, device, values_json, values_hash, valid_until, seq, state, \
+         reason, created_at, updated_at, attempts, signature"
     };
     (USER_COLUMNS) => {
         "username, role, topic, wallet, created_at"

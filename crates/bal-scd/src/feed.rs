@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use bal_core::setpoint::{DeviceName, SetpointState};
 use bal_core::{Measurement, Subscription, Username};
 use tokio::sync::broadcast;
 
@@ -27,11 +28,52 @@ pub enum Change {
     UserDeleted(Username),
     /// A user's password changed (its sessions ended).
     PasswordChanged(Username),
+    /// A set point changed state (issued, sent, answered, expired...).
+    Setpoint(SetpointChange),
     /// Measurements were committed (duplicates that were not stored again are left out).
     Measurements(Arc<[Measurement]>),
     /// Changes may have been missed (another process's notifications were lost while the
     /// listener reconnected): re-check everything, as for a lagged receiver.
     Resync,
+}
+
+/// What [`Change::Setpoint`] says: enough for a sender to act and a page to refresh, small
+/// enough for a PostgreSQL notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetpointChange {
+    pub id: i64,
+    pub producer: Username,
+    pub device: DeviceName,
+    pub state: SetpointState,
+}
+
+impl From<&crate::Setpoint> for SetpointChange {
+    fn from(s: &crate::Setpoint) -> Self {
+        Self {
+            id: s.id,
+            producer: s.producer.clone(),
+            device: s.device.clone(),
+            state: s.state,
+        }
+    }
+}
+
+impl SetpointChange {
+    /// `<id>,<state>,<producer>,<device>`: the notification's text (the device, last, may
+    /// hold commas).
+    pub(crate) fn to_notice(&self) -> String {
+        format!("{},{},{},{}", self.id, self.state, self.producer, self.device)
+    }
+
+    pub(crate) fn from_notice(data: &str) -> Option<Self> {
+        let mut parts = data.splitn(4, ',');
+        Some(Self {
+            id: parts.next()?.parse().ok()?,
+            state: parts.next()?.parse().ok()?,
+            producer: parts.next()?.parse().ok()?,
+            device: parts.next()?.parse().ok()?,
+        })
+    }
 }
 
 /// Room for bursts of changes before a slow listener starts missing some (it is told, and

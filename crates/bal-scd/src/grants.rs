@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use bal_core::{
-    Actor, AuditAction, GrantAction, ReadScope, Subscription, SubscriptionId, SubscriptionStatus,
+    Actor, AuditAction, ControlScope, GrantAccess, GrantAction, ReadScope, Subscription, SubscriptionId, SubscriptionStatus,
     User, Username,
 };
 use chrono::{DateTime, Utc};
@@ -38,6 +38,7 @@ pub struct SubscriptionQuery {
     pub consumer: Option<Username>,
     pub producer: Option<Username>,
     pub status: Option<SubscriptionStatus>,
+    pub access: Option<GrantAccess>,
 }
 
 /// Subscriptions and the audit log.
@@ -89,7 +90,31 @@ pub async fn read_scope(
             consumer: Some(user.username.clone()),
             producer: producer.cloned(),
             status: Some(SubscriptionStatus::Accepted),
+            access: Some(GrantAccess::Read),
         })
         .await?;
     Ok(ReadScope::of(user, &grants, now))
+}
+
+/// `user`'s [`ControlScope`] at `now`: whose devices it may send set points to, with the
+/// control grants it needs read from `store` (only a consumer's, and with `producer` only
+/// those on that producer).
+pub async fn control_scope(
+    store: &(impl GrantStore + ?Sized),
+    user: &User,
+    producer: Option<&Username>,
+    now: DateTime<Utc>,
+) -> StoreResult<ControlScope> {
+    if user.role != bal_core::Role::Consumer {
+        return Ok(ControlScope::of(user, [], now));
+    }
+    let grants = store
+        .subscriptions(&SubscriptionQuery {
+            consumer: Some(user.username.clone()),
+            producer: producer.cloned(),
+            status: Some(SubscriptionStatus::Accepted),
+            access: Some(GrantAccess::Control),
+        })
+        .await?;
+    Ok(ControlScope::of(user, &grants, now))
 }

@@ -12,7 +12,8 @@
 //!
 //! - [`accounts`]: users and sessions; [`grants`]: subscriptions and the audit log;
 //!   [`measurements`]: ingest and history; [`certification`]: Merkle batches and anchors;
-//!   [`cluster`]: the registry of live replicas and the leases of jobs only one may do.
+//!   [`cluster`]: the registry of live replicas and the leases of jobs only one may do;
+//!   [`setpoints`]: commands to producers' devices, each change of state audited.
 //! - [`sqlite`]: the embedded default (one file, WAL). [`postgres`]: for production and for
 //!   several replicas on one database.
 //! - Who may read what is `bal-core`'s [`bal_core::ReadScope`]; [`read_scope`] reads the grants
@@ -30,6 +31,7 @@ pub mod grants;
 pub mod measurements;
 pub mod postgres;
 mod schema;
+pub mod setpoints;
 pub mod sqlite;
 mod store;
 #[cfg(feature = "testing")]
@@ -50,13 +52,16 @@ pub use cluster::{
     BROKER_LEASE, CERTIFY_LEASE, ClusterStore, Fence, Lease, MqttRole, Replica, ReplicaInfo,
 };
 pub use error::{StoreError, StoreResult};
-pub use feed::{Change, ChangeFeed, MeasurementWatch};
-pub use grants::{AuditEntry, AuditQuery, GrantStore, SubscriptionQuery, read_scope};
+pub use feed::{Change, ChangeFeed, MeasurementWatch, SetpointChange};
+pub use grants::{
+    AuditEntry, AuditQuery, GrantStore, SubscriptionQuery, control_scope, read_scope,
+};
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
     StoredBatch,
 };
 pub use schema::{Migrate, SchemaStatus};
+pub use setpoints::{NewSetpoint, Setpoint, SetpointCounts, SetpointQuery, SetpointStore};
 pub use store::SqlStore;
 
 /// The SCD on SQLite: the embedded default (one file, WAL).
@@ -67,7 +72,8 @@ pub type PgStore = SqlStore<sqlx::Postgres>;
 /// The store's traits, for callers that hold a [`SharedStore`] and call its methods.
 pub mod prelude {
     pub use crate::{
-        AccountStore, CertificationStore, ClusterStore, GrantStore, MeasurementStore, Store,
+        AccountStore, CertificationStore, ClusterStore, GrantStore, MeasurementStore,
+        SetpointStore, Store,
     };
 }
 
@@ -158,6 +164,7 @@ pub trait Store:
     + MeasurementStore
     + CertificationStore
     + ClusterStore
+    + SetpointStore
     + Send
     + Sync
     + 'static

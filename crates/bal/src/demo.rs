@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bal_api::accounts::{self, AccountKeys, FirstAdmin};
-use bal_core::{Actor, GrantAction, Role, Subscription, Topic, Username};
+use bal_core::{Actor, GrantAccess, GrantAction, Role, Subscription, Topic, Username};
 use bal_scd::{SharedStore, SubscriptionQuery};
 use rumqttc::QoS;
 
@@ -90,25 +90,28 @@ async fn ensure_users(
     Ok(())
 }
 
-/// consumer1 → producer1 accepted, consumer2 → producer2 pending, unless they already have one.
+/// consumer1 → producer1 accepted (data, and control: consumer1 plays the aggregator that
+/// sends set points), consumer2 → producer2 pending, unless they already have one.
 async fn ensure_grants(store: &SharedStore) -> anyhow::Result<()> {
-    for (consumer, producer, accept) in [
-        ("consumer1", "producer1", true),
-        ("consumer2", "producer2", false),
+    for (consumer, producer, access, accept) in [
+        ("consumer1", "producer1", GrantAccess::Read, true),
+        ("consumer2", "producer2", GrantAccess::Read, false),
+        ("consumer1", "producer1", GrantAccess::Control, true),
     ] {
         let existing = store
             .subscriptions(&SubscriptionQuery {
                 consumer: Some(name(consumer)),
                 producer: Some(name(producer)),
                 status: None,
+                access: Some(access),
             })
             .await?;
         if !existing.is_empty() {
             continue;
         }
         let now = chrono::Utc::now();
-        let request =
-            Subscription::request(name(consumer), &Topic::for_producer(&name(producer)), now);
+        let topic = Topic::for_producer(&name(producer));
+        let request = Subscription::request_access(name(consumer), &topic, access, now);
         let stored = store.request_subscription(request).await?;
         if accept {
             let action = GrantAction::Accept { expires_at: None };

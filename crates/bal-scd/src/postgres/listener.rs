@@ -23,6 +23,7 @@ pub(crate) enum Notice {
     Subscription(String),
     UserDeleted(String),
     PasswordChanged(String),
+    Setpoint(String),
     Measurements(Vec<i64>),
 }
 
@@ -35,6 +36,7 @@ impl Notice {
             Change::Subscription(s) => Notice::Subscription(s.id.to_string()),
             Change::UserDeleted(u) => Notice::UserDeleted(u.to_string()),
             Change::PasswordChanged(u) => Notice::PasswordChanged(u.to_string()),
+            Change::Setpoint(s) => Notice::Setpoint(s.to_notice()),
             Change::Measurements(_) | Change::Resync => return None,
         })
     }
@@ -53,6 +55,7 @@ pub(crate) fn payloads(origin: &str, notices: &[Notice]) -> Vec<String> {
             Notice::Subscription(id) => ("sub", id.clone()),
             Notice::UserDeleted(u) => ("deleted", u.clone()),
             Notice::PasswordChanged(u) => ("password", u.clone()),
+            Notice::Setpoint(s) => ("sp", s.clone()),
             Notice::Measurements(ids) => {
                 for chunk in id_ranges(ids, MAX_PAYLOAD) {
                     out.push(format!("{origin}|m|{chunk}"));
@@ -225,6 +228,7 @@ async fn read(pool: &PgPool, origin: &str, payload: &str) -> Option<Change> {
         "secret" => name().map(Change::BrokerSecret),
         "deleted" => name().map(Change::UserDeleted),
         "password" => name().map(Change::PasswordChanged),
+        "sp" => crate::feed::SetpointChange::from_notice(data).map(Change::Setpoint),
         "sub" => match data.parse::<SubscriptionId>() {
             Ok(id) => match crate::store::subscription_by_id(pool, id).await {
                 Ok(found) => return found.map(Change::Subscription),

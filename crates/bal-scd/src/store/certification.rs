@@ -90,15 +90,21 @@ macro_rules! measurement_leaf_select {
     };
 }
 
-/// Audit entries of grant decisions joined with their grant's topic and producer's wallet.
+/// The certified audit entries (grant decisions and set point transitions), each joined with
+/// its topic (the grant's; `setpoints/<producer>/<device>` for a set point) and its producer's
+/// wallet. The `CASE` keeps PostgreSQL from casting a grant's object to a number.
 macro_rules! audit_leaf_select {
     ($db:ty; $($rest:tt),+) => {
         sql!($db;
-            "SELECT a.id, ", A_XID, ", a.at, a.actor, a.action, a.object, a.detail, s.topic, \
+            "SELECT a.id, ", A_XID, ", a.at, a.actor, a.action, a.object, a.detail, \
+             COALESCE(s.topic, 'setpoints/' || p.producer || '/' || p.device) AS topic, \
              u.wallet FROM audit_log a \
-             JOIN subscriptions s ON s.id = substr(a.object, 14) AND a.object LIKE 'subscription:%' \
-             JOIN users u ON u.username = s.producer \
-             WHERE a.action LIKE 'subscription.%'",
+             LEFT JOIN subscriptions s \
+               ON a.object LIKE 'subscription:%' AND s.id = substr(a.object, 14) \
+             LEFT JOIN setpoints p ON p.id = CASE WHEN a.object LIKE 'setpoint:%' \
+               THEN CAST(substr(a.object, 10) AS BIGINT) END \
+             JOIN users u ON u.username = COALESCE(s.producer, p.producer) \
+             WHERE (a.action LIKE 'subscription.%' OR a.action LIKE 'setpoint.%')",
             $($rest),+
         )
     };

@@ -38,7 +38,7 @@ impl<DB: Dialect> GrantStore for SqlStore<DB> {
         let inserted = sqlx::query::<DB>(sql!(DB;
             "INSERT INTO subscriptions (",
             SUBSCRIPTION_COLUMNS,
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
         .arg(request.id.to_string())
         .arg(request.consumer.as_str())
@@ -49,13 +49,14 @@ impl<DB: Dialect> GrantStore for SqlStore<DB> {
         .arg(ms(request.modification_date))
         .arg(request.expires_at.map(ms))
         .arg(request.decided_by.as_ref().map(|a| a.to_string()))
+        .arg(request.access.as_str())
         .run(&mut tx)
         .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
                 return Err(StoreError::Conflict(format!(
-                    "{} already has a live subscription request for {}",
-                    request.consumer, request.topic
+                    "{} already has a live {} subscription request for {}",
+                    request.consumer, request.access, request.topic
                 )));
             }
             other => other?,
@@ -64,6 +65,7 @@ impl<DB: Dialect> GrantStore for SqlStore<DB> {
         let detail = AuditDetail::SubscriptionRequested {
             consumer: request.consumer.clone(),
             topic: request.topic.clone(),
+            access: request.access,
         };
         let object = format!("subscription:{}", request.id);
         let action = AuditAction::SubscriptionRequested;
@@ -94,6 +96,9 @@ impl<DB: Dialect> GrantStore for SqlStore<DB> {
         }
         if let Some(s) = query.status {
             sql.push(" AND status = ").push_arg(s.as_str());
+        }
+        if let Some(a) = query.access {
+            sql.push(" AND access = ").push_arg(a.as_str());
         }
         sql.push(" ORDER BY creation_date DESC, id DESC");
         sql.build()

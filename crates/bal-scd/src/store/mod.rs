@@ -14,6 +14,7 @@ mod certification;
 mod cluster;
 mod grants;
 pub(crate) mod rows;
+mod setpoints;
 
 use async_trait::async_trait;
 use bal_core::{Actor, AuditAction, AuditDetail};

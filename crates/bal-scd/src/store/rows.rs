@@ -61,6 +61,7 @@ pub(crate) fn subscription_from_row<DB: Dialect>(
             .map(time)
             .transpose()?,
         decided_by: parse_opt::<DB, bal_core::Actor>(row, "decided_by")?,
+        access: parse::<DB, _>(row, "access")?,
     })
 }
 
@@ -108,6 +109,7 @@ pub(crate) fn transition_detail(
         topic: after.topic.clone(),
         expires_at: after.expires_at,
         reason: reason.map(str::to_owned),
+        access: after.access,
     }
 }
 
