@@ -103,6 +103,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The MQTT cluster's state, when the embedded broker is a cluster node.
     pub mqtt_cluster: Option<routes::health::MqttClusterProbe>,
+    /// Each issuer's budget of set points.
+    pub setpoint_rate: Arc<routes::setpoints::SetpointRate>,
 }
 
 /// The chain side: where batches are anchored, proofs, and the certifier's health.
@@ -130,6 +132,7 @@ impl AppState {
             dependencies: Arc::default(),
             metrics: Arc::default(),
             mqtt_cluster: None,
+            setpoint_rate: Arc::default(),
         }
     }
 
@@ -152,6 +155,7 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .merge(routes::auth::router())
         .merge(routes::users::router())
         .merge(routes::subscriptions::router())
+        .merge(routes::setpoints::router())
         // Uploads carry up to 10 000 readings: their own, larger cap.
         .merge(
             routes::measurements::router().layer(DefaultBodyLimit::max(config.ingest_body_limit)),

@@ -29,6 +29,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
         (name = "auth", description = "Log in and out"),
         (name = "users", description = "User administration (admin)"),
         (name = "subscriptions", description = "Producers and consumers' grants"),
+        (name = "setpoints", description = "Certified set points: commands to producers' devices, each step stored and certified"),
         (name = "measurements", description = "Uploads, history and live streams"),
         (name = "certification", description = "Merkle batches anchored on Ethereum, proofs and their verification"),
         (name = "audit", description = "The append-only audit log (admin)"),

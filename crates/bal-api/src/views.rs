@@ -55,6 +55,9 @@ pub struct SubscriptionView {
     pub expires_at: Option<DateTime<Utc>>,
     /// Who made the last decision; `@system` for the BAL itself.
     pub decided_by: Option<String>,
+    /// `read` (the producer's readings) or `control` (set points to its devices).
+    #[schema(example = "read")]
+    pub access: String,
 }
 
 impl SubscriptionView {
@@ -69,6 +72,7 @@ impl SubscriptionView {
             modification_date: s.modification_date,
             expires_at: s.expires_at,
             decided_by: s.decided_by.as_ref().map(ToString::to_string),
+            access: s.access.to_string(),
         }
     }
 }

@@ -26,12 +26,44 @@ pub fn check_publish(user: &User, topic: &str) -> Result<Topic, PublishRefusal> 
     }
 }
 
+/// Whether a topic or filter is in the set point tree (`setpoints/...`).
+pub fn is_setpoint_topic(topic: &str) -> bool {
+    topic.split('/').next() == Some(bal_core::setpoint::TOPIC_PREFIX)
+}
+
+/// Whether `user` may subscribe to the set point `filter`: only a producer, only within
+/// `setpoints/<itself>/`, with wildcards only below that level.
+pub fn may_subscribe_setpoints(user: &User, filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    let well_formed = levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.is_empty() && !l.contains(['+', '#']),
+    });
+    user.role == Role::Producer
+        && well_formed
+        && levels.len() >= 3
+        && levels[0] == bal_core::setpoint::TOPIC_PREFIX
+        && levels[1] == user.username.as_str()
+}
+
+/// Whether `user` may receive a message on the set point `topic`: only the producer it names.
+pub fn may_receive_setpoint(user: &User, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    levels.next() == Some(bal_core::setpoint::TOPIC_PREFIX)
+        && user.role == Role::Producer
+        && levels.next() == Some(user.username.as_str())
+}
+
 /// True when `user` may subscribe with `filter` now.
 pub async fn may_subscribe(
     grants: &dyn GrantStore,
     user: &User,
     filter: &str,
 ) -> StoreResult<bool> {
+    if is_setpoint_topic(filter) {
+        return Ok(may_subscribe_setpoints(user, filter));
+    }
     match FilterScope::of(filter) {
         Ok(FilterScope::Producer(p)) => {
             let scope = read_scope(grants, user, Some(&p), Utc::now()).await?;
@@ -87,6 +119,38 @@ mod tests {
                 "{t}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_producer_subscribes_to_and_receives_its_set_points() {
+        let p = user("producer1", Role::Producer);
+        for ok in [
+            "setpoints/producer1/inv-1",
+            "setpoints/producer1/+",
+            "setpoints/producer1/#",
+            "setpoints/producer1/inv-1/ack",
+        ] {
+            assert!(may_subscribe_setpoints(&p, ok), "{ok}");
+        }
+        for bad in [
+            "setpoints/producer2/inv-1",
+            "setpoints/+/inv-1",
+            "setpoints/#",
+            "setpoints/producer1",
+            "setpoints/producer1/#/x",
+            "setpoints/producer1/a+",
+            "setpoints/producer1//x",
+        ] {
+            assert!(!may_subscribe_setpoints(&p, bad), "{bad}");
+        }
+        for role in [Role::Admin, Role::Consumer] {
+            let u = user("producer1", role);
+            assert!(!may_subscribe_setpoints(&u, "setpoints/producer1/#"));
+            assert!(!may_receive_setpoint(&u, "setpoints/producer1/inv-1"));
+        }
+        assert!(may_receive_setpoint(&p, "setpoints/producer1/inv-1"));
+        assert!(!may_receive_setpoint(&p, "setpoints/producer10/inv-1"));
+        assert!(is_setpoint_topic("setpoints/x/y") && !is_setpoint_topic("platone/setpoints"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bal_auth::{CredentialCache, LimiterConfig, LoginLimiter, password};
 use bal_core::measurement::mqtt_origin;
-use bal_core::{NewMeasurement, Username};
+use bal_core::{NewMeasurement, Role, Username};
 use bal_metrics::{Channel, Refusal, Source};
 use bal_scd::{SharedStore, User};
 use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
@@ -36,11 +36,14 @@ use rmqtt::types::{
 };
 use tokio::task::JoinHandle;
 
-use crate::access::{PublishRefusal, check_publish, may_subscribe};
+use crate::access::{
+    PublishRefusal, check_publish, is_setpoint_topic, may_receive_setpoint, may_subscribe,
+};
 use crate::cluster::{self, ClusterConfig, ClusterHealth};
 use crate::delivery::ReadChecks;
 use crate::grant_watch;
 use crate::ingest::Ingest;
+use crate::setpoints::{AnswerOutcome, SetpointLink, take_answer, take_delivery};
 
 /// Where and how the embedded broker listens.
 #[derive(Debug, Clone)]
@@ -166,6 +169,7 @@ impl EmbeddedBroker {
             Type::ClientSubscribeCheckAcl,
             Type::MessagePublishCheckAcl,
             Type::MessageExpiryCheck,
+            Type::MessageAcked,
         ] {
             register.add(t, Box::new(hooks.clone())).await;
         }
@@ -228,6 +232,13 @@ impl EmbeddedBroker {
     }
 
     /// The plain listener's address, with the real port.
+    /// What the set point sender publishes through.
+    pub fn setpoint_link(&self) -> Arc<dyn SetpointLink> {
+        Arc::new(EmbeddedLink {
+            scx: self.scx.clone(),
+        })
+    }
+
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
     }
@@ -444,6 +455,9 @@ impl Hooks {
         let Some(user) = self.user_of(session).await else {
             return publish_result(PublishAckReason::NotAuthorized, "unknown user", true);
         };
+        if is_setpoint_topic(&p.topic) {
+            return self.setpoint_answer(&user, p, v3).await;
+        }
         let topic = match check_publish(&user, &p.topic) {
             Ok(t) => t,
             Err(PublishRefusal::InvalidTopic) => {
@@ -504,6 +518,114 @@ impl Hooks {
     }
 }
 
+impl Hooks {
+    /// A device's answer to a set point: only its producer may publish on its ack topics.
+    async fn setpoint_answer(&self, user: &User, p: &Publish, v3: bool) -> HookResult {
+        let target = bal_core::setpoint::parse_ack_topic(&p.topic)
+            .filter(|(producer, _)| user.role == Role::Producer && *producer == user.username);
+        let Some((producer, device)) = target else {
+            return publish_result(
+                PublishAckReason::NotAuthorized,
+                "only setpoints/<your name>/<device>/ack",
+                v3,
+            );
+        };
+        let Some(store) = self.store() else {
+            return publish_result(PublishAckReason::ImplementationSpecificError, "", true);
+        };
+        match take_answer(&*store, &producer, &device, &p.payload).await {
+            Ok(AnswerOutcome::Recorded(_) | AnswerOutcome::Ignored) => {
+                HookResult::PublishAclResult(PublishAclResult::allow())
+            }
+            // A 3.1.1 device cannot be told why; it is not cut off for a malformed answer.
+            Ok(AnswerOutcome::Invalid) => publish_result(
+                PublishAckReason::PayloadFormatInvalid,
+                "an answer is {\"id\": <set point id>, \"status\": \"received\" | \"applied\" | \"rejected\"}",
+                false,
+            ),
+            Err(e) => {
+                // As for readings: no PUBACK, so the device sends its answer again.
+                tracing::error!(error = %e.report(), "set point answer not recorded");
+                publish_result(
+                    PublishAckReason::ImplementationSpecificError,
+                    "not recorded; send it again",
+                    true,
+                )
+            }
+        }
+    }
+
+    /// A device's PUBACK of a set point the BAL sent: `delivered`. Recorded off the session's
+    /// loop, which the hook runs in.
+    fn setpoint_acked(&self, p: &Publish) {
+        let Some(store) = self.store() else { return };
+        let id = p
+            .properties
+            .as_ref()
+            .and_then(|props| props.correlation_data.as_ref())
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<i64>().ok());
+        let Some(id) = id else { return };
+        tokio::spawn(async move {
+            if let Err(e) = take_delivery(&*store, id).await {
+                tracing::warn!(setpoint = id, error = %e.report(), "delivery not recorded");
+            }
+        });
+    }
+}
+
+/// Publishes set points through the embedded broker (to whichever node holds the device's
+/// session, in a cluster).
+pub struct EmbeddedLink {
+    scx: ServerContext,
+}
+
+#[async_trait::async_trait]
+impl SetpointLink for EmbeddedLink {
+    async fn publish(&self, s: &bal_scd::Setpoint) -> anyhow::Result<()> {
+        use rmqtt::codec::v5::PublishProperties;
+        use rmqtt::session::SessionState;
+        use rmqtt::types::{CodecPublish, From, Id, QoS};
+
+        let left = (s.valid_until - chrono::Utc::now()).num_seconds();
+        let Some(expiry) = u32::try_from(left).ok().and_then(std::num::NonZeroU32::new) else {
+            // Under a second left: the sweep expires it.
+            return Ok(());
+        };
+        let properties = PublishProperties {
+            response_topic: Some(bal_core::setpoint::ack_topic(&s.producer, &s.device).into()),
+            correlation_data: Some(bytes::Bytes::from(s.id.to_string())),
+            message_expiry_interval: Some(expiry),
+            content_type: Some("application/json".into()),
+            is_utf8_payload: true,
+            ..Default::default()
+        };
+        let payload = bal_core::setpoint::delivery_payload(s.id, &s.values, s.valid_until, s.seq);
+        let publish = Publish::from(CodecPublish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: bal_core::setpoint::command_topic(&s.producer, &s.device).into(),
+            packet_id: None,
+            payload: payload.into(),
+            properties: Some(properties),
+        })
+        // Without a creation time rmqtt never expires the message.
+        .create_time(rmqtt::utils::timestamp_millis());
+        let id = Id::new(
+            self.scx.node.id(),
+            0,
+            None,
+            None,
+            "bal-setpoints".into(),
+            Some("bal".into()),
+        );
+        SessionState::forwards(&self.scx, From::from_system(id), publish, false, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
 #[async_trait::async_trait]
 impl Handler for Hooks {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
@@ -518,8 +640,17 @@ impl Handler for Hooks {
             Parameter::MessagePublishCheckAcl(session, p) => {
                 (false, Some(self.publish(session, p).await))
             }
+            Parameter::MessageAcked(_, from, p) => {
+                if from.is_system() && is_setpoint_topic(&p.topic) {
+                    self.setpoint_acked(p);
+                }
+                (true, acc)
+            }
             Parameter::MessageExpiryCheck(session, _, p) => {
                 let allowed = match (self.user_of(session).await, self.store()) {
+                    (Some(user), _) if is_setpoint_topic(&p.topic) => {
+                        may_receive_setpoint(&user, &p.topic)
+                    }
                     (Some(user), Some(store)) => {
                         self.reads.may_receive(&*store, &user, &p.topic).await
                     }

@@ -9,6 +9,8 @@
 //!   live sessions.
 //! - [`mosquitto`]: the alternative, an external Mosquitto whose Dynamic Security plugin the BAL
 //!   keeps in line with the SCD, with a persistent shared-subscription ingest.
+//! - [`setpoints`]: set points to devices, whichever the broker: the sender (one per set point
+//!   across replicas), expiry, and the devices' answers.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -19,6 +21,7 @@ mod grant_watch;
 pub mod ingest;
 pub mod mosquitto;
 mod node_shared;
+pub mod setpoints;
 
 pub use cluster::{ClusterConfig, ClusterHealth, ClusterView, Peer, PeerState};
 pub use embedded::{BrokerConfig, EmbeddedBroker};

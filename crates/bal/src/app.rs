@@ -98,6 +98,15 @@ impl Broker {
         }
     }
 
+    /// What set points are published through. Mosquitto has none yet: set points issued there
+    /// stay `queued` until they expire.
+    fn setpoint_link(&self) -> Option<Arc<dyn bal_mqtt::setpoints::SetpointLink>> {
+        match self {
+            Self::Embedded(b) => Some(b.setpoint_link()),
+            Self::Mosquitto(_) => None,
+        }
+    }
+
     fn embedded(&self) -> Option<&EmbeddedBroker> {
         match self {
             Self::Embedded(b) => Some(b),
@@ -460,6 +469,17 @@ impl Application {
             self.heartbeat_every,
             stop_rx.clone(),
         ));
+        if let Some(link) = self.broker.setpoint_link() {
+            let store = self.state.store.clone();
+            let mut stop = stop_rx.clone();
+            let config = bal_mqtt::setpoints::SenderConfig::default();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = bal_mqtt::setpoints::run_sender(store, link, config) => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        }
         tasks.spawn(self.certifier.run(stop_rx));
 
         let handle = Handle::new();

@@ -7,6 +7,7 @@ pub mod health;
 pub mod measurements;
 pub mod metrics;
 pub mod rpc;
+pub mod setpoints;
 pub mod subscriptions;
 pub mod users;
 

@@ -8,7 +8,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic};
+use bal_core::{
+    Actor, GrantAccess, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic,
+};
 use bal_scd::{SubscriptionQuery, User};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -44,6 +46,7 @@ async fn list_producers(
     if caller.user.role == Role::Consumer {
         let query = SubscriptionQuery {
             consumer: Some(caller.user.username.clone()),
+            access: Some(GrantAccess::Read),
             ..Default::default()
         };
         // Newest first, so the first seen per producer is its latest.
@@ -76,9 +79,14 @@ pub struct RequestSubscription {
     #[schema(value_type = String, example = "platone/producer1", max_length = 256,
         pattern = "^platone/[a-z][a-z0-9_-]{2,31}(/[^/+#\\x00-\\x1f\\x7f-\\x9f]+)*$")]
     topic: Topic,
+    /// `read` (default): the producer's readings; `control`: sending set points to its
+    /// devices. Each is a grant of its own.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^(read|control)$", example = "read")]
+    access: GrantAccess,
 }
 
-/// Requests access to a producer's topic.
+/// Requests access to a producer's topic: its readings (`read`) or its devices (`control`).
 #[utoipa::path(post, path = "/api/subscriptions", tag = "subscriptions",
     security(("bearer" = [])),
     request_body = RequestSubscription,
@@ -95,7 +103,7 @@ async fn request_subscription(
     Json(req): Json<RequestSubscription>,
 ) -> Result<impl IntoResponse, ApiError> {
     let now = Utc::now();
-    let request = Subscription::request(consumer.username, &req.topic, now);
+    let request = Subscription::request_access(consumer.username, &req.topic, req.access, now);
     let stored = state.store.request_subscription(request).await?;
     state.metrics.grant_decision(stored.status);
     let location = format!("/api/subscriptions/{}", stored.id);
@@ -113,6 +121,9 @@ pub struct ListParams {
     /// Only subscriptions with this stored status.
     #[param(pattern = "^(requested|accepted|refused|revoked|cancelled|expired)$")]
     status: Option<String>,
+    /// Only grants of this access.
+    #[param(pattern = "^(read|control)$")]
+    access: Option<String>,
 }
 
 /// Subscriptions the caller may see: a consumer its own, a producer those on its topic, an
@@ -131,6 +142,11 @@ async fn list_subscriptions(
         .map(|s| s.parse::<SubscriptionStatus>())
         .transpose()
         .map_err(|_| ApiError::BadRequest("unknown status".into()))?;
+    let access = p
+        .access
+        .map(|a| a.parse::<GrantAccess>())
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let me = caller.user.username;
     let query = match caller.user.role {
         Role::Admin => SubscriptionQuery::default(),
@@ -143,7 +159,11 @@ async fn list_subscriptions(
             ..Default::default()
         },
     };
-    let query = SubscriptionQuery { status, ..query };
+    let query = SubscriptionQuery {
+        status,
+        access,
+        ..query
+    };
     let now = Utc::now();
     let list = state.store.subscriptions(&query).await?;
     Ok(Json(

@@ -26,6 +26,7 @@ mod postgres;
 mod replicas;
 mod schemathesis;
 mod server;
+mod setpoints;
 mod subscriptions;
 mod upgrade;
 mod users;

@@ -1,0 +1,420 @@
+//! Set points: the grid operator (an admin) or the holder of a control grant commands one
+//! device of a producer; the BAL stores the command before anything is sent, delivers it over
+//! MQTT and records (and certifies) every step until the device's answer. A set point is seen
+//! by its issuer, its producer and admins; for anyone else it does not exist (404).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use bal_core::proof::ProofBundle;
+use bal_core::setpoint::{
+    DeviceName, SetpointError, SetpointState, SetpointValues, check_valid_until,
+};
+use bal_core::{Actor, AuditAction, Role, Username};
+use bal_ledger::proofs::ProofState;
+use bal_scd::{AuditQuery, NewSetpoint, Setpoint, SetpointQuery, User, control_scope};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody, Json, Path, Query};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_setpoints, issue_setpoint))
+        .routes(routes!(get_setpoint))
+        .routes(routes!(cancel_setpoint))
+}
+
+/// A set point as its issuer, its producer and admins see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SetpointView {
+    pub id: i64,
+    /// Who issued it; `@system` for the BAL itself.
+    pub issuer: String,
+    pub producer: String,
+    #[schema(example = "inverter-1")]
+    pub device: String,
+    /// Where the device receives it: `setpoints/<producer>/<device>`.
+    #[schema(example = "setpoints/producer1/inverter-1")]
+    pub topic: String,
+    /// The values, in their canonical form (keys sorted).
+    #[schema(value_type = Object)]
+    pub values: serde_json::Value,
+    /// `keccak256` of the canonical values: what each transition's certified entry carries.
+    pub values_hash: String,
+    pub valid_until: DateTime<Utc>,
+    /// The device's sequence number: it only grows.
+    pub seq: i64,
+    /// `queued`, `sent`, `delivered`, `received`, `applied`, `rejected`, `expired`,
+    /// `cancelled`, `superseded` or `failed`.
+    #[schema(example = "applied")]
+    pub state: String,
+    /// Why it was rejected (the device's words), superseded, expired or failed.
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// How many times it was sent.
+    pub attempts: u32,
+}
+
+impl From<&Setpoint> for SetpointView {
+    fn from(s: &Setpoint) -> Self {
+        Self {
+            id: s.id,
+            issuer: s.issuer.to_string(),
+            producer: s.producer.to_string(),
+            device: s.device.to_string(),
+            topic: bal_core::setpoint::command_topic(&s.producer, &s.device),
+            values: s.values.to_value(),
+            values_hash: s.values.hash().to_string(),
+            valid_until: s.valid_until,
+            seq: s.seq,
+            state: s.state.to_string(),
+            reason: s.reason.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            attempts: s.attempts,
+        }
+    }
+}
+
+/// One step of a set point's life, with its proof once certified.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionView {
+    #[schema(example = "applied")]
+    pub state: String,
+    pub at: DateTime<Utc>,
+    /// Who caused it: the issuer, the producer (its device's answer) or `@system`.
+    pub actor: String,
+    /// The audit entry that records it (`GET /api/audit`).
+    pub audit_id: i64,
+    /// The entry as certified (the proof's payload).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    /// The `bal-proof/1` bundle once its batch is anchored, else null.
+    #[schema(value_type = Option<crate::routes::certification::ProofBundleDoc>)]
+    pub proof: Option<ProofBundle>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SetpointDetail {
+    #[serde(flatten)]
+    pub setpoint: SetpointView,
+    /// Oldest first.
+    pub transitions: Vec<TransitionView>,
+}
+
+/// The body of `POST /api/setpoints`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueSetpoint {
+    #[schema(value_type = String, example = "producer1")]
+    producer: String,
+    /// One topic level: 1 to 64 characters, no `/`, `+`, `#`, control characters or leading `$`.
+    #[schema(value_type = String, example = "inverter-1", min_length = 1, max_length = 64,
+        pattern = "^[^/+#$\\x00-\\x1f\\x7f-\\x9f][^/+#\\x00-\\x1f\\x7f-\\x9f]{0,63}$")]
+    device: String,
+    /// What to set: a JSON object with at least one key, at most 4096 bytes in canonical form.
+    #[schema(value_type = Object, example = json!({"p_max_kw": 3.5}))]
+    values: serde_json::Value,
+    /// When the set point stops being valid: never sent after it, `expired` if the device has
+    /// given no final answer by then.
+    valid_until: DateTime<Utc>,
+}
+
+/// Issues a set point to one device of a producer: stored `queued` (and certified) before
+/// anything is sent, then delivered on `setpoints/<producer>/<device>`.
+#[utoipa::path(post, path = "/api/setpoints", tag = "setpoints",
+    security(("bearer" = [])),
+    request_body = IssueSetpoint,
+    responses(
+        (status = 201, body = SetpointView),
+        (status = 400, body = ErrorBody, description = "not JSON"),
+        (status = 403, body = ErrorBody, description = "neither an admin nor holding a control grant on this producer"),
+        (status = 404, body = ErrorBody, description = "no such producer"),
+        (status = 413, body = ErrorBody, description = "values over 4096 bytes"),
+        (status = 422, body = ErrorBody, description = "bad device, values or valid_until"),
+        (status = 429, body = ErrorBody, description = "over the issuer's rate"),
+    ))]
+async fn issue_setpoint(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let caller = caller.user;
+    state.setpoint_rate.take(&caller.username)?;
+    let req: IssueSetpoint = serde_json::from_slice(&body).map_err(|e| {
+        // A number too large for a double is well-formed JSON that we cannot keep exactly.
+        let data = e.classify() == serde_json::error::Category::Data
+            || e.to_string().contains("number out of range");
+        if data {
+            ApiError::Unprocessable(e.to_string())
+        } else {
+            ApiError::BadRequest(e.to_string())
+        }
+    })?;
+    let producer = Username::parse(&req.producer).map_err(|_| ApiError::NotFound("producer"))?;
+    let is_producer = state
+        .store
+        .user(&producer)
+        .await?
+        .is_some_and(|u| u.role == Role::Producer);
+    if !is_producer {
+        return Err(ApiError::NotFound("producer"));
+    }
+    let now = Utc::now();
+    if !control_scope(&*state.store, &caller, Some(&producer), now)
+        .await?
+        .allows(&producer)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "sending set points to {producer}'s devices needs an admin or an accepted control grant"
+        )));
+    }
+    let device = DeviceName::parse(&req.device).map_err(invalid)?;
+    let values = SetpointValues::new(&req.values).map_err(invalid)?;
+    check_valid_until(req.valid_until, now).map_err(invalid)?;
+    let new = NewSetpoint {
+        issuer: Actor::User(caller.username.clone()),
+        producer,
+        device,
+        values,
+        valid_until: req.valid_until,
+        signature: None,
+    };
+    let issued = state.store.issue_setpoint(new, now).await?;
+    tracing::info!(setpoint = issued.id, producer = %issued.producer, device = %issued.device, "set point issued");
+    let location = format!("/api/setpoints/{}", issued.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(SetpointView::from(&issued)),
+    ))
+}
+
+fn invalid(e: SetpointError) -> ApiError {
+    match e {
+        SetpointError::TooLarge => ApiError::PayloadTooLarge(e.to_string()),
+        _ => ApiError::Unprocessable(e.to_string()),
+    }
+}
+
+/// A set point `caller` may see: its issuer, its producer, an admin. `NotFound` otherwise.
+async fn visible(state: &AppState, caller: &User, id: &str) -> Result<Setpoint, ApiError> {
+    let not_found = ApiError::NotFound("set point");
+    let Ok(id) = id.parse::<i64>() else {
+        return Err(not_found);
+    };
+    let s = state.store.setpoint(id).await?.ok_or(not_found)?;
+    let mine = s.issuer.username() == Some(&caller.username) || s.producer == caller.username;
+    if mine || caller.role == Role::Admin {
+        Ok(s)
+    } else {
+        Err(ApiError::NotFound("set point"))
+    }
+}
+
+/// One set point with its transitions, each with its proof once anchored.
+#[utoipa::path(get, path = "/api/setpoints/{id}", tag = "setpoints",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = SetpointDetail), (status = 404, body = ErrorBody)))]
+async fn get_setpoint(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<SetpointDetail>, ApiError> {
+    let s = visible(&state, &caller.user, &id).await?;
+    let mut entries = state
+        .store
+        .audit_log(&AuditQuery {
+            object: Some(format!("setpoint:{}", s.id)),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await?;
+    entries.reverse();
+    let mut transitions = Vec::with_capacity(entries.len());
+    for e in entries {
+        let AuditAction::Setpoint(to) = e.action else {
+            continue;
+        };
+        let proof = match state.certification.prover.audit_entry(e.id).await? {
+            ProofState::Ready(bundle) => Some(*bundle),
+            ProofState::Pending | ProofState::Unknown => None,
+        };
+        transitions.push(TransitionView {
+            state: to.to_string(),
+            at: e.at,
+            actor: e.actor.to_string(),
+            audit_id: e.id,
+            detail: e.detail,
+            proof,
+        });
+    }
+    Ok(Json(SetpointDetail {
+        setpoint: SetpointView::from(&s),
+        transitions,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this producer's devices.
+    producer: Option<String>,
+    /// The `next_before` of the previous page.
+    #[param(minimum = 1)]
+    before: Option<i64>,
+    /// Set points per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SetpointPage {
+    setpoints: Vec<SetpointView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    next_before: Option<i64>,
+}
+
+/// The set points the caller may see (issued by it, or to its devices; all for an admin),
+/// newest first.
+#[utoipa::path(get, path = "/api/setpoints", tag = "setpoints",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses((status = 200, body = SetpointPage), (status = 400, body = ErrorBody)))]
+async fn list_setpoints(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Query(p): Query<ListParams>,
+) -> Result<Json<SetpointPage>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let producer = match p.producer {
+        Some(raw) => Some(
+            Username::parse(&raw)
+                .map_err(|_| ApiError::BadRequest("producer is not a username".into()))?,
+        ),
+        None => None,
+    };
+    let caller = caller.user;
+    let query = SetpointQuery {
+        producer,
+        visible_to: (caller.role != Role::Admin).then(|| caller.username.clone()),
+        before_id: p.before,
+        limit,
+    };
+    let list = state.store.setpoints(&query).await?;
+    let next_before = (list.len() == limit as usize)
+        .then(|| list.last().map(|s| s.id))
+        .flatten();
+    Ok(Json(SetpointPage {
+        setpoints: list.iter().map(SetpointView::from).collect(),
+        next_before,
+    }))
+}
+
+/// Cancels a set point the device has not yet received (by its issuer or an admin).
+#[utoipa::path(post, path = "/api/setpoints/{id}/cancel", tag = "setpoints",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = SetpointView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the device has it already, or it is closed")))]
+async fn cancel_setpoint(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<SetpointView>, ApiError> {
+    let caller = caller.user;
+    let s = visible(&state, &caller, &id).await?;
+    if s.issuer.username() != Some(&caller.username) && caller.role != Role::Admin {
+        return Err(ApiError::Forbidden(
+            "only the issuer or an admin cancels a set point".into(),
+        ));
+    }
+    let actor = Actor::User(caller.username);
+    let cancelled = state
+        .store
+        .move_setpoint(s.id, SetpointState::Cancelled, &actor, None, Utc::now())
+        .await?;
+    Ok(Json(SetpointView::from(&cancelled)))
+}
+
+/// Each issuer's budget of set points: a token bucket per user, per replica. Generous enough
+/// for a DSO that sets a thousand inverters at once, tight enough that a runaway script cannot
+/// flood the devices' queues.
+#[derive(Debug)]
+pub struct SetpointRate {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<Username, (f64, Instant)>>,
+}
+
+impl SetpointRate {
+    pub fn new(burst: u32, per_second: u32) -> Self {
+        Self {
+            burst: f64::from(burst),
+            per_second: f64::from(per_second),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one set point from `user`'s budget, or says when to retry.
+    fn take(&self, user: &Username) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = buckets.entry(user.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64;
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: wait,
+            })
+        }
+    }
+}
+
+impl Default for SetpointRate {
+    fn default() -> Self {
+        Self::new(1000, 100)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_allows_a_burst_then_refuses_with_a_retry_time() {
+        let rate = SetpointRate::new(3, 1);
+        let dso = Username::parse("dso").unwrap();
+        for _ in 0..3 {
+            rate.take(&dso).unwrap();
+        }
+        match rate.take(&dso) {
+            Err(ApiError::TooManyRequests { retry_after_secs }) => assert!(retry_after_secs >= 1),
+            other => panic!("{other:?}"),
+        }
+        // Another issuer has its own budget.
+        rate.take(&Username::parse("other").unwrap()).unwrap();
+    }
+}
