@@ -9,6 +9,7 @@ mod certification;
 mod grants;
 mod measurements;
 mod schema;
+mod setpoints;
 
 use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionStatus, Topic, Username};
 use bal_scd::testing::TestDatabase;
