@@ -51,9 +51,7 @@ impl ReadScope {
         match user.role {
             Role::Admin => ReadScope::All,
             Role::Producer => ReadScope::Producers(BTreeSet::from([user.username.clone()])),
-            Role::Consumer => {
-                ReadScope::Producers(granted(user, grants, GrantAccess::Read, now))
-            }
+            Role::Consumer => ReadScope::Producers(granted(user, grants, GrantAccess::Read, now)),
         }
     }
 
@@ -261,6 +259,9 @@ mod tests {
         assert!(!other.allows(&p("producer1")));
         assert!(ControlScope::of(&user("admin", Role::Admin), &[], now).allows(&p("producer9")));
         let producer = ControlScope::of(&user("producer1", Role::Producer), &grants, now);
-        assert!(!producer.allows(&p("producer1")), "producers command nobody");
+        assert!(
+            !producer.allows(&p("producer1")),
+            "producers command nobody"
+        );
     }
 }

@@ -62,7 +62,10 @@ impl SetpointChange {
     /// `<id>,<state>,<producer>,<device>`: the notification's text (the device, last, may
     /// hold commas).
     pub(crate) fn to_notice(&self) -> String {
-        format!("{},{},{},{}", self.id, self.state, self.producer, self.device)
+        format!(
+            "{},{},{},{}",
+            self.id, self.state, self.producer, self.device
+        )
     }
 
     pub(crate) fn from_notice(data: &str) -> Option<Self> {

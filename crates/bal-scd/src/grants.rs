@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use bal_core::{
-    Actor, AuditAction, ControlScope, GrantAccess, GrantAction, ReadScope, Subscription, SubscriptionId, SubscriptionStatus,
-    User, Username,
+    Actor, AuditAction, ControlScope, GrantAccess, GrantAction, ReadScope, Subscription,
+    SubscriptionId, SubscriptionStatus, User, Username,
 };
 use chrono::{DateTime, Utc};
 

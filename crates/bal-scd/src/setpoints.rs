@@ -75,8 +75,7 @@ pub type SetpointCounts = Vec<(SetpointState, u64)>;
 pub trait SetpointStore: Send + Sync {
     /// Stores a set point `queued` at `now`. `NotFound("producer")` when the producer is no
     /// (live) producer.
-    async fn issue_setpoint(&self, new: NewSetpoint, now: DateTime<Utc>)
-    -> StoreResult<Setpoint>;
+    async fn issue_setpoint(&self, new: NewSetpoint, now: DateTime<Utc>) -> StoreResult<Setpoint>;
     async fn setpoint(&self, id: i64) -> StoreResult<Option<Setpoint>>;
     async fn setpoints(&self, query: &SetpointQuery) -> StoreResult<Vec<Setpoint>>;
     /// Moves a set point to `to` by `actor` at `now`. `NotFound("set point")` for an unknown

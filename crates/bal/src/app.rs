@@ -98,12 +98,11 @@ impl Broker {
         }
     }
 
-    /// What set points are published through. Mosquitto has none yet: set points issued there
-    /// stay `queued` until they expire.
-    fn setpoint_link(&self) -> Option<Arc<dyn bal_mqtt::setpoints::SetpointLink>> {
+    /// What set points are published through.
+    fn setpoint_link(&self) -> Arc<dyn bal_mqtt::setpoints::SetpointLink> {
         match self {
-            Self::Embedded(b) => Some(b.setpoint_link()),
-            Self::Mosquitto(_) => None,
+            Self::Embedded(b) => b.setpoint_link(),
+            Self::Mosquitto(b) => b.setpoint_link(),
         }
     }
 
@@ -469,8 +468,8 @@ impl Application {
             self.heartbeat_every,
             stop_rx.clone(),
         ));
-        if let Some(link) = self.broker.setpoint_link() {
-            let store = self.state.store.clone();
+        {
+            let (store, link) = (self.state.store.clone(), self.broker.setpoint_link());
             let mut stop = stop_rx.clone();
             let config = bal_mqtt::setpoints::SenderConfig::default();
             tasks.spawn(async move {

@@ -26,6 +26,8 @@ const CHUNK: usize = 100;
 
 /// How long a reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a change of the admin's rights may take to disconnect it.
+const KICK_WAIT: Duration = Duration::from_secs(2);
 
 /// One command's answer.
 #[derive(Debug, Clone)]
@@ -183,6 +185,20 @@ impl Dynsec {
             Some(e) => Err(e),
             None => Ok(replies),
         }
+    }
+
+    /// Sends `commands` that change the admin's own rights, after which Mosquitto disconnects
+    /// the admin without replying; returns once the control connection is back.
+    pub async fn run_changing_admin(&self, commands: Vec<Value>) -> anyhow::Result<()> {
+        self.wait_ready(REPLY_TIMEOUT).await?;
+        let payload = serde_json::to_vec(&json!({ "commands": commands }))?;
+        self.client
+            .publish(COMMANDS, QoS::AtLeastOnce, false, payload)
+            .await?;
+        let mut ready = self.ready.clone();
+        // The disconnect, if it comes (a broker that does not kick just carries on).
+        let _ = tokio::time::timeout(KICK_WAIT, ready.wait_for(Result::is_err)).await;
+        self.wait_ready(REPLY_TIMEOUT).await
     }
 
     /// Disconnects.

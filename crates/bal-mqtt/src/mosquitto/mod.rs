@@ -7,6 +7,7 @@
 //! - [`plan`]: the users, roles and rules the broker should hold, and the commands to get there.
 //! - [`ingest`]: the persistent subscriber (plain, or shared among several BALs) that
 //!   acknowledges after commit.
+//! - [`setpoints`]: the client that publishes set points and takes the devices' answers.
 //!
 //! The SCD is the truth. The broker is reconciled with it at start, at once after every change
 //! of users or grants (this process's, and on PostgreSQL every other's), and every
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod dynsec;
 pub mod ingest;
 pub mod plan;
+pub mod setpoints;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -59,6 +61,7 @@ pub struct MosquittoConfig {
 pub struct MosquittoBroker {
     reconciler: JoinHandle<()>,
     ingest: JoinHandle<()>,
+    setpoints: (std::sync::Arc<setpoints::MosquittoLink>, JoinHandle<()>),
     store: SharedStore,
     replica_id: String,
 }
@@ -100,6 +103,12 @@ impl MosquittoBroker {
         } else {
             ingest::FILTER
         };
+        let (link, answers) = setpoints::start(
+            config.connection.clone(),
+            format!("{}-setpoints", config.ingest_client_id),
+            config.shared_ingest,
+            store.clone(),
+        );
         let ingest = tokio::spawn(ingest::run(
             config.connection,
             config.ingest_client_id,
@@ -110,6 +119,7 @@ impl MosquittoBroker {
         Ok(Self {
             reconciler,
             ingest,
+            setpoints: (std::sync::Arc::new(link), answers),
             store,
             replica_id: config.replica_id,
         })
@@ -117,9 +127,15 @@ impl MosquittoBroker {
 
     /// Stops reconciling and ingesting. Messages delivered but not yet committed are not
     /// acknowledged, so the broker delivers them again to the next session.
+    /// What the set point sender publishes through.
+    pub fn setpoint_link(&self) -> std::sync::Arc<dyn crate::setpoints::SetpointLink> {
+        self.setpoints.0.clone()
+    }
+
     pub async fn stop(self) {
         self.ingest.abort();
         self.reconciler.abort();
+        self.setpoints.1.abort();
         let _ = self.ingest.await;
         let _ = self.reconciler.await;
         // Another replica takes over the reconciliation at once.
@@ -207,6 +223,13 @@ impl Reconciler {
                     tracing::warn!(command = r.command, error = e, "broker change refused");
                 }
             }
+        }
+        let sender = plan::sender_plan(&actual, &self.admin);
+        if !sender.is_empty() {
+            // Mosquitto disconnects the admin as it gives it the role, reply unsent; the next
+            // reconciliation checks that it holds it.
+            tracing::info!("letting the BAL's broker client send set points");
+            self.dynsec.run_changing_admin(sender).await?;
         }
         self.passwords(&desired).await
     }

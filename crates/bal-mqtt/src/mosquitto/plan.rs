@@ -5,14 +5,18 @@
 //! - every active BAL user is a dynsec client with exactly one role, `bal-user-<username>`, and
 //!   no groups;
 //! - a producer's role: publish, subscribe and receive on `platone/<self>/#` (which also matches
-//!   `platone/<self>`);
+//!   `platone/<self>`); subscribe and receive on `setpoints/<self>/#` (its devices' set points),
+//!   publish on `setpoints/<self>/+/ack` (their answers);
 //! - a consumer's role: subscribe and receive on `platone/<p>/#` for each accepted, unexpired
 //!   grant on producer `p`; an admin's: the same for every producer (one producer per filter,
 //!   as with the embedded broker);
 //! - default access denies publish, subscribe and delivery, so anything not listed is refused,
 //!   and delivery (`publishClientReceive`) is checked per message;
+//! - the broker's admin, whose client the BAL also sends set points as, holds the role
+//!   `bal-setpoint-sender` (publish on `setpoints/+/+`) beside its own roles, which are left
+//!   alone;
 //! - everything else is removed: clients of no active user, stray `bal-*` roles, extra roles,
-//!   group memberships, deny or re-prioritised entries. The broker's own admin is left alone.
+//!   group memberships, deny or re-prioritised entries.
 //!
 //! Removals are ordered before additions, so a revoked grant stops delivery before anything
 //! else changes.
@@ -47,6 +51,13 @@ impl Acl {
             topic,
         }
     }
+}
+
+/// The role that lets the BAL's own client (the admin's) publish set points.
+pub const SETPOINT_SENDER_ROLE: &str = "bal-setpoint-sender";
+
+fn setpoint_sender_acls() -> BTreeSet<Acl> {
+    BTreeSet::from([Acl::allow(SEND, "setpoints/+/+".to_owned())])
 }
 
 /// The broker's default access: deny everything but unsubscribing.
@@ -87,6 +98,10 @@ pub fn desired(users: &[User], grants: &[Subscription], now: DateTime<Utc>) -> D
         let acls = want.entry(u.username.to_string()).or_default();
         if u.role == Role::Producer {
             acls.insert(Acl::allow(SEND, format!("platone/{}/#", u.username)));
+            let commands = format!("setpoints/{}/#", u.username);
+            acls.insert(Acl::allow(SUBSCRIBE, commands.clone()));
+            acls.insert(Acl::allow(RECEIVE, commands));
+            acls.insert(Acl::allow(SEND, format!("setpoints/{}/+/ack", u.username)));
         }
         let theirs = by_consumer.get(&u.username).into_iter().flatten().copied();
         match ReadScope::of(u, theirs, now) {
@@ -209,12 +224,18 @@ pub fn plan(desired: &Desired, actual: &Actual, admin: &str) -> Vec<Value> {
         }
     }
 
+    let sender_acls = setpoint_sender_acls();
     for (role, acls) in &actual.roles {
         if !role.starts_with(ROLE_PREFIX) {
             continue;
         }
         let owner = role.strip_prefix(USER_ROLE_PREFIX);
-        let Some(want) = owner.and_then(|o| desired.get(o)) else {
+        let want = if role == SETPOINT_SENDER_ROLE {
+            Some(&sender_acls)
+        } else {
+            owner.and_then(|o| desired.get(o))
+        };
+        let Some(want) = want else {
             removals.push(json!({ "command": "deleteRole", "rolename": role }));
             continue;
         };
@@ -256,6 +277,38 @@ pub fn plan(desired: &Desired, actual: &Actual, admin: &str) -> Vec<Value> {
     }
     removals.extend(additions);
     removals
+}
+
+/// The commands that let the admin's client (the BAL's) send set points: the sender role,
+/// beside whatever roles the admin holds. Apart from [`plan`] because giving the admin a role
+/// makes Mosquitto disconnect it (so that it reconnects under its new rights): the reply to
+/// these commands is lost, and they must come last.
+pub fn sender_plan(actual: &Actual, admin: &str) -> Vec<Value> {
+    let sender_acls = setpoint_sender_acls();
+    let mut additions = Vec::new();
+    let sender = actual.roles.get(SETPOINT_SENDER_ROLE);
+    if sender.is_none() {
+        additions.push(json!({ "command": "createRole", "rolename": SETPOINT_SENDER_ROLE }));
+    }
+    for acl in &sender_acls {
+        if !sender.is_some_and(|have| {
+            have.iter()
+                .any(|a| a.acl == *acl && a.allow && a.priority == 0)
+        }) {
+            additions.push(json!({
+                "command": "addRoleACL", "rolename": SETPOINT_SENDER_ROLE,
+                "acltype": acl.acltype, "topic": acl.topic, "allow": true, "priority": 0,
+            }));
+        }
+    }
+    if let Some((roles, _)) = actual.clients.get(admin)
+        && !roles.iter().any(|r| r == SETPOINT_SENDER_ROLE)
+    {
+        additions.push(json!({
+            "command": "addClientRole", "username": admin, "rolename": SETPOINT_SENDER_ROLE,
+        }));
+    }
+    additions
 }
 
 #[cfg(test)]
@@ -468,8 +521,18 @@ mod tests {
     fn each_role_gets_exactly_its_rules() {
         let (users, grants) = world();
         let d = desired(&users, &grants, Utc::now());
-        assert_eq!(topics(&d, "producer1", SEND), ["platone/producer1/#"]);
-        assert_eq!(topics(&d, "producer1", SUBSCRIBE), ["platone/producer1/#"]);
+        assert_eq!(
+            topics(&d, "producer1", SEND),
+            ["platone/producer1/#", "setpoints/producer1/+/ack"]
+        );
+        assert_eq!(
+            topics(&d, "producer1", SUBSCRIBE),
+            ["platone/producer1/#", "setpoints/producer1/#"]
+        );
+        assert_eq!(
+            topics(&d, "producer1", RECEIVE),
+            ["platone/producer1/#", "setpoints/producer1/#"]
+        );
         assert!(
             topics(&d, "consumer1", SEND).is_empty(),
             "consumers never publish"
@@ -482,7 +545,8 @@ mod tests {
             ["platone/producer1/#", "platone/producer2/#"]
         );
         for acls in d.values() {
-            for a in acls {
+            // Set points are only ever a producer's own (above); readings one producer a rule.
+            for a in acls.iter().filter(|a| !a.topic.starts_with("setpoints/")) {
                 assert!(
                     !a.topic.contains('+') && a.topic.starts_with("platone/"),
                     "{a:?}"
@@ -494,6 +558,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_control_grant_lets_its_holder_read_and_send_nothing_on_the_broker() {
+        let (users, _) = world();
+        let mut control = grant("consumer2", "producer1", None);
+        control.access = bal_core::GrantAccess::Control;
+        let d = desired(&users, &[control], Utc::now());
+        assert!(d["consumer2"].is_empty(), "{:?}", d["consumer2"]);
     }
 
     #[test]
@@ -558,9 +631,26 @@ mod tests {
         );
         apply(&mut actual, &commands);
         assert!(plan(&d, &actual, "bal-admin").is_empty());
+        let sender = sender_plan(&actual, "bal-admin");
+        assert_eq!(sender.last().unwrap()["command"], "addClientRole");
+        apply(&mut actual, &sender);
+        assert!(sender_plan(&actual, "bal-admin").is_empty());
+        assert!(plan(&d, &actual, "bal-admin").is_empty());
         assert!(!actual.clients.contains_key("intruder"));
         assert!(!actual.roles.contains_key("bal-user-gone"));
-        assert_eq!(actual.clients["bal-admin"].0, ["admin"]);
+        assert_eq!(
+            actual.clients["bal-admin"].0,
+            ["admin", SETPOINT_SENDER_ROLE],
+            "the admin keeps its role and also sends set points"
+        );
+        assert_eq!(
+            actual.roles[SETPOINT_SENDER_ROLE],
+            [ActualAcl {
+                acl: Acl::allow(SEND, "setpoints/+/+".into()),
+                allow: true,
+                priority: 0
+            }]
+        );
         assert!(actual.roles.contains_key("admin"));
         assert_eq!(
             actual.clients["consumer1"],

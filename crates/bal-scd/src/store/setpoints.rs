@@ -134,11 +134,7 @@ async fn move_locked<DB: Dialect>(
 
 #[async_trait]
 impl<DB: Dialect> SetpointStore for SqlStore<DB> {
-    async fn issue_setpoint(
-        &self,
-        new: NewSetpoint,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Setpoint> {
+    async fn issue_setpoint(&self, new: NewSetpoint, now: DateTime<Utc>) -> StoreResult<Setpoint> {
         let now = bal_core::millis(now);
         let mut tx = self.begin_write().await?;
         // Shared lock: the producer cannot be deleted until this set point is in.
@@ -221,16 +217,18 @@ impl<DB: Dialect> SetpointStore for SqlStore<DB> {
 
     async fn setpoint(&self, id: i64) -> StoreResult<Option<Setpoint>> {
         sqlx::query::<DB>(sql!(DB; "SELECT ", SETPOINT_COLUMNS, " FROM setpoints WHERE id = $1"))
-        .arg(id)
-        .optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(setpoint_from_row::<DB>)
-        .transpose()
+            .arg(id)
+            .optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(setpoint_from_row::<DB>)
+            .transpose()
     }
 
     async fn setpoints(&self, query: &SetpointQuery) -> StoreResult<Vec<Setpoint>> {
-        let mut sql = QueryBuilder::<DB>::new(sql!(DB; "SELECT ", SETPOINT_COLUMNS, " FROM setpoints WHERE 1 = 1"));
+        let mut sql = QueryBuilder::<DB>::new(
+            sql!(DB; "SELECT ", SETPOINT_COLUMNS, " FROM setpoints WHERE 1 = 1"),
+        );
         if let Some(p) = &query.producer {
             sql.push(" AND producer = ").push_arg(p.as_str());
         }

@@ -31,7 +31,10 @@ async fn issuing_numbers_each_device_and_supersedes_only_what_it_fully_replaces(
     let minute = Duration::minutes(1);
     let s = &db.store;
     let a = s
-        .issue_setpoint(new_setpoint("inv-1", json!({"p": 1, "q": 2}), minute), Utc::now())
+        .issue_setpoint(
+            new_setpoint("inv-1", json!({"p": 1, "q": 2}), minute),
+            Utc::now(),
+        )
         .await
         .unwrap();
     let other_device = s
@@ -45,7 +48,10 @@ async fn issuing_numbers_each_device_and_supersedes_only_what_it_fully_replaces(
         .unwrap();
     // Sets `p` and `q`: both earlier ones of inv-1 are left with nothing.
     let c = s
-        .issue_setpoint(new_setpoint("inv-1", json!({"q": 0, "p": 0}), minute), Utc::now())
+        .issue_setpoint(
+            new_setpoint("inv-1", json!({"q": 0, "p": 0}), minute),
+            Utc::now(),
+        )
         .await
         .unwrap();
     assert_eq!((a.seq, b.seq, c.seq, other_device.seq), (1, 2, 3, 1));
@@ -111,10 +117,11 @@ async fn states_move_only_forward_and_each_move_is_one_audit_entry() {
         SetpointState::Cancelled,
         SetpointState::Expired,
     ] {
-        let late = s
-            .move_setpoint(sp.id, to, &device, None, Utc::now())
-            .await;
-        assert!(matches!(late, Err(StoreError::Conflict(_))), "{to}: {late:?}");
+        let late = s.move_setpoint(sp.id, to, &device, None, Utc::now()).await;
+        assert!(
+            matches!(late, Err(StoreError::Conflict(_))),
+            "{to}: {late:?}"
+        );
     }
     let missing = s
         .move_setpoint(999_999, SetpointState::Sent, &device, None, Utc::now())
@@ -193,7 +200,13 @@ async fn each_due_set_point_goes_to_one_sender_and_none_after_its_validity() {
     assert_eq!(unique, ids, "every valid one claimed, the lapsed one not");
 
     // Claimed ones come back only after the retry interval (and while still valid).
-    assert!(db.store.claim_setpoints(Utc::now(), retry, 100).await.unwrap().is_empty());
+    assert!(
+        db.store
+            .claim_setpoints(Utc::now(), retry, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let again = db
         .store
         .claim_setpoints(Utc::now() + Duration::seconds(11), retry, 100)
@@ -207,7 +220,13 @@ async fn each_due_set_point_goes_to_one_sender_and_none_after_its_validity() {
         expired.iter().map(|s| s.id).collect::<Vec<_>>(),
         [lapsed.id]
     );
-    assert!(db.store.expire_setpoints(Utc::now()).await.unwrap().is_empty());
+    assert!(
+        db.store
+            .expire_setpoints(Utc::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let counts = db.store.setpoint_counts().await.unwrap();
     assert!(counts.contains(&(SetpointState::Expired, 1)), "{counts:?}");
     assert!(counts.contains(&(SetpointState::Queued, 40)), "{counts:?}");

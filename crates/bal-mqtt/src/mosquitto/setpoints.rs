@@ -1,0 +1,128 @@
+//! Set points through Mosquitto: a client of the BAL's own (the dynsec admin, whose role
+//! [`super::plan`] gives `publishClientSend setpoints/+/+`) publishes them and takes the
+//! devices' answers from `setpoints/+/+/ack`. Dynsec lets only a device's producer publish on
+//! its ack topics (`publishClientSend setpoints/<producer>/+/ack`), so the topic names the
+//! producer truthfully.
+//!
+//! The answers' session is persistent and acknowledged after the answer is recorded, as ingest
+//! is: an answer sent while the BAL was away, or whose write failed, comes again. With several
+//! replicas the answers are shared among them (`$share/bal/...`). Mosquitto shows the BAL no
+//! device's PUBACK, so set points go from `sent` straight to the device's answer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bal_core::setpoint::{ack_topic, command_topic, delivery_payload, parse_ack_topic};
+use bal_scd::{Setpoint, SharedStore};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event};
+
+use super::connection::BrokerConnection;
+use crate::setpoints::{AnswerOutcome, SetpointLink, take_answer};
+
+/// Answers, for a BAL alone (Mosquitto restores plain subscriptions after a restart).
+pub const ANSWERS: &str = "setpoints/+/+/ack";
+/// Answers shared among replicas.
+pub const SHARED_ANSWERS: &str = "$share/bal/setpoints/+/+/ack";
+
+/// How long Mosquitto keeps the answers' session while the BAL is away: a day.
+const SESSION_EXPIRY_SECS: u32 = 24 * 3600;
+
+/// Publishes set points through Mosquitto.
+pub struct MosquittoLink {
+    client: AsyncClient,
+}
+
+#[async_trait]
+impl SetpointLink for MosquittoLink {
+    async fn publish(&self, s: &Setpoint) -> anyhow::Result<()> {
+        let left = (s.valid_until - chrono::Utc::now()).num_seconds();
+        let Some(expiry) = u32::try_from(left).ok().filter(|l| *l > 0) else {
+            return Ok(());
+        };
+        let properties = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(expiry),
+            response_topic: Some(ack_topic(&s.producer, &s.device)),
+            correlation_data: Some(s.id.to_string().into()),
+            content_type: Some("application/json".into()),
+            ..PublishProperties::default()
+        };
+        let payload = delivery_payload(s.id, &s.values, s.valid_until, s.seq);
+        self.client
+            .publish_with_properties(
+                command_topic(&s.producer, &s.device),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Connects the set point client and starts taking answers; runs until aborted.
+pub fn start(
+    conn: BrokerConnection,
+    client_id: String,
+    shared: bool,
+    store: SharedStore,
+) -> (MosquittoLink, tokio::task::JoinHandle<()>) {
+    let mut options = conn.options(&client_id);
+    options
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS))
+        .set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 1024);
+    let filter = if shared { SHARED_ANSWERS } else { ANSWERS };
+    let link = MosquittoLink {
+        client: client.clone(),
+    };
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "set point answers: cannot subscribe");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let client = client.clone();
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let Some((producer, device)) = parse_ack_topic(&topic) else {
+                            let _ = client.ack(&p).await;
+                            return;
+                        };
+                        match take_answer(&*store, &producer, &device, &p.payload).await {
+                            Ok(AnswerOutcome::Invalid) => {
+                                tracing::warn!(%topic, "not a set point answer; dropped");
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                // Not acknowledged: Mosquitto delivers it again.
+                                tracing::error!(error = %e.report(), "set point answer not recorded");
+                                return;
+                            }
+                        }
+                        let _ = client.ack(&p).await;
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::error!(error = %e, "set point client lost the broker; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    (link, task)
+}
