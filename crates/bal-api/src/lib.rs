@@ -66,6 +66,8 @@ pub struct ApiConfig {
     pub replica_id: String,
     /// Proxies whose `X-Forwarded-For` names the client (`http.trusted_proxies`).
     pub trusted_proxies: Vec<client::TrustedProxy>,
+    /// Each issuer's set point budget per replica: (burst, per second).
+    pub setpoint_rate: (u32, u32),
     /// Whether `GET /metrics` is served here; false when `metrics.listen` gives it a listener
     /// of its own (see [`metrics_router`]).
     pub metrics_route: bool,
@@ -85,6 +87,7 @@ impl Default for ApiConfig {
             replica_id: "bal".to_owned(),
             trusted_proxies: Vec::new(),
             metrics_route: true,
+            setpoint_rate: (1000, 100),
         }
     }
 }
@@ -123,6 +126,7 @@ impl AppState {
         config: ApiConfig,
         certification: Certification,
     ) -> Self {
+        let (burst, per_second) = config.setpoint_rate;
         Self {
             store,
             keys: Arc::new(keys),
@@ -132,7 +136,7 @@ impl AppState {
             dependencies: Arc::default(),
             metrics: Arc::default(),
             mqtt_cluster: None,
-            setpoint_rate: Arc::default(),
+            setpoint_rate: Arc::new(routes::setpoints::SetpointRate::new(burst, per_second)),
         }
     }
 

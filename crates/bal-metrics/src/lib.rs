@@ -55,6 +55,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     backlog: Family<StageLabels, Gauge>,
+    setpoints: Family<StateLabels, Gauge>,
     batches_anchored: Counter,
     measurements_anchored: Counter,
     anchor_latency: Histogram,
@@ -102,6 +103,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
             backlog: Family::default(),
+            setpoints: Family::default(),
             batches_anchored: Counter::default(),
             measurements_anchored: Counter::default(),
             anchor_latency: anchor_buckets(),
@@ -168,6 +170,11 @@ impl Metrics {
             "Measurements stored but not yet anchored: not yet in a batch (unbatched), or in a \
              batch whose anchor is not recorded (unanchored)",
             m.backlog.clone(),
+        );
+        r.register(
+            "setpoints",
+            "Set points in the database by state (all replicas')",
+            m.setpoints.clone(),
         );
         r.register(
             "batches_anchored",
@@ -343,6 +350,16 @@ impl Metrics {
         for (stage, n) in [("unbatched", unbatched), ("unanchored", unanchored)] {
             self.backlog
                 .get_or_create(&StageLabels { stage })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// How many set points are in each state; states not listed have none.
+    pub fn set_setpoints(&self, states: &[&'static str], counts: &[(&'static str, u64)]) {
+        for state in states {
+            let n = counts.iter().find(|(s, _)| s == state).map_or(0, |c| c.1);
+            self.setpoints
+                .get_or_create(&StateLabels { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

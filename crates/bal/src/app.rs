@@ -54,6 +54,8 @@ pub struct Application {
     heartbeat_every: Duration,
     /// `http.shutdown_delay_ms`.
     shutdown_delay: Duration,
+    /// `setpoints.*`: how set points are sent and retried.
+    setpoint_sender: bal_mqtt::setpoints::SenderConfig,
 }
 
 /// The MQTT side: the broker inside `bal`, or the adapter of an external Mosquitto.
@@ -355,6 +357,7 @@ impl Application {
             replica,
             heartbeat_every,
             shutdown_delay: Duration::from_millis(settings.http.shutdown_delay_ms),
+            setpoint_sender: settings.setpoints.sender(),
         })
     }
 
@@ -471,7 +474,7 @@ impl Application {
         {
             let (store, link) = (self.state.store.clone(), self.broker.setpoint_link());
             let mut stop = stop_rx.clone();
-            let config = bal_mqtt::setpoints::SenderConfig::default();
+            let config = self.setpoint_sender.clone();
             tasks.spawn(async move {
                 tokio::select! {
                     () = bal_mqtt::setpoints::run_sender(store, link, config) => {}

@@ -166,6 +166,7 @@ pub(crate) async fn drive(
                 period,
                 qos,
                 payload: payload.clone(),
+                setpoints: None,
             };
             devices::spawn(spec, counters.clone())
         })

@@ -187,6 +187,8 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         period: Duration::from_millis(period_ms),
         qos,
         payload,
+        // Each device also takes set points, under its client id as the device name.
+        setpoints: Some(client.into()),
     };
     let fleet = [
         device(
@@ -258,6 +260,9 @@ fn print_welcome(
     if let Some(a) = app.mqtts_addr() {
         say!("  MQTT over TLS mqtts://127.0.0.1:{}", a.port());
     }
+    say!("  Set points    consumer1 holds a control grant on producer1: issue one to its meter-1");
+    say!("                on the dashboard (Set points), or POST {base}/api/setpoints; the");
+    say!("                simulated meter answers, and every step is certified");
     if let Some(ca) = &ca {
         say!("  CA to trust   {ca}");
     }

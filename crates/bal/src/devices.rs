@@ -21,6 +21,8 @@ pub struct DeviceSpec {
     pub qos: QoS,
     /// Builds the n-th payload.
     pub payload: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+    /// The device name it takes set points for (`setpoints/<username>/<name>`), if any.
+    pub setpoints: Option<String>,
 }
 
 /// Counts shared by many devices.
@@ -30,6 +32,9 @@ pub struct Counters {
     /// QoS 1 messages the broker acknowledged (committed, for the BAL).
     pub acked: AtomicU64,
     pub errors: AtomicU64,
+    /// Set points answered `applied` / `rejected`.
+    pub applied: AtomicU64,
+    pub rejected: AtomicU64,
 }
 
 /// Runs a device until the task is aborted; reconnects after errors.
@@ -43,13 +48,29 @@ pub fn spawn(spec: DeviceSpec, counters: Arc<Counters>) -> JoinHandle<()> {
         options.set_credentials(&spec.username, &spec.password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        // A device that takes set points keeps its session: what is sent while it is away
+        // waits for it.
+        options.set_clean_session(spec.setpoints.is_none());
         let (client, mut events) = AsyncClient::new(options, 1000);
         let acks = counters.clone();
+        let commands = spec
+            .setpoints
+            .as_ref()
+            .map(|device| format!("setpoints/{}/{device}", spec.username));
+        let answers = client.clone();
         let poller = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acks.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(topic) = &commands {
+                            let _ = answers.try_subscribe(topic, QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if commands.is_some() => {
+                        answer_setpoint(&answers, &p.topic, &p.payload, &acks);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -78,6 +99,35 @@ pub fn spawn(spec: DeviceSpec, counters: Arc<Counters>) -> JoinHandle<()> {
         }
         poller.abort();
     })
+}
+
+/// Answers a set point as a simple inverter would: `received`, then `applied`, or `rejected`
+/// when a value is negative (it cannot export less than nothing). On `<topic>/ack`, with the
+/// id from the payload (MQTT 3.1.1 has no response topic). Never blocks the event loop.
+fn answer_setpoint(client: &AsyncClient, topic: &str, payload: &[u8], counters: &Counters) {
+    let Ok(command) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return;
+    };
+    let Some(id) = command["id"].as_i64() else {
+        return;
+    };
+    let negative = command["values"]
+        .as_object()
+        .is_some_and(|v| v.values().any(|x| x.as_f64().is_some_and(|x| x < 0.0)));
+    let ack = format!("{topic}/ack");
+    let send = |body: serde_json::Value| {
+        let _ = client.try_publish(&ack, QoS::AtLeastOnce, false, body.to_string());
+    };
+    send(serde_json::json!({"id": id, "status": "received"}));
+    if negative {
+        counters.rejected.fetch_add(1, Ordering::Relaxed);
+        send(
+            serde_json::json!({"id": id, "status": "rejected", "reason": "negative values are not accepted"}),
+        );
+    } else {
+        counters.applied.fetch_add(1, Ordering::Relaxed);
+        send(serde_json::json!({"id": id, "status": "applied", "values": command["values"]}));
+    }
 }
 
 /// A JSON reading of active and reactive power and voltage, varying smoothly.

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod bench_certify;
 pub mod bench_cluster;
 pub mod bench_replicas;
+pub mod bench_setpoints;
 pub mod check;
 pub mod cli;
 pub mod cluster;

@@ -38,6 +38,9 @@ enum Command {
     /// Measures certification: end-to-end rate and latency, transactions and gas against one
     /// transaction per measurement, proofs verified per second.
     BenchCertify(bal::bench_certify::CertifyBenchArgs),
+    /// Measures set points end to end: issue to applied over the API, the embedded broker and
+    /// simulated devices, and applied to certified.
+    BenchSetpoints(bal::bench_setpoints::SetpointBenchArgs),
     /// Verifies a proof bundle offline, and its anchor with --rpc. Exit 0 valid, 1 invalid,
     /// 2 usage or I/O error.
     Verify(bal::verify::VerifyArgs),
@@ -199,6 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             bal::bench_certify::run(args).await
         }
+        Command::BenchSetpoints(args) => {
+            init_logging(LogFormat::Text);
+            bal::bench_setpoints::run(args).await
+        }
         Command::Config(ConfigCommand::Openapi) => {
             println!("{}", bal_api::openapi().to_pretty_json()?);
             Ok(())
@@ -234,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Health
                 | Command::Bench(_)
                 | Command::BenchCertify(_)
+                | Command::BenchSetpoints(_)
                 | Command::Verify(_) => {
                     unreachable!("handled above")
                 }

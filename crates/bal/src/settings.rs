@@ -43,6 +43,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub chain: ChainSettings,
     pub certify: CertifySettings,
+    pub setpoints: SetpointSettings,
     pub cluster: ClusterSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
@@ -240,6 +241,40 @@ impl Default for CertifySettings {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct SetpointSettings {
+    /// Set points one user may issue at once, per replica (a token bucket's size).
+    pub issue_burst: u32,
+    /// ... refilled at this many per second.
+    pub issue_per_second: u32,
+    /// Seconds before an unanswered set point is sent again (same id, same seq).
+    pub retry_secs: u64,
+    /// Sends without the device's `received` before a set point `failed`.
+    pub max_attempts: u32,
+}
+
+impl Default for SetpointSettings {
+    fn default() -> Self {
+        Self {
+            issue_burst: 1000,
+            issue_per_second: 100,
+            retry_secs: 10,
+            max_attempts: 30,
+        }
+    }
+}
+
+impl SetpointSettings {
+    pub fn sender(&self) -> bal_mqtt::setpoints::SenderConfig {
+        bal_mqtt::setpoints::SenderConfig {
+            retry: Duration::from_secs(self.retry_secs.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            ..bal_mqtt::setpoints::SenderConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
     /// This replica's name: in the registry of live replicas, as the lease holder and in the
     /// default ingest client id. Unset: the host name (a StatefulSet pod's name).
@@ -293,6 +328,7 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             chain: ChainSettings::default(),
             certify: CertifySettings::default(),
+            setpoints: SetpointSettings::default(),
             cluster: ClusterSettings::default(),
             metrics: MetricsSettings::default(),
             log: LogSettings::default(),
@@ -529,6 +565,10 @@ impl Settings {
                 ..bal_api::LimiterConfig::default()
             },
             secure_cookies: self.http.tls,
+            setpoint_rate: (
+                self.setpoints.issue_burst.max(1),
+                self.setpoints.issue_per_second.max(1),
+            ),
             // Refused at start when invalid (Application::build).
             trusted_proxies: self.trusted_proxies().unwrap_or_default(),
             // Refused at start when invalid (Application::build).

@@ -6,6 +6,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bal_core::setpoint::SetpointState;
 use bal_scd::{BROKER_LEASE, CERTIFY_LEASE};
 
 use crate::AppState;
@@ -46,11 +47,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn sample(state: &AppState) {
     let m = &state.metrics;
-    let (readiness, backlog, broker_lease) = tokio::join!(
+    let (readiness, backlog, broker_lease, setpoints) = tokio::join!(
         health::check(state),
         tokio::time::timeout(READ_TIMEOUT, state.store.certification_backlog()),
         tokio::time::timeout(READ_TIMEOUT, state.store.lease(BROKER_LEASE)),
+        tokio::time::timeout(READ_TIMEOUT, state.store.setpoint_counts()),
     );
+    match setpoints {
+        Ok(Ok(counts)) => {
+            let counts: Vec<_> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+            let states = SetpointState::ALL.map(SetpointState::as_str);
+            m.set_setpoints(&states, &counts);
+        }
+        _ => m.scrape_error("setpoints"),
+    }
     for (name, dependency) in &readiness.dependencies {
         m.set_dependency(name, dependency.state == "up");
     }

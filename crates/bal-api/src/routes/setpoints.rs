@@ -393,12 +393,6 @@ impl SetpointRate {
     }
 }
 
-impl Default for SetpointRate {
-    fn default() -> Self {
-        Self::new(1000, 100)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,6 +208,16 @@ async fn loop_with_paho(
 async fn a_set_point_reaches_an_mqtt5_paho_device_and_every_step_is_certified() {
     let (app, done) = loop_with_paho(Broker::Embedded, 5, "apply", "applied").await;
     assert_eq!(done["reason"], Value::Null);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.contains("bal_setpoints{state=\"applied\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bal_setpoints{state=\"queued\"} 0\n"),
+        "{text}"
+    );
     app.stop().await;
 }
 
