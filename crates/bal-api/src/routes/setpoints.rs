@@ -162,7 +162,35 @@ async fn issue_setpoint(
             ApiError::BadRequest(e.to_string())
         }
     })?;
-    let producer = Username::parse(&req.producer).map_err(|_| ApiError::NotFound("producer"))?;
+    let issued = issue(
+        &state,
+        &caller,
+        &req.producer,
+        &req.device,
+        &req.values,
+        req.valid_until,
+    )
+    .await?;
+    let location = format!("/api/setpoints/{}", issued.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(SetpointView::from(&issued)),
+    ))
+}
+
+/// Issues a set point as `caller`, after every check in order: the producer exists (404), the
+/// caller may command it (403), the device, values and validity are acceptable (422, 413).
+/// Used by the API and the dashboard.
+pub(crate) async fn issue(
+    state: &AppState,
+    caller: &User,
+    producer: &str,
+    device: &str,
+    values: &serde_json::Value,
+    valid_until: DateTime<Utc>,
+) -> Result<Setpoint, ApiError> {
+    let producer = Username::parse(producer).map_err(|_| ApiError::NotFound("producer"))?;
     let is_producer = state
         .store
         .user(&producer)
@@ -172,7 +200,7 @@ async fn issue_setpoint(
         return Err(ApiError::NotFound("producer"));
     }
     let now = Utc::now();
-    if !control_scope(&*state.store, &caller, Some(&producer), now)
+    if !control_scope(&*state.store, caller, Some(&producer), now)
         .await?
         .allows(&producer)
     {
@@ -180,25 +208,20 @@ async fn issue_setpoint(
             "sending set points to {producer}'s devices needs an admin or an accepted control grant"
         )));
     }
-    let device = DeviceName::parse(&req.device).map_err(invalid)?;
-    let values = SetpointValues::new(&req.values).map_err(invalid)?;
-    check_valid_until(req.valid_until, now).map_err(invalid)?;
+    let device = DeviceName::parse(device).map_err(invalid)?;
+    let values = SetpointValues::new(values).map_err(invalid)?;
+    check_valid_until(valid_until, now).map_err(invalid)?;
     let new = NewSetpoint {
         issuer: Actor::User(caller.username.clone()),
         producer,
         device,
         values,
-        valid_until: req.valid_until,
+        valid_until,
         signature: None,
     };
     let issued = state.store.issue_setpoint(new, now).await?;
     tracing::info!(setpoint = issued.id, producer = %issued.producer, device = %issued.device, "set point issued");
-    let location = format!("/api/setpoints/{}", issued.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(SetpointView::from(&issued)),
-    ))
+    Ok(issued)
 }
 
 fn invalid(e: SetpointError) -> ApiError {
@@ -209,7 +232,11 @@ fn invalid(e: SetpointError) -> ApiError {
 }
 
 /// A set point `caller` may see: its issuer, its producer, an admin. `NotFound` otherwise.
-async fn visible(state: &AppState, caller: &User, id: &str) -> Result<Setpoint, ApiError> {
+pub(crate) async fn visible(
+    state: &AppState,
+    caller: &User,
+    id: &str,
+) -> Result<Setpoint, ApiError> {
     let not_found = ApiError::NotFound("set point");
     let Ok(id) = id.parse::<i64>() else {
         return Err(not_found);
@@ -234,6 +261,17 @@ async fn get_setpoint(
     Path(id): Path<String>,
 ) -> Result<Json<SetpointDetail>, ApiError> {
     let s = visible(&state, &caller.user, &id).await?;
+    Ok(Json(SetpointDetail {
+        transitions: transitions(&state, &s).await?,
+        setpoint: SetpointView::from(&s),
+    }))
+}
+
+/// A set point's transitions, oldest first, each with its proof once anchored.
+pub(crate) async fn transitions(
+    state: &AppState,
+    s: &Setpoint,
+) -> Result<Vec<TransitionView>, ApiError> {
     let mut entries = state
         .store
         .audit_log(&AuditQuery {
@@ -261,10 +299,7 @@ async fn get_setpoint(
             proof,
         });
     }
-    Ok(Json(SetpointDetail {
-        setpoint: SetpointView::from(&s),
-        transitions,
-    }))
+    Ok(transitions)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -339,19 +374,29 @@ async fn cancel_setpoint(
     caller: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<SetpointView>, ApiError> {
-    let caller = caller.user;
-    let s = visible(&state, &caller, &id).await?;
+    Ok(Json(SetpointView::from(
+        &cancel(&state, &caller.user, &id).await?,
+    )))
+}
+
+/// Cancels set point `id` as `caller`: its issuer or an admin (403), while the device has not
+/// received it (409).
+pub(crate) async fn cancel(
+    state: &AppState,
+    caller: &User,
+    id: &str,
+) -> Result<Setpoint, ApiError> {
+    let s = visible(state, caller, id).await?;
     if s.issuer.username() != Some(&caller.username) && caller.role != Role::Admin {
         return Err(ApiError::Forbidden(
             "only the issuer or an admin cancels a set point".into(),
         ));
     }
-    let actor = Actor::User(caller.username);
-    let cancelled = state
+    let actor = Actor::User(caller.username.clone());
+    Ok(state
         .store
         .move_setpoint(s.id, SetpointState::Cancelled, &actor, None, Utc::now())
-        .await?;
-    Ok(Json(SetpointView::from(&cancelled)))
+        .await?)
 }
 
 /// Each issuer's budget of set points: a token bucket per user, per replica. Generous enough

@@ -1,11 +1,14 @@
 //! Figures 4 and 5: a consumer's producers (subscribe, cancel, open the data of an accepted
-//! grant) and a producer's requests (accept with an optional expiry, refuse, revoke).
+//! grant; ask for control of its devices) and a producer's requests, data and control grants
+//! alike (accept with an optional expiry, refuse, revoke).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use bal_core::{Actor, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic};
+use bal_core::{
+    Actor, GrantAccess, GrantAction, Role, Subscription, SubscriptionId, SubscriptionStatus, Topic,
+};
 use bal_scd::SubscriptionQuery;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::html;
@@ -30,13 +33,16 @@ pub async fn consumer(
     Query(n): Query<Notice>,
 ) -> Result<Response, WebError> {
     let now = Utc::now();
-    let mut latest: HashMap<String, Subscription> = HashMap::new();
+    // The latest grant of each access per producer (newest first, so the first seen).
+    let mut latest: HashMap<(String, GrantAccess), Subscription> = HashMap::new();
     let mine = SubscriptionQuery {
         consumer: Some(who.user.username.clone()),
         ..Default::default()
     };
     for s in state.store.subscriptions(&mine).await? {
-        latest.entry(s.producer.to_string()).or_insert(s);
+        latest
+            .entry((s.producer.to_string(), s.access))
+            .or_insert(s);
     }
     let users = state.store.users().await?;
     let body = html! {
@@ -47,12 +53,14 @@ pub async fn consumer(
                 thead { tr {
                     th scope="col" { "Username" } th scope="col" { "Topic" }
                     th scope="col" { "Wallet" } th scope="col" { "Subscription Status" }
-                    th scope="col" { "Actions" }
+                    th scope="col" { "Actions" } th scope="col" { "Control of its devices" }
                 } }
                 tbody {
                     @for u in users.iter().filter(|u| u.role == Role::Producer) {
                         @let topic = u.topic.as_ref().map(ToString::to_string).unwrap_or_default();
-                        @let sub = latest.get(u.username.as_str());
+                        @let sub = latest.get(&(u.username.to_string(), GrantAccess::Read));
+                        @let control = latest.get(&(u.username.to_string(), GrantAccess::Control));
+                        @let control_status = control.map(|s| s.status_at(now));
                         @let status = sub.map(|s| s.status_at(now));
                         tr data-producer=(u.username) {
                             th scope="row" { (u.username) }
@@ -73,6 +81,25 @@ pub async fn consumer(
                                             (csrf(&who))
                                             input type="hidden" name="topic" value=(topic);
                                             button type="submit" aria-label={ "Subscribe to " (u.username) } { "Subscribe" }
+                                        }
+                                    }
+                                }
+                            }
+                            td.control {
+                                (control_status.map_or("none".to_owned(), |s| s.to_string())) " "
+                                @match (control, control_status) {
+                                    (Some(s), Some(SubscriptionStatus::Accepted | SubscriptionStatus::Requested)) => {
+                                        @if control_status == Some(SubscriptionStatus::Accepted) {
+                                            a href="/setpoints" { "Set points" } " "
+                                        }
+                                        (post_button(&who, &format!("/subscriptions/{}/cancel", s.id), "Give up control"))
+                                    }
+                                    _ => {
+                                        form.inline method="post" action="/subscriptions" {
+                                            (csrf(&who))
+                                            input type="hidden" name="topic" value=(topic);
+                                            input type="hidden" name="access" value="control";
+                                            button type="submit" aria-label={ "Ask " (u.username) " for control" } { "Ask for control" }
                                         }
                                     }
                                 }
@@ -109,6 +136,7 @@ pub async fn producer(
                 caption { "Requests and grants" }
                 thead { tr {
                     th scope="col" { "Consumer" } th scope="col" { "Topic" }
+                    th scope="col" { "Access" }
                     th scope="col" { "Status" } th scope="col" { "Creation Date" }
                     th scope="col" { "Modification Date" } th scope="col" { "Actions" }
                 } }
@@ -118,6 +146,7 @@ pub async fn producer(
                         tr data-consumer=(s.consumer) {
                             th scope="row" { (s.consumer) }
                             td.mono { (s.topic) }
+                            td.access { @if s.access == GrantAccess::Control { "control of your devices" } @else { "your data" } }
                             td.status {
                                 (status)
                                 @if let (SubscriptionStatus::Accepted, Some(e)) = (status, s.expires_at) {
@@ -147,7 +176,7 @@ pub async fn producer(
                         }
                     }
                     @if subs.is_empty() {
-                        tr { td colspan="6" { "No requests yet." } }
+                        tr { td colspan="7" { "No requests yet." } }
                     }
                 }
             }
@@ -160,6 +189,8 @@ pub async fn producer(
 pub struct RequestForm {
     csrf: String,
     topic: String,
+    /// `control` for a control grant; data otherwise.
+    access: Option<String>,
 }
 
 carries_csrf!(RequestForm);
@@ -171,14 +202,27 @@ pub async fn request(
 ) -> Result<Response, WebError> {
     let topic = Topic::parse(&f.topic)
         .map_err(|e| WebError::new(ApiError::Unprocessable(e.to_string()), &who))?;
-    let request = Subscription::request(who.user.username.clone(), &topic, Utc::now());
+    let access = match f.access.as_deref() {
+        None | Some("") => GrantAccess::Read,
+        Some(raw) => raw
+            .parse()
+            .map_err(|e: bal_core::subscription::UnknownAccess| {
+                WebError::new(ApiError::Unprocessable(e.to_string()), &who)
+            })?,
+    };
+    let request =
+        Subscription::request_access(who.user.username.clone(), &topic, access, Utc::now());
     state
         .store
         .request_subscription(request)
         .await
         .map_err(|e| WebError::new(e, &who))?;
     state.metrics.grant_decision(SubscriptionStatus::Requested);
-    Ok(done("/consumer", &format!("Requested access to {topic}.")).into_response())
+    let what = match access {
+        GrantAccess::Read => "access to",
+        GrantAccess::Control => "control of the devices of",
+    };
+    Ok(done("/consumer", &format!("Requested {what} {topic}.")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,7 @@ pub fn page(title: &str, who: Option<&WebUser>, notice: Option<&str>, body: Mark
                                     a href="/consumer" { "Producers" }
                                 }
                             }
+                            a href="/setpoints" { "Set points" }
                             a href="/certification" { "Certification" }
                             span.who { (w.user.username) " (" (w.user.role) ")" }
                             form.inline method="post" action="/logout" {

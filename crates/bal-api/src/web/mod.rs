@@ -11,7 +11,7 @@
 //!   handler gets by extractor.
 //! - [`layout`]: the page frame.
 //! - [`chart`]: SVG charts.
-//! - `login`, `grants`, `data`, `admin`, `explorer`: the pages.
+//! - `login`, `grants`, `data`, `admin`, `explorer`, `setpoints`: the pages.
 
 mod admin;
 pub mod chart;
@@ -22,6 +22,7 @@ mod grants;
 mod layout;
 mod login;
 pub mod session;
+mod setpoints;
 
 use axum::Router;
 use axum::http::header;
@@ -53,6 +54,10 @@ pub fn router() -> Router<AppState> {
             "/admin/users/{username}/password",
             post(admin::reset_password),
         )
+        .route("/setpoints", get(setpoints::list).post(setpoints::submit))
+        .route("/setpoints/{id}", get(setpoints::show))
+        .route("/setpoints/{id}/cancel", post(setpoints::cancel_submit))
+        .route("/setpoints/{id}/proofs/{audit}", get(setpoints::proof))
         .route("/certification", get(explorer::show))
         .route("/certification/readings/{id}", get(explorer::reading))
         .route(

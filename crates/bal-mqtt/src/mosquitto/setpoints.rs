@@ -6,7 +6,9 @@
 //!
 //! The answers' session is persistent and acknowledged after the answer is recorded, as ingest
 //! is: an answer sent while the BAL was away, or whose write failed, comes again. With several
-//! replicas the answers are shared among them (`$share/bal/...`). Mosquitto shows the BAL no
+//! replicas the answers are shared among them (`$share/bal/...`), and two answers of one device
+//! may then be recorded by two replicas out of order: a `received` that arrives after `applied`
+//! is not recorded (the final state is right; the step is missing). Mosquitto shows the BAL no
 //! device's PUBACK, so set points go from `sent` straight to the device's answer.
 
 use std::time::Duration;
@@ -80,7 +82,22 @@ pub fn start(
     let link = MosquittoLink {
         client: client.clone(),
     };
+    // Answers are recorded one after another, in the order they arrive: a device's `received`
+    // then `applied` must not be recorded the other way round (the second would be refused).
+    let (answers, mut queue) =
+        tokio::sync::mpsc::unbounded_channel::<rumqttc::v5::mqttbytes::v5::Publish>();
+    let recorder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(p) = queue.recv().await {
+                if record(&store, &p).await {
+                    let _ = client.ack(&p).await;
+                }
+            }
+        })
+    };
     let task = tokio::spawn(async move {
+        let _recorder = AbortOnDrop(recorder);
         let mut failures = 0u32;
         loop {
             match events.poll().await {
@@ -91,27 +108,7 @@ pub fn start(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let client = client.clone();
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        let Some((producer, device)) = parse_ack_topic(&topic) else {
-                            let _ = client.ack(&p).await;
-                            return;
-                        };
-                        match take_answer(&*store, &producer, &device, &p.payload).await {
-                            Ok(AnswerOutcome::Invalid) => {
-                                tracing::warn!(%topic, "not a set point answer; dropped");
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                // Not acknowledged: Mosquitto delivers it again.
-                                tracing::error!(error = %e.report(), "set point answer not recorded");
-                                return;
-                            }
-                        }
-                        let _ = client.ack(&p).await;
-                    });
+                    let _ = answers.send(p);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -125,4 +122,33 @@ pub fn start(
         }
     });
     (link, task)
+}
+
+/// Records one answer; `true` when it may be acknowledged (recorded, or never recordable).
+async fn record(store: &SharedStore, p: &rumqttc::v5::mqttbytes::v5::Publish) -> bool {
+    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+    let Some((producer, device)) = parse_ack_topic(&topic) else {
+        return true;
+    };
+    match take_answer(&**store, &producer, &device, &p.payload).await {
+        Ok(AnswerOutcome::Invalid) => {
+            tracing::warn!(%topic, "not a set point answer; dropped");
+            true
+        }
+        Ok(_) => true,
+        Err(e) => {
+            // Not acknowledged: Mosquitto delivers it again.
+            tracing::error!(error = %e.report(), "set point answer not recorded");
+            false
+        }
+    }
+}
+
+/// Stops the recorder with the client's task.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

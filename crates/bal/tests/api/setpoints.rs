@@ -402,3 +402,120 @@ async fn only_admins_and_control_grants_issue_and_bad_set_points_store_nothing()
     assert_eq!(older["setpoints"][0]["id"], first["id"]);
     app.stop().await;
 }
+
+/// The `/subscriptions/<id>/accept` form's id in a producer's requests page.
+fn accept_form_id(html: &str) -> String {
+    let at = html.find("/accept\"").expect("an accept form");
+    let start = html[..at].rfind("/subscriptions/").unwrap() + "/subscriptions/".len();
+    html[start..at].to_owned()
+}
+
+#[tokio::test]
+async fn the_dashboard_asks_for_control_then_issues_follows_and_cancels_a_set_point() {
+    use crate::web::{Browser, csrf_in};
+    let app = crate::helpers::spawn_app_with(|s| s.certify.batch_window_ms = 100).await;
+    app.create_user("prod1", "producer").await;
+    app.create_user("agg1", "consumer").await;
+    let mut c = Browser::new(&app);
+    c.login("agg1", PASSWORD).await;
+    let mut p = Browser::new(&app);
+    p.login("prod1", PASSWORD).await;
+
+    let none = c.get("/setpoints").await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert!(!none.body.contains(r#"id="issue""#), "no control, no form");
+    assert!(none.body.contains("control grant"), "{}", none.body);
+
+    // Control is asked for on the producers page and accepted on the producer's.
+    let csrf = c.csrf("/consumer").await;
+    let asked = c
+        .post(
+            "/subscriptions",
+            &[
+                ("csrf", &csrf),
+                ("topic", "platone/prod1"),
+                ("access", "control"),
+            ],
+        )
+        .await;
+    assert_eq!(asked.status, StatusCode::SEE_OTHER);
+    let list = c.get(asked.location.as_deref().unwrap()).await;
+    assert!(
+        list.body
+            .contains("Requested control of the devices of platone/prod1"),
+        "{}",
+        list.body
+    );
+    let requests = p.get("/producer").await;
+    assert!(requests.body.contains("control of your devices"));
+    let id = accept_form_id(&requests.body);
+    let accepted = p
+        .post(
+            &format!("/subscriptions/{id}/accept"),
+            &[("csrf", &csrf_in(&requests.body)), ("expires_at", "")],
+        )
+        .await;
+    assert_eq!(accepted.status, StatusCode::SEE_OTHER);
+
+    // Issued by form; bad values come back as a 422 page, nothing stored.
+    let form = c.get("/setpoints").await;
+    assert!(form.body.contains(r#"id="issue""#) && form.body.contains(r#"<option value="prod1">"#));
+    let csrf = csrf_in(&form.body);
+    let fields = |values: &'static str| {
+        [
+            ("producer", "prod1"),
+            ("device", "meter-9"),
+            ("values", values),
+            ("valid_minutes", "10"),
+        ]
+    };
+    let mut bad = vec![("csrf", csrf.as_str())];
+    bad.extend(fields("[1, 2]"));
+    assert_eq!(
+        c.post("/setpoints", &bad).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let mut good = vec![("csrf", csrf.as_str())];
+    good.extend(fields(r#"{"p_max_kw": 2}"#));
+    let issued = c.post("/setpoints", &good).await;
+    assert_eq!(issued.status, StatusCode::SEE_OTHER);
+    let location = issued.location.unwrap();
+    let detail_path = location.split('?').next().unwrap().to_owned();
+    let detail = c.get(&location).await;
+    assert!(detail.body.contains("issued to prod1"), "{}", detail.body);
+    assert!(detail.body.contains(r#"data-state="queued""#));
+
+    // The producer sees it; another consumer does not.
+    let theirs = p.get("/setpoints").await;
+    assert!(theirs.body.contains("meter-9"));
+    app.create_user("stranger1", "consumer").await;
+    let mut s = Browser::new(&app);
+    s.login("stranger1", PASSWORD).await;
+    assert_eq!(s.get(&detail_path).await.status, StatusCode::NOT_FOUND);
+
+    // Cancelled by form (no device has it), and each transition's bundle once anchored.
+    let cancel = format!("{detail_path}/cancel");
+    let cancelled = c.post(&cancel, &[("csrf", &csrf_in(&detail.body))]).await;
+    assert_eq!(cancelled.status, StatusCode::SEE_OTHER);
+    let mut page = c.get(&detail_path).await;
+    assert!(
+        page.body.contains(r#"data-state="cancelled""#),
+        "{}",
+        page.body
+    );
+    for _ in 0..100 {
+        if !page.body.contains("pending (the next batch)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page = c.get(&detail_path).await;
+    }
+    let link_at = page.body.find("/proofs/").expect("a proof link");
+    let start = page.body[..link_at].rfind('"').unwrap() + 1;
+    let end = link_at + page.body[link_at..].find('"').unwrap();
+    let bundle = c.get(&page.body[start..end]).await;
+    assert_eq!(bundle.status, StatusCode::OK);
+    let bundle: Value = serde_json::from_str(&bundle.body).unwrap();
+    assert_eq!(bundle["format"], "bal-proof/1");
+    app.stop().await;
+}
