@@ -279,6 +279,22 @@ mod tests {
     }
 
     #[test]
+    fn set_point_changes_travel_whole_even_with_commas_in_the_device() {
+        let change = crate::SetpointChange {
+            id: 42,
+            producer: Username::parse("prod1").unwrap(),
+            device: "inv,1".parse().unwrap(),
+            state: bal_core::setpoint::SetpointState::Applied,
+        };
+        let payloads = payloads("o", &[Notice::of(&Change::Setpoint(change.clone())).unwrap()]);
+        assert_eq!(payloads, ["o|sp|42,applied,prod1,inv,1"]);
+        let data = payloads[0].splitn(3, '|').nth(2).unwrap();
+        assert_eq!(crate::SetpointChange::from_notice(data), Some(change));
+        assert_eq!(crate::SetpointChange::from_notice("x,applied,prod1,d"), None);
+        assert_eq!(crate::SetpointChange::from_notice("1,bogus,prod1,d"), None);
+    }
+
+    #[test]
     fn malformed_ranges_are_refused() {
         for bad in ["", "x", "5-1", "1-99999999", "1,,2"] {
             assert_eq!(parse_ranges(bad), None, "{bad}");
