@@ -115,7 +115,8 @@ impl TryFrom<&LeafStrings> for LeafValues {
 /// One check of a verification and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// `format`, `payload_hash`, `leaf`, `proof` or `anchor`.
+    /// `format`, `payload_hash`, `signature` (a set point's issuer), `leaf`, `proof` or
+    /// `anchor`.
     pub name: String,
     pub outcome: Outcome,
     pub detail: String,
@@ -213,7 +214,7 @@ impl ProofBundle {
             Some(p) => Ok(Some(p.to_vec())),
             None => embedded,
         };
-        checks.push(match payload {
+        checks.push(match &payload {
             Err(e) => Check::new("payload_hash", Outcome::Failed, e),
             Ok(None) => Check::new("payload_hash", Outcome::Skipped, "no payload given"),
             Ok(Some(p)) => {
@@ -236,6 +237,21 @@ impl ProofBundle {
                 }
             }
         });
+        if let Ok(Some(p)) = &payload
+            && keccak256(p) == values.payload_hash
+            && let Some(signed) = crate::setpoint::signer_of_entry(p)
+        {
+            checks.push(match signed {
+                Ok((signer, issuer)) => Check::new(
+                    "signature",
+                    Outcome::Passed,
+                    format!(
+                        "the set point was signed by wallet {signer}: check that it is {issuer}'s"
+                    ),
+                ),
+                Err(e) => Check::new("signature", Outcome::Failed, e),
+            });
+        }
         let leaf = values.leaf();
         checks.push(if leaf == self.leaf {
             Check::new(

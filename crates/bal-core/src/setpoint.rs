@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use alloy_primitives::{B256, keccak256};
+use alloy_primitives::{Address, B256, Signature, keccak256};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -319,6 +319,60 @@ pub fn delivery_payload(
     .into_bytes()
 }
 
+/// The text the issuer's wallet signs (an EIP-191 personal message, as `cast wallet sign` and
+/// every Ethereum wallet sign text) when it issues a set point: who, to which device, the hash
+/// of the values and until when. The `setpoint.queued` entry carries the signature, so anyone
+/// holding its proof bundle can recover the signing wallet ([`signer_of_entry`]).
+pub fn signed_message(
+    issuer: &str,
+    producer: &Username,
+    device: &DeviceName,
+    values_hash: &B256,
+    valid_until: DateTime<Utc>,
+) -> String {
+    let until = valid_until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        "Platone BAL set point\nissuer: {issuer}\nproducer: {producer}\ndevice: {device}\n\
+         values: {values_hash}\nvalid until: {until}"
+    )
+}
+
+/// The wallet that signed an issued set point, from its certified audit entry (the payload of
+/// a `setpoint.queued` proof bundle). `None` when the payload is no signed `setpoint.queued`
+/// entry; an error when the signature does not parse or the entry is malformed.
+pub fn signer_of_entry(payload: &[u8]) -> Option<Result<(Address, String), String>> {
+    let entry: Value = serde_json::from_slice(payload).ok()?;
+    if entry["action"] != "setpoint.queued" {
+        return None;
+    }
+    let detail = &entry["detail"];
+    let signature = detail["signature"].as_str()?;
+    Some((|| {
+        let text = |k: &str| {
+            detail[k]
+                .as_str()
+                .ok_or_else(|| format!("the entry has no {k}"))
+        };
+        let producer = Username::parse(text("producer")?).map_err(|e| e.to_string())?;
+        let device = DeviceName::parse(text("device")?).map_err(|e| e.to_string())?;
+        let hash: B256 = text("values_hash")?
+            .parse()
+            .map_err(|_| "values_hash is not 32 bytes of hex".to_owned())?;
+        let until = DateTime::parse_from_rfc3339(text("valid_until")?)
+            .map_err(|e| e.to_string())?
+            .with_timezone(&Utc);
+        let issuer = text("issuer")?;
+        let message = signed_message(issuer, &producer, &device, &hash, until);
+        let signature: Signature = signature
+            .parse()
+            .map_err(|_| "the signature is not 65 bytes of hex".to_owned())?;
+        let signer = signature
+            .recover_address_from_msg(message.as_bytes())
+            .map_err(|e| format!("no signer recovers from the signature: {e}"))?;
+        Ok((signer, issuer.to_owned()))
+    })())
+}
+
 /// A device's answer on its ack topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceAnswer {
@@ -555,5 +609,37 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn the_issuers_signature_is_recovered_from_the_certified_entry_and_tampering_shows() {
+        use alloy_signer::SignerSync;
+        // A fixed key signs, as the server does; its address is what must come back.
+        let key =
+            alloy_signer_local::PrivateKeySigner::from_bytes(&B256::with_last_byte(7)).unwrap();
+        let address = key.address();
+        let (p, d) = (
+            Username::parse("prod1").unwrap(),
+            DeviceName::parse("inv-1").unwrap(),
+        );
+        let hash = keccak256(b"{\"p\":1}");
+        let until = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let message = signed_message("dso", &p, &d, &hash, until);
+        let signature = key.sign_message_sync(message.as_bytes()).unwrap();
+        let entry = |device: &str| {
+            format!(
+                r#"{{"id":1,"at":2,"actor":"dso","action":"setpoint.queued","object":"setpoint:1","detail":{{"to":"queued","issuer":"dso","producer":"prod1","device":"{device}","values_hash":"{hash}","valid_until":"{}","seq":1,"signature":"0x{}"}}}}"#,
+                until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                alloy_primitives::hex::encode(signature.as_bytes())
+            )
+        };
+        let (signer, issuer) = signer_of_entry(entry("inv-1").as_bytes()).unwrap().unwrap();
+        assert_eq!((signer, issuer.as_str()), (address, "dso"));
+        // Another device in the entry: the signature recovers someone else.
+        let (other, _) = signer_of_entry(entry("inv-2").as_bytes()).unwrap().unwrap();
+        assert_ne!(other, address);
+        // Not a signed issue: nothing to check.
+        assert!(signer_of_entry(br#"{"action":"setpoint.sent","detail":{}}"#).is_none());
+        assert!(signer_of_entry(b"not json").is_none());
     }
 }

@@ -76,6 +76,8 @@ pub trait AccountStore: Send + Sync {
     async fn users(&self) -> StoreResult<Vec<User>>;
     /// An active user with its password hash.
     async fn credentials(&self, username: &Username) -> StoreResult<Option<Credentials>>;
+    /// An active user's encrypted wallet (the keystore document), for the server to sign with.
+    async fn wallet_keystore(&self, username: &Username) -> StoreResult<Option<String>>;
     /// Replaces a password hash (and the sealed broker copy, `None` when none is kept) and ends
     /// all of the user's sessions.
     async fn set_password(

@@ -211,17 +211,54 @@ pub(crate) async fn issue(
     let device = DeviceName::parse(device).map_err(invalid)?;
     let values = SetpointValues::new(values).map_err(invalid)?;
     check_valid_until(valid_until, now).map_err(invalid)?;
+    let signature = sign(state, caller, &producer, &device, &values, valid_until).await?;
     let new = NewSetpoint {
         issuer: Actor::User(caller.username.clone()),
         producer,
         device,
         values,
         valid_until,
-        signature: None,
+        signature: Some(signature),
     };
     let issued = state.store.issue_setpoint(new, now).await?;
     tracing::info!(setpoint = issued.id, producer = %issued.producer, device = %issued.device, "set point issued");
     Ok(issued)
+}
+
+/// The issuer's wallet signs what it issues (`bal-core`'s `signed_message`, EIP-191), so the
+/// certified `setpoint.queued` entry shows who commanded what. The key is unlocked here, on
+/// the server, and never leaves it.
+async fn sign(
+    state: &AppState,
+    caller: &User,
+    producer: &Username,
+    device: &DeviceName,
+    values: &SetpointValues,
+    valid_until: DateTime<Utc>,
+) -> Result<String, ApiError> {
+    use alloy_signer::SignerSync;
+    let keystore = state
+        .store
+        .wallet_keystore(&caller.username)
+        .await?
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the issuer has no wallet")))?;
+    let message = bal_core::setpoint::signed_message(
+        caller.username.as_str(),
+        producer,
+        device,
+        &values.hash(),
+        valid_until,
+    );
+    let keys = state.keys.clone();
+    // scrypt: a few milliseconds of CPU, off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let signer = bal_wallet::Wallet::unlock(&keystore, &keys.master)?;
+        let signature = signer.sign_message_sync(message.as_bytes())?;
+        Ok::<_, anyhow::Error>(format!("0x{}", hex::encode(signature.as_bytes())))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
 }
 
 fn invalid(e: SetpointError) -> ApiError {

@@ -286,11 +286,17 @@ mod tests {
             device: "inv,1".parse().unwrap(),
             state: bal_core::setpoint::SetpointState::Applied,
         };
-        let payloads = payloads("o", &[Notice::of(&Change::Setpoint(change.clone())).unwrap()]);
+        let payloads = payloads(
+            "o",
+            &[Notice::of(&Change::Setpoint(change.clone())).unwrap()],
+        );
         assert_eq!(payloads, ["o|sp|42,applied,prod1,inv,1"]);
         let data = payloads[0].splitn(3, '|').nth(2).unwrap();
         assert_eq!(crate::SetpointChange::from_notice(data), Some(change));
-        assert_eq!(crate::SetpointChange::from_notice("x,applied,prod1,d"), None);
+        assert_eq!(
+            crate::SetpointChange::from_notice("x,applied,prod1,d"),
+            None
+        );
         assert_eq!(crate::SetpointChange::from_notice("1,bogus,prod1,d"), None);
     }
 

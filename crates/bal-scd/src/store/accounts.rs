@@ -123,6 +123,19 @@ impl<DB: Dialect> AccountStore for SqlStore<DB> {
         .transpose()
     }
 
+    async fn wallet_keystore(&self, username: &Username) -> StoreResult<Option<String>> {
+        let row = sqlx::query::<DB>(
+            "SELECT account FROM users WHERE username = $1 AND deleted_at IS NULL",
+        )
+        .arg(username.as_str())
+        .optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| get::<DB, Option<String>>(&r, "account"))
+            .transpose()?
+            .flatten())
+    }
+
     async fn set_password(
         &self,
         username: &Username,

@@ -182,6 +182,8 @@ async fn loop_with_paho(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let me = json_ok(app.get("/api/me", &agg).await, StatusCode::OK).await;
+    let wallet = me["wallet"].as_str().unwrap().to_lowercase();
     for t in certified["transitions"].as_array().unwrap() {
         let bundle = &t["proof"];
         assert_eq!(
@@ -198,6 +200,20 @@ async fn loop_with_paho(
         )
         .await;
         assert_eq!(verdict["valid"], true, "{verdict}");
+        // The issue is signed by the issuer's wallet, checkable from the bundle alone.
+        let signature = verdict["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "signature");
+        if t["state"] == "queued" {
+            let check = signature.expect("a signature check");
+            assert_eq!(check["outcome"], "passed", "{check}");
+            let said = check["detail"].as_str().unwrap().to_lowercase();
+            assert!(said.contains(&wallet), "{said} names {wallet}");
+        } else {
+            assert!(signature.is_none(), "{verdict}");
+        }
         assert_eq!(t["detail"]["values_hash"], certified["values_hash"]);
         assert_eq!(t["detail"]["issuer"], "agg1");
     }
