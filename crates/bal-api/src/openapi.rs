@@ -43,7 +43,7 @@ pub(crate) struct ApiDoc;
 pub(crate) fn complete(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::Modify;
     CommonResponses.modify(openapi);
-    SubscriptionLinks.modify(openapi);
+    ResourceLinks.modify(openapi);
 }
 
 struct BearerAuth;
@@ -134,10 +134,11 @@ impl utoipa::Modify for CommonResponses {
 }
 
 /// OpenAPI links: a created subscription leads to accepting, refusing, cancelling and reading
-/// it; an accepted one to revoking it. Clients (and schemathesis' stateful phase) follow them.
-struct SubscriptionLinks;
+/// it; an accepted one to revoking it; an issued set point to reading and cancelling it.
+/// Clients (and schemathesis' stateful phase) follow them.
+struct ResourceLinks;
 
-impl utoipa::Modify for SubscriptionLinks {
+impl utoipa::Modify for ResourceLinks {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::link::LinkBuilder;
         // utoipa 5.5 writes `Link::operation_id` as `operation_id`, not the spec's
@@ -174,6 +175,11 @@ impl utoipa::Modify for SubscriptionLinks {
             "/api/subscriptions/{id}/accept",
             "200",
             &["revoke", "get_subscription"],
+        );
+        add_links(
+            "/api/setpoints",
+            "201",
+            &["get_setpoint", "cancel_setpoint"],
         );
     }
 }

@@ -56,15 +56,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 pub async fn run(args: CertifyBenchArgs) -> anyhow::Result<()> {
-    let scratch = match &args.database {
-        Some(server) => Some(crate::scratch::ScratchDatabase::create(server, 2).await?),
-        None => None,
-    };
-    let result = run_on(&args, scratch.as_ref().map(|s| s.url.as_str())).await;
-    if let Some(s) = scratch {
-        s.drop_now().await?;
-    }
-    result
+    let server = args.database.clone();
+    crate::scratch::ScratchDatabase::around(server.as_deref(), 2, |url| async move {
+        run_on(&args, url.as_deref()).await
+    })
+    .await
 }
 
 async fn run_on(args: &CertifyBenchArgs, database: Option<&str>) -> anyhow::Result<()> {

@@ -27,6 +27,27 @@ impl ScratchDatabase {
         })
     }
 
+    /// Runs `bench` on a scratch database of `server` (`--database`), dropped afterwards even
+    /// when the bench fails; with no server, on none (`None`: the bench uses SQLite).
+    pub async fn around<T, Fut>(
+        server: Option<&str>,
+        n: u32,
+        bench: impl FnOnce(Option<String>) -> Fut,
+    ) -> anyhow::Result<T>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let scratch = match server {
+            Some(server) => Some(Self::create(server, n).await?),
+            None => None,
+        };
+        let result = bench(scratch.as_ref().map(|s| s.url.clone())).await;
+        if let Some(s) = scratch {
+            s.drop_now().await?;
+        }
+        result
+    }
+
     /// Drops the database (the phase's connections are closed with `FORCE`).
     pub async fn drop_now(self) -> anyhow::Result<()> {
         Ok(bal_scd::postgres::drop_database(&self.server, &self.name).await?)

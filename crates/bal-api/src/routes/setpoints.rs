@@ -124,11 +124,21 @@ pub struct IssueSetpoint {
         pattern = "^[^/+#$\\x00-\\x1f\\x7f-\\x9f][^/+#\\x00-\\x1f\\x7f-\\x9f]{0,63}$")]
     device: String,
     /// What to set: a JSON object with at least one key, at most 4096 bytes in canonical form.
-    #[schema(value_type = Object, example = json!({"p_max_kw": 3.5}))]
+    #[schema(schema_with = values_schema)]
     values: serde_json::Value,
     /// When the set point stops being valid: never sent after it, `expired` if the device has
     /// given no final answer by then.
     valid_until: DateTime<Utc>,
+}
+
+/// `values`: any JSON object with at least one key.
+fn values_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .min_properties(Some(1))
+        .examples([serde_json::json!({"p_max_kw": 3.5})])
+        .build()
 }
 
 /// Issues a set point to one device of a producer: stored `queued` (and certified) before
@@ -344,6 +354,7 @@ pub(crate) async fn transitions(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only this producer's devices.
+    #[param(pattern = "^[a-z][a-z0-9_-]{2,31}$")]
     producer: Option<String>,
     /// The `next_before` of the previous page.
     #[param(minimum = 1)]
@@ -374,6 +385,9 @@ async fn list_setpoints(
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    if p.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::BadRequest("before must be a set point id".into()));
     }
     let producer = match p.producer {
         Some(raw) => Some(

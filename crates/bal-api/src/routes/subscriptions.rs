@@ -82,7 +82,7 @@ pub struct RequestSubscription {
     /// `read` (default): the producer's readings; `control`: sending set points to its
     /// devices. Each is a grant of its own.
     #[serde(default)]
-    #[schema(value_type = Option<String>, pattern = "^(read|control)$", example = "read")]
+    #[schema(value_type = String, pattern = "^(read|control)$", example = "read")]
     access: GrantAccess,
 }
 

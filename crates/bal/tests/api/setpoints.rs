@@ -535,3 +535,29 @@ async fn the_dashboard_asks_for_control_then_issues_follows_and_cancels_a_set_po
     assert_eq!(bundle["format"], "bal-proof/1");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_issuer_over_its_rate_gets_429_with_a_retry_time_and_others_do_not() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.setpoints.issue_burst = 2;
+        s.setpoints.issue_per_second = 1;
+    })
+    .await;
+    let (_prod, agg) = with_control_grant(&app).await;
+    for _ in 0..2 {
+        let r = issue(&app, &agg, "inv-1", json!({"p": 1})).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = issue(&app, &agg, "inv-1", json!({"p": 1})).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // The admin's budget is its own.
+    let r = issue(&app, &app.admin, "inv-1", json!({"p": 1})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    app.stop().await;
+}
