@@ -108,6 +108,8 @@ pub struct AppState {
     pub mqtt_cluster: Option<routes::health::MqttClusterProbe>,
     /// Each issuer's budget of set points.
     pub setpoint_rate: Arc<routes::setpoints::SetpointRate>,
+    /// Issuers' unlocked wallets, for signing set points.
+    pub setpoint_signers: Arc<routes::setpoints::SignerCache>,
 }
 
 /// The chain side: where batches are anchored, proofs, and the certifier's health.
@@ -137,6 +139,7 @@ impl AppState {
             metrics: Arc::default(),
             mqtt_cluster: None,
             setpoint_rate: Arc::new(routes::setpoints::SetpointRate::new(burst, per_second)),
+            setpoint_signers: Arc::default(),
         }
     }
 

@@ -2,9 +2,9 @@
 //! SCD and publishes them (QoS 1 on `setpoints/<producer>/<device>`), the expiry sweep, and what
 //! a device's answer on `setpoints/<producer>/<device>/ack` does.
 //!
-//! Every replica runs a sender; the store's claim hands each due set point to one of them. A set
-//! point is marked `sent` before it is published, so that a device answering at once always
-//! finds it past `queued`. Brokers keep sessions in memory, so anything unanswered is sent again
+//! Every replica runs a sender; the store's claim hands each due set point to one of them, and
+//! marks it `sent` before it is published, so that a device answering at once always finds it
+//! past `queued`. Brokers keep sessions in memory, so anything unanswered is sent again
 //! (same id, same `seq`) every `retry` until the device says `received`, it expires, or
 //! `max_attempts` is reached (`failed`).
 
@@ -88,7 +88,7 @@ pub async fn send_due(
             .claim_setpoints(Utc::now(), config.retry, CLAIM_BATCH)
             .await?;
         let full = claimed.len() == CLAIM_BATCH as usize;
-        for mut s in claimed {
+        for s in claimed {
             if s.attempts > config.max_attempts {
                 let reason = format!("not received after {} sends", config.max_attempts);
                 ignore_conflict(
@@ -103,17 +103,6 @@ pub async fn send_due(
                         .await,
                 )?;
                 continue;
-            }
-            if s.state == SetpointState::Queued {
-                let moved = store
-                    .move_setpoint(s.id, SetpointState::Sent, &Actor::System, None, Utc::now())
-                    .await;
-                match moved {
-                    Ok(after) => s = after,
-                    // Cancelled or superseded meanwhile: nothing to send.
-                    Err(StoreError::Conflict(_)) => continue,
-                    Err(e) => return Err(e),
-                }
             }
             match link.publish(&s).await {
                 Ok(()) => sent += 1,

@@ -89,8 +89,9 @@ pub trait SetpointStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Setpoint>;
     /// Up to `max` set points due for sending at `now` (queued, or sent and unanswered with
-    /// their next attempt due), claimed: each one's attempts grow by one and its next attempt
-    /// moves `retry` later.
+    /// their next attempt due), claimed: each one's attempts grow by one, its next attempt
+    /// moves `retry` later, and a queued one becomes `sent` (with its audit entry), all in one
+    /// transaction.
     async fn claim_setpoints(
         &self,
         now: DateTime<Utc>,

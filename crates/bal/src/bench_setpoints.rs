@@ -37,6 +37,10 @@ pub struct SetpointBenchArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Set points issued per second, paced; 0: as fast as --concurrency allows (a burst, as a
+    /// DSO setting every inverter at once).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
     /// The certifier's batch window, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub window_ms: u64,
@@ -84,6 +88,8 @@ async fn run_on(args: &SetpointBenchArgs, database: Option<&str>) -> anyhow::Res
     settings.mqtt.listen = Some("127.0.0.1:0".parse()?);
     settings.mqtt.listen_tls = None;
     settings.certify.batch_window_ms = args.window_ms;
+    // A thousand devices log in from one address at once: not an attack.
+    settings.auth.max_failed_logins_per_address = u32::MAX;
     // The benchmark is one issuer setting every device: no rate limit in the way.
     settings.setpoints.issue_burst = u32::MAX / 2;
     settings.setpoints.issue_per_second = u32::MAX / 2;
@@ -93,7 +99,7 @@ async fn run_on(args: &SetpointBenchArgs, database: Option<&str>) -> anyhow::Res
     let base = app.base_url();
     let mqtt = app.mqtt_addr().expect("listening");
     println!(
-        "database: {}; {} devices, {} rounds, batch window {} ms",
+        "database: {}; {} devices, {} rounds, {}, batch window {} ms",
         if database.is_some() {
             "PostgreSQL (scratch)"
         } else {
@@ -101,6 +107,10 @@ async fn run_on(args: &SetpointBenchArgs, database: Option<&str>) -> anyhow::Res
         },
         args.devices,
         args.rounds,
+        match args.rate {
+            0 => format!("bursts of {} requests in flight", args.concurrency),
+            r => format!("{r} set points/s"),
+        },
         args.window_ms
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -141,8 +151,19 @@ async fn run_on(args: &SetpointBenchArgs, database: Option<&str>) -> anyhow::Res
             devices::spawn(spec, counters.clone())
         })
         .collect();
-    // Connected and subscribed (a set point sent before a device subscribes waits for nobody).
-    tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(args.devices as u64)).await;
+    // Every device subscribed (a set point sent before waits for its retry).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters
+        .subscribed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < args.devices as u64
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the devices did not all subscribe in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Plain HTTP on loopback; reqwest still wants a process-wide TLS provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -163,10 +184,16 @@ async fn run_on(args: &SetpointBenchArgs, database: Option<&str>) -> anyhow::Res
     let started = Instant::now();
     let mut refused = 0usize;
     for round in 0..args.rounds {
+        let round_start = tokio::time::Instant::now();
         let requests = (0..args.devices).map(|i| {
             let (http, token, base) = (http.clone(), token.clone(), base.clone());
             let issued_at = issued_at.clone();
+            let at = (args.rate > 0)
+                .then(|| round_start + Duration::from_secs_f64(i as f64 / f64::from(args.rate)));
             async move {
+                if let Some(at) = at {
+                    tokio::time::sleep_until(at).await;
+                }
                 let body = json!({
                     "producer": format!("producer{}", i % args.producers.max(1)),
                     "device": format!("dev-{i}"),

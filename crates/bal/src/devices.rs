@@ -32,6 +32,8 @@ pub struct Counters {
     /// QoS 1 messages the broker acknowledged (committed, for the BAL).
     pub acked: AtomicU64,
     pub errors: AtomicU64,
+    /// Devices subscribed to their set points.
+    pub subscribed: AtomicU64,
     /// Set points answered `applied` / `rejected`.
     pub applied: AtomicU64,
     pub rejected: AtomicU64,
@@ -63,6 +65,9 @@ pub fn spawn(spec: DeviceSpec, counters: Arc<Counters>) -> JoinHandle<()> {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acks.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        acks.subscribed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         if let Some(topic) = &commands {

@@ -4,7 +4,7 @@
 //! by its issuer, its producer and admins; for anyone else it does not exist (404).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -247,11 +247,6 @@ async fn sign(
     valid_until: DateTime<Utc>,
 ) -> Result<String, ApiError> {
     use alloy_signer::SignerSync;
-    let keystore = state
-        .store
-        .wallet_keystore(&caller.username)
-        .await?
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the issuer has no wallet")))?;
     let message = bal_core::setpoint::signed_message(
         caller.username.as_str(),
         producer,
@@ -259,16 +254,78 @@ async fn sign(
         &values.hash(),
         valid_until,
     );
-    let keys = state.keys.clone();
-    // scrypt: a few milliseconds of CPU, off the async workers.
-    tokio::task::spawn_blocking(move || {
-        let signer = bal_wallet::Wallet::unlock(&keystore, &keys.master)?;
-        let signature = signer.sign_message_sync(message.as_bytes())?;
-        Ok::<_, anyhow::Error>(format!("0x{}", hex::encode(signature.as_bytes())))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)
+    let signer = match state.setpoint_signers.get(&caller.username) {
+        Some(signer) => signer,
+        None => {
+            let keystore = state
+                .store
+                .wallet_keystore(&caller.username)
+                .await?
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("the issuer has no wallet")))?;
+            let keys = state.keys.clone();
+            // scrypt: milliseconds of CPU and megabytes of memory, off the async workers.
+            let signer = tokio::task::spawn_blocking(move || {
+                bal_wallet::Wallet::unlock(&keystore, &keys.master)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+            state.setpoint_signers.keep(&caller.username, signer)
+        }
+    };
+    let signature = signer
+        .sign_message_sync(message.as_bytes())
+        .map_err(ApiError::internal)?;
+    Ok(format!("0x{}", hex::encode(signature.as_bytes())))
+}
+
+/// Issuers' unlocked wallets, kept for a while: unlocking one costs a scrypt (tens of
+/// milliseconds of CPU), which a DSO setting a thousand inverters would pay a thousand times.
+/// The keys stay in this process's memory, as they are while a set point is signed; they are
+/// dropped (and zeroed) after [`SignerCache::TTL`] or when the cache is full.
+#[derive(Default)]
+pub struct SignerCache {
+    signers: Mutex<HashMap<Username, (Arc<alloy_signer_local::PrivateKeySigner>, Instant)>>,
+}
+
+impl SignerCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+    const MAX: usize = 256;
+
+    fn get(&self, user: &Username) -> Option<Arc<alloy_signer_local::PrivateKeySigner>> {
+        let signers = self.signers.lock().unwrap_or_else(|e| e.into_inner());
+        signers
+            .get(user)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(s, _)| s.clone())
+    }
+
+    fn keep(
+        &self,
+        user: &Username,
+        signer: alloy_signer_local::PrivateKeySigner,
+    ) -> Arc<alloy_signer_local::PrivateKeySigner> {
+        let signer = Arc::new(signer);
+        let mut signers = self.signers.lock().unwrap_or_else(|e| e.into_inner());
+        signers.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+        if signers.len() >= Self::MAX
+            && let Some(oldest) = signers
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(u, _)| u.clone())
+        {
+            signers.remove(&oldest);
+        }
+        signers.insert(user.clone(), (signer.clone(), Instant::now()));
+        signer
+    }
+}
+
+impl std::fmt::Debug for SignerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("SignerCache").finish_non_exhaustive()
+    }
 }
 
 fn invalid(e: SetpointError) -> ApiError {

@@ -295,8 +295,23 @@ impl<DB: Dialect> SetpointStore for SqlStore<DB> {
             .iter()
             .map(setpoint_from_row::<DB>)
             .collect::<StoreResult<Vec<_>>>()?;
-        tx.commit(self).await?;
         claimed.sort_by_key(|s| s.id);
+        // Marked sent before they are, in the claim's transaction: a device answering at once
+        // finds its set point past `queued`, and a thousand set points are one commit.
+        for s in &mut claimed {
+            if s.state == SetpointState::Queued {
+                *s = move_locked(
+                    &mut tx,
+                    s.clone(),
+                    SetpointState::Sent,
+                    &Actor::System,
+                    None,
+                    now,
+                )
+                .await?;
+            }
+        }
+        tx.commit(self).await?;
         Ok(claimed)
     }
 

@@ -229,7 +229,14 @@ async fn each_due_set_point_goes_to_one_sender_and_none_after_its_validity() {
     );
     let counts = db.store.setpoint_counts().await.unwrap();
     assert!(counts.contains(&(SetpointState::Expired, 1)), "{counts:?}");
-    assert!(counts.contains(&(SetpointState::Queued, 40)), "{counts:?}");
+    // A claim marks what it takes sent, with the audit entry, in its own transaction.
+    assert!(counts.contains(&(SetpointState::Sent, 40)), "{counts:?}");
+    let sent = audit(&db.store, 200)
+        .await
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Setpoint(SetpointState::Sent))
+        .count();
+    assert_eq!(sent, 40, "one entry each, however often claimed");
 }
 
 #[tokio::test]
