@@ -218,7 +218,7 @@ impl ProofBundle {
             Err(e) => Check::new("payload_hash", Outcome::Failed, e),
             Ok(None) => Check::new("payload_hash", Outcome::Skipped, "no payload given"),
             Ok(Some(p)) => {
-                let hash = keccak256(&p);
+                let hash = keccak256(p);
                 if hash == values.payload_hash {
                     Check::new(
                         "payload_hash",
