@@ -436,6 +436,9 @@ impl Hooks {
             },
             _ => false,
         };
+        if allowed && is_setpoint_topic(filter) {
+            self.setpoints_wanted(session);
+        }
         HookResult::SubscribeAclResult(if allowed {
             SubscribeAclResult::new_success(qos, None)
         } else {
@@ -553,6 +556,22 @@ impl Hooks {
                 )
             }
         }
+    }
+
+    /// A producer's device subscribed to its set points: what waits for it is sent now rather
+    /// than at its next retry (its session, and what the broker held for it, may be new).
+    fn setpoints_wanted(&self, session: &Session) {
+        let (Some(store), Some(name)) = (self.store(), session.id.username.as_deref()) else {
+            return;
+        };
+        let Ok(producer) = Username::parse(name) else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = store.resend_setpoints(&producer, chrono::Utc::now()).await {
+                tracing::warn!(error = %e.report(), "set points not made due on subscribe");
+            }
+        });
     }
 
     /// A device's PUBACK of a set point the BAL sent: `delivered`. Recorded off the session's

@@ -315,6 +315,24 @@ impl<DB: Dialect> SetpointStore for SqlStore<DB> {
         Ok(claimed)
     }
 
+    async fn resend_setpoints(
+        &self,
+        producer: &bal_core::Username,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let woken = sqlx::query::<DB>(
+            "UPDATE setpoints SET next_attempt_at = $1 WHERE producer = $2 \
+             AND state IN ('queued', 'sent') AND valid_until > $1 AND next_attempt_at > $1",
+        )
+        .arg(ms(now))
+        .arg(producer.as_str())
+        .run(&mut tx)
+        .await?;
+        tx.commit(self).await?;
+        Ok(woken)
+    }
+
     async fn expire_setpoints(&self, now: DateTime<Utc>) -> StoreResult<Vec<Setpoint>> {
         let mut tx = self.begin_write().await?;
         // Locked in id order (no deadlock between two sweepers); one that another replica

@@ -561,3 +561,28 @@ async fn an_issuer_over_its_rate_gets_429_with_a_retry_time_and_others_do_not() 
     assert_eq!(r.status(), StatusCode::CREATED);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_set_point_issued_while_its_device_is_away_reaches_it_as_soon_as_it_subscribes() {
+    let app = spawn_app().await;
+    let (_prod, agg) = with_control_grant(&app).await;
+    let issued = json_ok(
+        issue(&app, &agg, "late-1", json!({"p_max_kw": 1})).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = issued["id"].as_i64().unwrap();
+    // Sent to nobody (no session holds a subscription): its next try is a retry away (10 s).
+    wait_for_state(&app, &agg, id, "sent").await;
+    let mut device = Device::start(&app, "late-1", 3, "apply").await;
+    let subscribed = std::time::Instant::now();
+    let got = device.next_line().await;
+    assert!(got.starts_with(&format!("got {id} 1 ")), "{got}");
+    wait_for_state(&app, &agg, id, "applied").await;
+    assert!(
+        subscribed.elapsed() < Duration::from_secs(5),
+        "applied {:?} after the device subscribed: it waited for the retry",
+        subscribed.elapsed()
+    );
+    app.stop().await;
+}
