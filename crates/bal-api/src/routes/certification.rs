@@ -33,7 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-fn limit(l: Option<u32>) -> Result<u32, ApiError> {
+/// A page size: 1 to 1000, 100 by default (batches and set points).
+pub(crate) fn limit(l: Option<u32>) -> Result<u32, ApiError> {
     let l = l.unwrap_or(DEFAULT_LIMIT);
     if (1..=MAX_LIMIT).contains(&l) {
         Ok(l)

@@ -439,10 +439,7 @@ async fn list_setpoints(
     caller: AuthUser,
     Query(p): Query<ListParams>,
 ) -> Result<Json<SetpointPage>, ApiError> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be 1 to 1000".into()));
-    }
+    let limit = crate::routes::certification::limit(p.limit)?;
     if p.before.is_some_and(|b| b < 1) {
         return Err(ApiError::BadRequest("before must be a set point id".into()));
     }
