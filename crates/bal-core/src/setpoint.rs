@@ -39,6 +39,8 @@ pub enum SetpointError {
     TooLarge,
     #[error("valid_until must be in the future")]
     InThePast,
+    #[error("valid_until must be at most 30 days ahead")]
+    TooLong,
     #[error("unknown set point state: {0}")]
     State(String),
     #[error(
@@ -198,13 +200,20 @@ fn canonical(value: &Value) -> String {
     }
 }
 
-/// Checks the end of a set point's validity when it is issued.
+/// The longest a set point may stay valid: a command, not a standing configuration.
+pub const MAX_VALIDITY: chrono::Duration = chrono::Duration::days(30);
+
+/// Checks the end of a set point's validity when it is issued: in the future, at most
+/// [`MAX_VALIDITY`] ahead.
 pub fn check_valid_until(
     valid_until: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<(), SetpointError> {
     if valid_until <= now {
         return Err(SetpointError::InThePast);
+    }
+    if valid_until > now + MAX_VALIDITY {
+        return Err(SetpointError::TooLong);
     }
     Ok(())
 }
@@ -277,10 +286,10 @@ impl SetpointState {
             Delivered => self == Sent,
             Received => matches!(self, Sent | Delivered),
             Applied | Rejected => matches!(self, Sent | Delivered | Received),
-            // Once the device has it, the BAL cannot take it back: a cancel would only hide
-            // what the device may still apply.
-            Cancelled => matches!(self, Queued | Sent | Delivered),
-            Failed => matches!(self, Queued | Sent),
+            // Once the device has it (its PUBACK: delivered), the BAL cannot take it back: a
+            // cancel would only hide what the device may still apply.
+            Cancelled => matches!(self, Queued | Sent),
+            Failed => matches!(self, Queued | Sent | Delivered),
             Expired | Superseded => true,
         }
     }
@@ -406,7 +415,13 @@ impl DeviceAnswer {
         };
         let reason = match object.get("reason") {
             None | Some(Value::Null) => None,
-            Some(Value::String(r)) => Some(r.chars().take(Self::MAX_REASON).collect()),
+            // Control characters (NUL among them, which PostgreSQL text refuses) are dropped.
+            Some(Value::String(r)) => Some(
+                r.chars()
+                    .filter(|c| !c.is_control())
+                    .take(Self::MAX_REASON)
+                    .collect(),
+            ),
             Some(_) => return Err(SetpointError::Answer),
         };
         let values = match object.get("values") {
@@ -507,6 +522,9 @@ mod tests {
         let now = Utc::now();
         assert!(check_valid_until(now + chrono::Duration::seconds(1), now).is_ok());
         assert_eq!(check_valid_until(now, now), Err(SetpointError::InThePast));
+        assert!(check_valid_until(now + MAX_VALIDITY, now).is_ok());
+        let too_far = now + MAX_VALIDITY + chrono::Duration::seconds(1);
+        assert_eq!(check_valid_until(too_far, now), Err(SetpointError::TooLong));
     }
 
     #[test]
@@ -529,8 +547,10 @@ mod tests {
             (Sent, Failed, true),
             (Delivered, Received, true),
             (Delivered, Sent, false),
-            (Delivered, Failed, false),
-            (Delivered, Cancelled, true),
+            // A device that acknowledged but never answers is given up too.
+            (Delivered, Failed, true),
+            // Its PUBACK says the device has it: too late to cancel.
+            (Delivered, Cancelled, false),
             (Received, Applied, true),
             (Received, Rejected, true),
             (Received, Received, false),
@@ -569,6 +589,11 @@ mod tests {
 
     #[test]
     fn device_answers_are_read_strictly() {
+        // A NUL (which PostgreSQL text refuses) or another control character is dropped.
+        let odd =
+            DeviceAnswer::parse(br#"{"id": 1, "status": "rejected", "reason": "a\u0000b\nc"}"#)
+                .unwrap();
+        assert_eq!(odd.reason.as_deref(), Some("abc"));
         let a = DeviceAnswer::parse(br#"{"id": 42, "status": "rejected", "reason": "over limit"}"#)
             .unwrap();
         assert_eq!(

@@ -437,7 +437,7 @@ impl Hooks {
             _ => false,
         };
         if allowed && is_setpoint_topic(filter) {
-            self.setpoints_wanted(session);
+            self.setpoints_wanted(session, filter);
         }
         HookResult::SubscribeAclResult(if allowed {
             SubscribeAclResult::new_success(qos, None)
@@ -560,15 +560,25 @@ impl Hooks {
 
     /// A producer's device subscribed to its set points: what waits for it is sent now rather
     /// than at its next retry (its session, and what the broker held for it, may be new).
-    fn setpoints_wanted(&self, session: &Session) {
+    fn setpoints_wanted(&self, session: &Session, filter: &str) {
         let (Some(store), Some(name)) = (self.store(), session.id.username.as_deref()) else {
             return;
         };
         let Ok(producer) = Username::parse(name) else {
             return;
         };
+        // `setpoints/<producer>/<device>` names one device; a wildcard, every one.
+        let levels: Vec<&str> = filter.split('/').collect();
+        let device = match levels[..] {
+            [_, _, d] => bal_core::setpoint::DeviceName::parse(d).ok(),
+            _ => None,
+        };
         tokio::spawn(async move {
-            if let Err(e) = store.resend_setpoints(&producer, chrono::Utc::now()).await {
+            let now = chrono::Utc::now();
+            if let Err(e) = store
+                .resend_setpoints(&producer, device.as_ref(), now)
+                .await
+            {
                 tracing::warn!(error = %e.report(), "set points not made due on subscribe");
             }
         });
@@ -607,7 +617,9 @@ impl SetpointLink for EmbeddedLink {
         use rmqtt::types::{CodecPublish, From, Id, QoS};
 
         let left = (s.valid_until - chrono::Utc::now()).num_seconds();
-        let Some(expiry) = u32::try_from(left).ok().and_then(std::num::NonZeroU32::new) else {
+        let Some(expiry) =
+            std::num::NonZeroU32::new(u32::try_from(left.max(0)).unwrap_or(u32::MAX))
+        else {
             // Under a second left: the sweep expires it.
             return Ok(());
         };

@@ -98,10 +98,16 @@ pub trait SetpointStore: Send + Sync {
         retry: Duration,
         max: u32,
     ) -> StoreResult<Vec<Setpoint>>;
-    /// Makes `producer`'s unanswered set points (queued or sent, still valid) due at once: its
+    /// Makes the unanswered set points (queued or sent, still valid) of `producer`'s `device`
+    /// (`None`: of all its devices) due at once, without counting the send as an attempt: the
     /// device has just subscribed, and a broker that restarted (or a device that connected only
     /// now) holds nothing for it. Returns how many.
-    async fn resend_setpoints(&self, producer: &Username, now: DateTime<Utc>) -> StoreResult<u64>;
+    async fn resend_setpoints(
+        &self,
+        producer: &Username,
+        device: Option<&DeviceName>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
     /// Writes `expired` for every open set point whose `valid_until` has passed; returns them.
     async fn expire_setpoints(&self, now: DateTime<Utc>) -> StoreResult<Vec<Setpoint>>;
     async fn setpoint_counts(&self) -> StoreResult<SetpointCounts>;

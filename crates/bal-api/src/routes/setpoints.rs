@@ -151,6 +151,7 @@ fn values_schema() -> utoipa::openapi::schema::Object {
         (status = 400, body = ErrorBody, description = "not JSON"),
         (status = 403, body = ErrorBody, description = "neither an admin nor holding a control grant on this producer"),
         (status = 404, body = ErrorBody, description = "no such producer"),
+        (status = 409, body = ErrorBody, description = "a replica of an earlier release is running"),
         (status = 413, body = ErrorBody, description = "values over 4096 bytes"),
         (status = 422, body = ErrorBody, description = "bad device, values or valid_until"),
         (status = 429, body = ErrorBody, description = "over the issuer's rate"),
@@ -161,7 +162,6 @@ async fn issue_setpoint(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = caller.user;
-    state.setpoint_rate.take(&caller.username)?;
     let req: IssueSetpoint = serde_json::from_slice(&body).map_err(|e| {
         // A number too large for a double is well-formed JSON that we cannot keep exactly.
         let data = e.classify() == serde_json::error::Category::Data
@@ -189,8 +189,9 @@ async fn issue_setpoint(
     ))
 }
 
-/// Issues a set point as `caller`, after every check in order: the producer exists (404), the
-/// caller may command it (403), the device, values and validity are acceptable (422, 413).
+/// Issues a set point as `caller`, after every check in order: the caller's rate (429), the
+/// producer exists (404), the caller may command it (403), the device, values and validity are
+/// acceptable (422, 413).
 /// Used by the API and the dashboard.
 pub(crate) async fn issue(
     state: &AppState,
@@ -200,6 +201,8 @@ pub(crate) async fn issue(
     values: &serde_json::Value,
     valid_until: DateTime<Utc>,
 ) -> Result<Setpoint, ApiError> {
+    state.setpoint_rate.take(&caller.username)?;
+    ensure_replicas_know_setpoints(state).await?;
     let producer = Username::parse(producer).map_err(|_| ApiError::NotFound("producer"))?;
     let is_producer = state
         .store
@@ -325,6 +328,41 @@ impl std::fmt::Debug for SignerCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the keys.
         f.debug_struct("SignerCache").finish_non_exhaustive()
+    }
+}
+
+/// The first release that knows control grants and set points.
+const SETPOINTS_SINCE: (u64, u64) = (0, 2);
+
+/// Refuses control grants and set points while a replica of an earlier release is live on the
+/// database: it would read a control grant as a data grant (and let its holder read the
+/// producer's data), never certify set point transitions if it held the certification lease,
+/// and remove the Mosquitto role the BAL sends set points with. 409 until the upgrade is done.
+pub(crate) async fn ensure_replicas_know_setpoints(state: &AppState) -> Result<(), ApiError> {
+    let older: Vec<String> = state
+        .store
+        .live_replicas()
+        .await?
+        .into_iter()
+        .filter(|r| {
+            let mut parts = r.info.version.split(['.', '-', '+']);
+            let major = parts.next().and_then(|p| p.parse::<u64>().ok());
+            let minor = parts.next().and_then(|p| p.parse::<u64>().ok());
+            match (major, minor) {
+                (Some(major), Some(minor)) => (major, minor) < SETPOINTS_SINCE,
+                _ => true,
+            }
+        })
+        .map(|r| format!("{} ({})", r.info.id, r.info.version))
+        .collect();
+    if older.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict(format!(
+            "replicas of an earlier release are running ({}): they do not know control grants \
+             and set points; finish the upgrade first",
+            older.join(", ")
+        )))
     }
 }
 

@@ -94,7 +94,7 @@ pub struct RequestSubscription {
         (status = 201, body = SubscriptionView),
         (status = 403, body = ErrorBody, description = "the caller is not a consumer"),
         (status = 404, body = ErrorBody, description = "no such producer"),
-        (status = 409, body = ErrorBody, description = "a live request or grant exists"),
+        (status = 409, body = ErrorBody, description = "a live request or grant of that access exists, or (control) a replica of an earlier release is running"),
         (status = 422, body = ErrorBody, description = "not a producer topic"),
     ))]
 async fn request_subscription(
@@ -102,6 +102,9 @@ async fn request_subscription(
     Consumer(consumer): Consumer,
     Json(req): Json<RequestSubscription>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if req.access == GrantAccess::Control {
+        crate::routes::setpoints::ensure_replicas_know_setpoints(&state).await?;
+    }
     let now = Utc::now();
     let request = Subscription::request_access(consumer.username, &req.topic, req.access, now);
     let stored = state.store.request_subscription(request).await?;

@@ -210,6 +210,11 @@ pub async fn request(
                 WebError::new(ApiError::Unprocessable(e.to_string()), &who)
             })?,
     };
+    if access == GrantAccess::Control {
+        crate::routes::setpoints::ensure_replicas_know_setpoints(&state)
+            .await
+            .map_err(|e| WebError::new(e, &who))?;
+    }
     let request =
         Subscription::request_access(who.user.username.clone(), &topic, access, Utc::now());
     state

@@ -40,9 +40,10 @@ pub struct MosquittoLink {
 impl SetpointLink for MosquittoLink {
     async fn publish(&self, s: &Setpoint) -> anyhow::Result<()> {
         let left = (s.valid_until - chrono::Utc::now()).num_seconds();
-        let Some(expiry) = u32::try_from(left).ok().filter(|l| *l > 0) else {
+        if left <= 0 {
             return Ok(());
-        };
+        }
+        let expiry = u32::try_from(left).unwrap_or(u32::MAX);
         let properties = PublishProperties {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(expiry),
@@ -52,15 +53,15 @@ impl SetpointLink for MosquittoLink {
             ..PublishProperties::default()
         };
         let payload = delivery_payload(s.id, &s.values, s.valid_until, s.seq);
-        self.client
-            .publish_with_properties(
-                command_topic(&s.producer, &s.device),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                properties,
-            )
-            .await?;
+        // Never waits: while the broker is away the client's queue fills, and the sender (and
+        // its expiry sweep) must go on; a set point not queued here is sent at its next retry.
+        self.client.try_publish_with_properties(
+            command_topic(&s.producer, &s.device),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+            properties,
+        )?;
         Ok(())
     }
 }
@@ -90,9 +91,15 @@ pub fn start(
         let client = client.clone();
         tokio::spawn(async move {
             while let Some(p) = queue.recv().await {
-                if record(&store, &p).await {
-                    let _ = client.ack(&p).await;
+                // A database that fails is tried again, in order, as ingest does: an answer
+                // left unacknowledged would hold one of Mosquitto's in-flight slots until a
+                // reconnect.
+                let mut wait = Duration::from_millis(100);
+                while !record(&store, &p).await {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
+                let _ = client.ack(&p).await;
             }
         })
     };
@@ -137,8 +144,7 @@ async fn record(store: &SharedStore, p: &rumqttc::v5::mqttbytes::v5::Publish) ->
         }
         Ok(_) => true,
         Err(e) => {
-            // Not acknowledged: Mosquitto delivers it again.
-            tracing::error!(error = %e.report(), "set point answer not recorded");
+            tracing::error!(error = %e.report(), "set point answer not recorded; retrying");
             false
         }
     }

@@ -1,5 +1,6 @@
 -- As on SQLite (sqlite/0008_setpoints.sql): control grants and set points. Added only: a
--- replica of the previous release keeps working on this schema.
+-- replica of the previous release keeps running on this schema, and while one is live the API
+-- refuses control grants and set points (it would read a control grant as a data grant).
 ALTER TABLE subscriptions ADD COLUMN access TEXT NOT NULL DEFAULT 'read'
     CHECK (access IN ('read', 'control'));
 DROP INDEX subscriptions_one_live;

@@ -1,5 +1,7 @@
 -- Set points (issue 23) and control grants. Added only: a replica of the previous release keeps
--- working on this schema (its subscriptions are data grants, the column's default).
+-- running on this schema (the rows it writes are data grants, the column's default), but it
+-- would read a control grant as a data grant, so the API refuses control grants and set points
+-- while one is live (bal-api's `ensure_replicas_know_setpoints`).
 --
 -- A grant gives `read` (the seed's subscriptions) or `control` (issuing set points to the
 -- producer's devices); one live request or grant per consumer, topic and access.

@@ -281,6 +281,7 @@ impl<DB: Dialect> SetpointStore for SqlStore<DB> {
         let rows = sqlx::query::<DB>(sql!(DB;
             "UPDATE setpoints SET attempts = attempts + 1, next_attempt_at = $1 + $2 \
              WHERE id IN (SELECT id FROM setpoints WHERE state IN ('queued', 'sent', 'delivered') \
+             AND state IN ('queued', 'sent', 'delivered', 'received') \
              AND next_attempt_at <= $1 AND valid_until > $1 ORDER BY next_attempt_at, id LIMIT $3",
             { postgres: " FOR UPDATE SKIP LOCKED", sqlite: "" },
             ") RETURNING ",
@@ -318,15 +319,20 @@ impl<DB: Dialect> SetpointStore for SqlStore<DB> {
     async fn resend_setpoints(
         &self,
         producer: &bal_core::Username,
+        device: Option<&bal_core::setpoint::DeviceName>,
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
+        // The claim will count the send; this one is owed to the device, not a retry.
         let woken = sqlx::query::<DB>(
-            "UPDATE setpoints SET next_attempt_at = $1 WHERE producer = $2 \
+            "UPDATE setpoints SET next_attempt_at = $1, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+             WHERE producer = $2 AND (CAST($3 AS TEXT) IS NULL OR device = $3) \
              AND state IN ('queued', 'sent') AND valid_until > $1 AND next_attempt_at > $1",
         )
         .arg(ms(now))
         .arg(producer.as_str())
+        .arg(device.map(|d| d.as_str().to_owned()))
         .run(&mut tx)
         .await?;
         tx.commit(self).await?;

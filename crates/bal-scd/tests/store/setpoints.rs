@@ -273,3 +273,57 @@ async fn every_transition_is_certified_beside_grant_decisions() {
     let index = leaves.index_of(ItemKind::Audit, queued.id).unwrap();
     assert_eq!(leaves.leaves[index], values.leaf());
 }
+
+#[tokio::test]
+async fn a_subscribing_device_gets_its_own_set_points_now_and_the_send_is_not_counted() {
+    let db = db().await;
+    seed(&db.store).await;
+    let minute = Duration::minutes(1);
+    let mut ids = Vec::new();
+    for device in ["dev-a", "dev-b"] {
+        let sp = db
+            .store
+            .issue_setpoint(new_setpoint(device, json!({"p": 1}), minute), Utc::now())
+            .await
+            .unwrap();
+        ids.push(sp.id);
+    }
+    let retry = StdDuration::from_secs(10);
+    let first = db
+        .store
+        .claim_setpoints(Utc::now(), retry, 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // dev-a subscribes: only its set point is due again, and its attempt is given back.
+    let device = DeviceName::parse("dev-a").unwrap();
+    let woken = db
+        .store
+        .resend_setpoints(&name("prod"), Some(&device), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(woken, 1);
+    let again = db
+        .store
+        .claim_setpoints(Utc::now(), retry, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.iter().map(|s| s.id).collect::<Vec<_>>(), [ids[0]]);
+    assert_eq!(
+        again[0].attempts, 1,
+        "a send owed to the device is not a retry"
+    );
+    // A wildcard subscription wakes every device of the producer, no other producer's.
+    let all = db
+        .store
+        .resend_setpoints(&name("prod"), None, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(all, 2);
+    let none = db
+        .store
+        .resend_setpoints(&name("cons"), None, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(none, 0);
+}
