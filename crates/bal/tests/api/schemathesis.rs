@@ -52,6 +52,17 @@ const ADMIN_NAMES_THE_TOPIC: &str = r#"
 [[operations]]
 include-name = "POST /api/measurements"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422"]
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+"#;
+
+/// An upload of more than 10 000 readings breaks the schema's `maxItems` and gets the
+/// documented 413 (too large, as an over-size body does), which schemathesis' list of
+/// rejections for invalid data lacks (found with seed 90499666327501). One block per operation:
+/// the admin's run has this in `ADMIN_NAMES_THE_TOPIC`.
+const OVERSIZE_UPLOAD: &str = r#"
+[[operations]]
+include-name = "POST /api/measurements"
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 "#;
 
 /// A fresh seed per run (printed, and in a failure's message), so that the suite keeps finding
@@ -104,6 +115,8 @@ async fn run_as(user: Option<(&str, &str)>) {
     if user.is_some_and(|(name, _)| name == "admin") {
         config.push_str(ADMIN_TARGETS);
         config.push_str(ADMIN_NAMES_THE_TOPIC);
+    } else {
+        config.push_str(OVERSIZE_UPLOAD);
     }
     if let Some((username, password)) = user {
         config.push_str(OWN_SESSION);
