@@ -17,8 +17,11 @@ use bal_mqtt::EmbeddedBroker;
 use bal_scd::Change;
 use rumqttc::QoS;
 
+use tokio::io::AsyncBufReadExt;
+
 use crate::app::Application;
-use crate::devices::{self, Counters, DeviceSpec};
+use crate::load::LoadReport;
+use crate::proc_stat;
 use crate::settings::Settings;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +59,18 @@ pub struct BenchArgs {
     /// The key that anchors on --rpc (with --replicas).
     #[arg(long, env = "BAL_BENCH_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
+    /// Prints one JSON document on stdout instead of the table (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Runs only these phases (comma-separated: passthrough, sqlite_qos1, sqlite_qos0,
+    /// postgres_qos1); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Vec<String>,
+    /// Measures memory instead: opens N idle MQTT connections from the load process, plain,
+    /// over TLS and each holding one subscription, and reports the server's resident memory
+    /// per connection.
+    #[arg(long)]
+    pub idle_connections: Option<usize>,
 }
 
 /// The external broker of `--mosquitto`.
@@ -112,13 +127,43 @@ impl Mosquitto {
 
 const BENCH_INGEST_ID: &str = "bal-ingest-bench";
 
-pub(crate) const PASSWORD: &str = "bench-password-0";
+pub(crate) use crate::load::PASSWORD;
 const WARM_UP: Duration = Duration::from_secs(2);
 
+/// One measured phase.
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Phase {
+    /// A short name that stays the same from release to release (`passthrough`, `sqlite_qos1` …).
     pub(crate) name: &'static str,
-    pub(crate) per_second: f64,
+    /// What it measures, for people.
+    #[serde(skip)]
+    pub(crate) title: &'static str,
+    /// `embedded` or `mosquitto`.
+    pub(crate) broker: &'static str,
+    /// `none` (the pass-through), `sqlite` or `postgres`.
+    pub(crate) database: &'static str,
+    pub(crate) qos: u8,
+    #[serde(rename = "offered_per_s", serialize_with = "whole")]
     pub(crate) offered: f64,
+    #[serde(rename = "done_per_s", serialize_with = "whole")]
+    pub(crate) per_second: f64,
+    /// Messages done in the measured window.
+    pub(crate) done: u64,
+    /// The server's CPU time (user + system) per message done: the broker's process, with the
+    /// BAL in it or beside it, plus PostgreSQL's processes in a PostgreSQL phase.
+    #[serde(rename = "server_cpu_us_per_msg", serialize_with = "tenths")]
+    pub(crate) cpu_us_per_msg: Option<f64>,
+}
+
+fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(v.round())
+}
+
+fn tenths<S: serde::Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_f64((v * 10.0).round() / 10.0),
+        None => s.serialize_none(),
+    }
 }
 
 /// The accounts the devices log in as: `producer0` … with [`PASSWORD`].
@@ -143,50 +188,183 @@ pub(crate) async fn create_producers(
     Ok(())
 }
 
-/// Runs devices against `brokers` (device `i` on `brokers[i % len]`) and returns (counted per
-/// second, offered per second).
+/// What a phase counts as done.
+pub(crate) enum Count<'a> {
+    /// The PUBACKs the devices received.
+    Acked,
+    /// What the caller counts (rows the database committed).
+    Counted(&'a AtomicU64),
+}
+
+/// The processes whose CPU time is the server's.
+#[derive(Debug, Default)]
+pub(crate) struct ServerProcesses {
+    /// This process (the broker and the BAL run in it).
+    pub(crate) this_process: bool,
+    /// Others: an external Mosquitto, `bal serve` children.
+    pub(crate) others: Vec<u32>,
+    /// Every PostgreSQL process on this machine.
+    pub(crate) postgres: bool,
+}
+
+impl ServerProcesses {
+    fn cpu_time(&self) -> Duration {
+        let own = if self.this_process {
+            proc_stat::own_cpu_time()
+        } else {
+            Duration::ZERO
+        };
+        let database = if self.postgres {
+            proc_stat::postgres_cpu_time().unwrap_or_default()
+        } else {
+            Duration::ZERO
+        };
+        own + database
+            + self
+                .others
+                .iter()
+                .map(|p| proc_stat::cpu_time(*p))
+                .sum::<Duration>()
+    }
+}
+
+/// What one measured window gave.
+pub(crate) struct Window {
+    pub(crate) per_second: f64,
+    pub(crate) done: u64,
+    pub(crate) offered: f64,
+    /// The server's CPU time per message done, in microseconds.
+    pub(crate) cpu_us_per_msg: Option<f64>,
+}
+
+/// Runs the devices in a `bal bench-load` process against `brokers` (device `i` on
+/// `brokers[i % len]`), with the pass-through subscriber when `subscriber`, and measures one
+/// window after the warm-up.
 pub(crate) async fn drive(
     args: &BenchArgs,
     brokers: &[SocketAddr],
     qos: QoS,
-    count: impl Fn(&Counters) -> u64,
-) -> (f64, f64) {
-    let counters = Arc::new(Counters::default());
-    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
-    let payload = devices::power_reading(0.0);
-    let tasks: Vec<_> = (0..args.devices)
-        .map(|i| {
-            let producer = i % args.producers.max(1);
-            let spec = DeviceSpec {
-                broker: brokers[i % brokers.len()],
-                client_id: format!("bench-{i}"),
-                username: format!("producer{producer}"),
-                password: PASSWORD.into(),
-                topic: format!("platone/producer{producer}/dev-{i}"),
-                period,
-                qos,
-                payload: payload.clone(),
-                setpoints: None,
-            };
-            devices::spawn(spec, counters.clone())
-        })
-        .collect();
-    tokio::time::sleep(WARM_UP).await;
-    let (c0, p0, t0) = (
-        count(&counters),
-        counters.published.load(Ordering::Relaxed),
-        Instant::now(),
-    );
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let secs = t0.elapsed().as_secs_f64();
-    let counted = (count(&counters) - c0) as f64 / secs;
-    let offered = (counters.published.load(Ordering::Relaxed) - p0) as f64 / secs;
-    for t in tasks {
-        t.abort();
+    count: Count<'_>,
+    server: &ServerProcesses,
+    subscriber: bool,
+) -> anyhow::Result<Window> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.arg("bench-load");
+    for b in brokers {
+        command.arg("--broker").arg(b.to_string());
     }
-    (counted, offered)
+    command
+        .args(["--devices", &args.devices.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(["--warm-up", &WARM_UP.as_secs().to_string()])
+        .args(["--producers", &args.producers.to_string()])
+        .args(["--qos", if qos == QoS::AtMostOnce { "0" } else { "1" }]);
+    if subscriber {
+        command.arg("--subscriber");
+    }
+    let mut load = LoadProcess::spawn(command)?;
+    load.expect("measuring").await?;
+    let counted = |c: &Count<'_>| match c {
+        Count::Acked => 0,
+        Count::Counted(n) => n.load(Ordering::Relaxed),
+    };
+    let (n0, cpu0, t0) = (counted(&count), server.cpu_time(), Instant::now());
+    if callgrind_window() {
+        callgrind_control("--instr=on");
+    }
+    let report: LoadReport = serde_json::from_value(load.expect("published").await?)?;
+    if callgrind_window() {
+        callgrind_control("--instr=off");
+    }
+    let (n1, cpu1, secs) = (counted(&count), server.cpu_time(), t0.elapsed());
+    load.finish().await?;
+    let (done, secs) = match count {
+        Count::Acked => (report.acked, report.seconds),
+        Count::Counted(_) => (n1 - n0, secs.as_secs_f64()),
+    };
+    if report.errors > 0 {
+        tracing::warn!(errors = report.errors, "the devices saw connection errors");
+    }
+    let cpu = cpu1.saturating_sub(cpu0);
+    Ok(Window {
+        per_second: done as f64 / secs,
+        done,
+        offered: report.published as f64 / report.seconds,
+        cpu_us_per_msg: (done > 0 && cpu > Duration::ZERO)
+            .then(|| cpu.as_secs_f64() * 1e6 / done as f64),
+    })
 }
 
+/// `BAL_BENCH_CALLGRIND=1`: the benchmark runs under `valgrind --tool=callgrind
+/// --instr-atstart=no` (scripts/profile-ingest), and counts instructions only in the measured
+/// windows.
+fn callgrind_window() -> bool {
+    std::env::var_os("BAL_BENCH_CALLGRIND").is_some()
+}
+
+fn callgrind_control(switch: &str) {
+    let pid = std::process::id().to_string();
+    match std::process::Command::new("callgrind_control")
+        .args([switch, &pid])
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "callgrind_control {switch}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("callgrind_control {switch}: {e}"),
+    }
+}
+
+/// A `bal bench-load` child and the JSON lines it prints.
+pub(crate) struct LoadProcess {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LoadProcess {
+    pub(crate) fn spawn(mut command: tokio::process::Command) -> anyhow::Result<Self> {
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        Ok(Self {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next line, which must hold `key`.
+    pub(crate) async fn expect(&mut self, key: &str) -> anyhow::Result<serde_json::Value> {
+        let line = self
+            .lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the load process ended before {key:?}"))?;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("the load process printed {line:?}: {e}"))?;
+        anyhow::ensure!(
+            value.get(key).is_some(),
+            "the load process printed {line:?}, not {key:?}"
+        );
+        Ok(value)
+    }
+
+    /// Closes its stdin (which ends an idle load) and waits for it to exit.
+    pub(crate) async fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the load process failed: {status}");
+        Ok(())
+    }
+}
+
+/// The pass-through baseline: the bare broker (embedded, in this process, or the external
+/// Mosquitto), the same load, one subscriber, no storage.
 pub(crate) async fn passthrough(
     args: &BenchArgs,
     mosquitto: Option<&Mosquitto>,
@@ -200,43 +378,65 @@ pub(crate) async fn passthrough(
         (None, Some(b)) => b.tcp_addr().expect("listening"),
         (None, None) => unreachable!("one broker or the other"),
     };
-    // The one subscriber every message goes through.
-    let mut options =
-        rumqttc::MqttOptions::new("bench-subscriber", addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    if let Some(m) = mosquitto {
-        options.set_credentials(&m.admin, &m.password);
-    }
-    let (sub, mut events) = rumqttc::AsyncClient::new(options, 1000);
-    sub.subscribe("platone/#", QoS::AtMostOnce).await?;
-    let received = Arc::new(AtomicU64::new(0));
-    let seen = received.clone();
-    let subscriber = tokio::spawn(async move {
-        while let Ok(e) = events.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) = e {
-                seen.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    let (acked, offered) = drive(args, &[addr], QoS::AtLeastOnce, |c| {
-        c.acked.load(Ordering::Relaxed)
-    })
-    .await;
-    let delivered = received.load(Ordering::Relaxed);
-    subscriber.abort();
+    let window = drive(
+        args,
+        &[addr],
+        QoS::AtLeastOnce,
+        Count::Acked,
+        &server_processes(mosquitto.is_none(), mosquitto, false),
+        true,
+    )
+    .await?;
     if let Some(broker) = embedded {
         broker.stop().await;
     }
-    println!("  (pass-through subscriber received {delivered} messages)");
     Ok(Phase {
-        name: if mosquitto.is_some() {
+        name: "passthrough",
+        title: if mosquitto.is_some() {
             "Mosquitto pass-through, QoS 1 (no BAL, 1 subscriber)"
         } else {
             "raw pass-through, QoS 1 (no storage, 1 subscriber)"
         },
-        per_second: acked,
-        offered,
+        broker: broker_name(mosquitto),
+        database: "none",
+        qos: 1,
+        per_second: window.per_second,
+        done: window.done,
+        offered: window.offered,
+        cpu_us_per_msg: window.cpu_us_per_msg,
     })
+}
+
+fn broker_name(mosquitto: Option<&Mosquitto>) -> &'static str {
+    if mosquitto.is_some() {
+        "mosquitto"
+    } else {
+        "embedded"
+    }
+}
+
+/// The server's processes: this one when the broker or the BAL runs in it, the external
+/// Mosquitto when it runs on this machine, PostgreSQL's.
+fn server_processes(
+    this_process: bool,
+    mosquitto: Option<&Mosquitto>,
+    postgres: bool,
+) -> ServerProcesses {
+    let others = mosquitto
+        .and_then(|m| {
+            let pid = proc_stat::listener_pid(m.addr.port());
+            if pid.is_none() {
+                eprintln!("  (Mosquitto's process is not on this machine: its CPU is not counted)");
+            }
+            pid
+        })
+        .into_iter()
+        .collect();
+    ServerProcesses {
+        this_process,
+        others,
+        postgres,
+    }
 }
 
 async fn bal_phase(
@@ -280,49 +480,49 @@ async fn bal_phase(
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    let result = match qos {
-        // Mosquitto acknowledges devices itself: count what the SCD commits.
-        QoS::AtLeastOnce if mosquitto.is_some() => {
-            let (per_second, offered) = drive_counting_commits(args, &store, broker, qos).await;
-            Phase {
-                name: "BAL via Mosquitto, QoS 1 (committed)",
-                per_second,
-                offered,
-            }
-        }
-        // QoS 0 has no acknowledgement: count what the SCD announces as committed.
-        QoS::AtMostOnce => {
-            let (per_second, offered) = drive_counting_commits(args, &store, broker, qos).await;
-            Phase {
-                name: if mosquitto.is_some() {
-                    "BAL via Mosquitto, QoS 0 (stored)"
-                } else {
-                    "BAL, QoS 0 (stored)"
-                },
-                per_second,
-                offered,
-            }
-        }
-        _ => {
-            let (acked, offered) =
-                drive(args, &[broker], qos, |c| c.acked.load(Ordering::Relaxed)).await;
-            Phase {
-                name: if database.is_some() {
-                    "BAL on PostgreSQL, QoS 1 (committed before PUBACK)"
-                } else {
-                    "BAL, QoS 1 (committed before PUBACK)"
-                },
-                per_second: acked,
-                offered,
-            }
-        }
+    let processes = server_processes(true, mosquitto, database.is_some());
+    // Mosquitto acknowledges devices itself, and QoS 0 has no acknowledgement: there, count
+    // what the SCD announces as committed.
+    let counts_commits = mosquitto.is_some() || qos == QoS::AtMostOnce;
+    let window = if counts_commits {
+        drive_counting_commits(args, &store, broker, qos, &processes).await?
+    } else {
+        drive(args, &[broker], qos, Count::Acked, &processes, false).await?
     };
     let _ = stop.send(());
     server.await??;
     if let Some(m) = mosquitto {
         m.drop_ingest_session(BENCH_INGEST_ID).await;
     }
-    Ok(result)
+    let (name, title) = match (qos, mosquitto.is_some(), database.is_some()) {
+        (QoS::AtMostOnce, false, _) => ("sqlite_qos0", "BAL, QoS 0 (stored)"),
+        (QoS::AtMostOnce, true, _) => ("sqlite_qos0", "BAL via Mosquitto, QoS 0 (stored)"),
+        (_, false, false) => ("sqlite_qos1", "BAL, QoS 1 (committed before PUBACK)"),
+        (_, true, false) => ("sqlite_qos1", "BAL via Mosquitto, QoS 1 (committed)"),
+        (_, false, true) => (
+            "postgres_qos1",
+            "BAL on PostgreSQL, QoS 1 (committed before PUBACK)",
+        ),
+        (_, true, true) => (
+            "postgres_qos1",
+            "BAL via Mosquitto on PostgreSQL, QoS 1 (committed)",
+        ),
+    };
+    Ok(Phase {
+        name,
+        title,
+        broker: broker_name(mosquitto),
+        database: if database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        qos: if qos == QoS::AtMostOnce { 0 } else { 1 },
+        per_second: window.per_second,
+        done: window.done,
+        offered: window.offered,
+        cpu_us_per_msg: window.cpu_us_per_msg,
+    })
 }
 
 /// Drives devices and counts the measurements the SCD announces as committed.
@@ -331,7 +531,8 @@ async fn drive_counting_commits(
     store: &bal_scd::SharedStore,
     broker: SocketAddr,
     qos: QoS,
-) -> (f64, f64) {
+    processes: &ServerProcesses,
+) -> anyhow::Result<Window> {
     let stored = Arc::new(AtomicU64::new(0));
     let watch = store.watch_measurements();
     let mut changes = store.changes();
@@ -343,20 +544,56 @@ async fn drive_counting_commits(
             }
         }
     });
-    let result = drive(args, &[broker], qos, |_| stored.load(Ordering::Relaxed)).await;
+    let result = drive(
+        args,
+        &[broker],
+        qos,
+        Count::Counted(&stored),
+        processes,
+        false,
+    )
+    .await;
     listener.abort();
     drop(watch);
     result
 }
 
+/// `bal bench --json`'s document.
+#[derive(serde::Serialize)]
+struct Report {
+    load_generator: &'static str,
+    devices: usize,
+    rate_per_device: u32,
+    seconds: u64,
+    cores: usize,
+    date: String,
+    phases: Vec<serde_json::Value>,
+}
+
+/// Says `what` on stderr with `--json` (stdout is the document), else on stdout.
+pub(crate) fn progress(args: &BenchArgs, what: &str) {
+    if args.json {
+        eprintln!("{what}");
+    } else {
+        println!("{what}");
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    println!(
-        "bench: {} devices x {} msg/s offered, {} producers, {} s per phase after {} s warm-up",
-        args.devices,
-        args.rate,
-        args.producers,
-        args.seconds,
-        WARM_UP.as_secs()
+    if let Some(n) = args.idle_connections {
+        return crate::bench_idle::run(&args, n).await;
+    }
+    progress(
+        &args,
+        &format!(
+            "bench: {} devices x {} msg/s offered, {} producers, {} s per phase after {} s \
+             warm-up; the devices run in a process of their own",
+            args.devices,
+            args.rate,
+            args.producers,
+            args.seconds,
+            WARM_UP.as_secs()
+        ),
     );
     let mosquitto = args
         .mosquitto
@@ -365,6 +602,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .transpose()?;
     let m = mosquitto.as_ref();
     if let Some(n) = args.replicas {
+        anyhow::ensure!(!args.json, "--json is not available with --replicas (yet)");
         // The embedded MQTT cluster, then the same load through Mosquitto when one is given.
         crate::bench_cluster::run(&args, n).await?;
         if let Some(m) = m {
@@ -372,41 +610,79 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (raw, qos1, qos0) = if m.is_some() {
-        // The BAL first, so that the producer accounts exist on the broker for the baseline.
-        let qos1 = bal_phase(&args, QoS::AtLeastOnce, m, None).await?;
-        let qos0 = bal_phase(&args, QoS::AtMostOnce, m, None).await?;
-        (passthrough(&args, m).await?, qos1, qos0)
-    } else {
-        let raw = passthrough(&args, None).await?;
-        let qos1 = bal_phase(&args, QoS::AtLeastOnce, None, None).await?;
-        (
-            raw,
-            qos1,
-            bal_phase(&args, QoS::AtMostOnce, None, None).await?,
-        )
-    };
-    let mut phases = vec![raw, qos1, qos0];
-    if let Some(server) = &args.database {
+    let wanted = |name: &str| args.phases.is_empty() || args.phases.iter().any(|p| p == name);
+    let mut phases = Vec::new();
+    // Through Mosquitto the BAL runs first, so that the producer accounts exist on the broker
+    // for the baseline.
+    if m.is_none() && wanted("passthrough") {
+        phases.push(passthrough(&args, None).await?);
+    }
+    if wanted("sqlite_qos1") {
+        phases.push(bal_phase(&args, QoS::AtLeastOnce, m, None).await?);
+    }
+    if wanted("sqlite_qos0") {
+        phases.push(bal_phase(&args, QoS::AtMostOnce, m, None).await?);
+    }
+    if m.is_some() && wanted("passthrough") {
+        phases.insert(0, passthrough(&args, m).await?);
+    }
+    if let Some(server) = &args.database
+        && wanted("postgres_qos1")
+    {
         let scratch = crate::scratch::ScratchDatabase::create(server, 1).await?;
         let phase = bal_phase(&args, QoS::AtLeastOnce, m, Some(&scratch.url)).await;
         scratch.drop_now().await?;
         phases.push(phase?);
     }
-    let raw = &phases[0];
+    let raw = phases.iter().find(|p| p.name == "passthrough").cloned();
+    let vs_raw = |p: &Phase| raw.as_ref().map(|r| p.per_second / r.per_second.max(1.0));
+    let cpu_vs_raw = |p: &Phase| {
+        let raw = raw.as_ref()?.cpu_us_per_msg?;
+        Some(p.cpu_us_per_msg? / raw)
+    };
+    if args.json {
+        let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+        let report = Report {
+            load_generator: "process",
+            devices: args.devices,
+            rate_per_device: args.rate,
+            seconds: args.seconds,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            phases: phases
+                .iter()
+                .map(|p| {
+                    let mut v = serde_json::to_value(p)?;
+                    v["vs_raw"] = serde_json::json!(round(vs_raw(p)));
+                    v["cpu_vs_raw"] = serde_json::json!(round(cpu_vs_raw(p)));
+                    Ok(v)
+                })
+                .collect::<Result<_, serde_json::Error>>()?,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
     println!();
     println!(
-        "{:<52} {:>12} {:>12} {:>8}",
-        "phase", "offered/s", "done/s", "vs raw"
+        "{:<52} {:>10} {:>10} {:>7} {:>10} {:>8}",
+        "phase", "offered/s", "done/s", "vs raw", "CPU us/msg", "CPU x"
     );
     for p in &phases {
         println!(
-            "{:<52} {:>12.0} {:>12.0} {:>8.2}",
-            p.name,
+            "{:<52} {:>10.0} {:>10.0} {:>7} {:>10} {:>8}",
+            p.title,
             p.offered,
             p.per_second,
-            p.per_second / raw.per_second.max(1.0)
+            ratio(vs_raw(p)),
+            p.cpu_us_per_msg
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+            ratio(cpu_vs_raw(p)),
         );
     }
+    println!(
+        "(CPU: the server's user + system time per message done, PostgreSQL's processes \
+         included in its phase; CPU x: against the pass-through broker's)"
+    );
     Ok(())
 }

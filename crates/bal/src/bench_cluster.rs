@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,9 @@ use bal_core::{Actor, GrantAction, Subscription, Topic, Username};
 use bal_scd::SharedStore;
 use rumqttc::QoS;
 
-use crate::bench::{BenchArgs, PASSWORD, create_producers, drive};
+use crate::bench::{BenchArgs, Count, PASSWORD, ServerProcesses, create_producers, drive};
 use crate::bench_replicas::{count_stored, stored};
+use crate::proc_stat::cpu_time;
 use crate::scratch::ScratchDatabase;
 use crate::settings::{Secret, Settings};
 
@@ -103,23 +103,6 @@ fn spawn(n: usize, database: &str, rpc: &str, operator_key: &str) -> anyhow::Res
 }
 
 /// User plus system CPU time of process `pid` so far (Linux `/proc`; zero elsewhere).
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    // CLK_TCK is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
-}
-
 /// The watcher's accepted grant on producer0.
 async fn grant_watcher(
     store: &SharedStore,
@@ -267,10 +250,24 @@ async fn phase(
     let pids: Vec<u32> = nodes.children.iter().map(Child::id).collect();
     let cpu0: Vec<Duration> = pids.iter().map(|p| cpu_time(*p)).collect();
     let stored0 = stored(&store).await;
-    let (per_second, offered) = drive(args, &nodes.mqtt, QoS::AtLeastOnce, |_| {
-        count.load(Ordering::Relaxed)
-    })
+    // Each node's CPU is read below; the window's total is not needed.
+    let window = drive(
+        args,
+        &nodes.mqtt,
+        QoS::AtLeastOnce,
+        Count::Counted(&count),
+        &ServerProcesses::default(),
+        false,
+    )
     .await;
+    let (per_second, offered) = match window {
+        Ok(w) => (w.per_second, w.offered),
+        Err(e) => {
+            poller.abort();
+            probe.abort();
+            return Err(e);
+        }
+    };
     let committed = stored(&store).await.saturating_sub(stored0).max(1) as f64;
     let cpu_us = pids
         .iter()

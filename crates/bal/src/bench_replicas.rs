@@ -12,7 +12,9 @@ use bal_core::{NewMeasurement, Topic};
 use bal_scd::{CERTIFY_LEASE, SharedStore};
 use rumqttc::QoS;
 
-use crate::bench::{BenchArgs, Mosquitto, Phase, create_producers, drive, passthrough};
+use crate::bench::{
+    BenchArgs, Count, Mosquitto, Phase, ServerProcesses, create_producers, drive, passthrough,
+};
 use crate::scratch::ScratchDatabase;
 use crate::settings::{BrokerKind, Secret, Settings};
 
@@ -155,12 +157,29 @@ async fn phase(
     wait_live(&store, n).await?;
 
     let (count, poller) = count_stored(&store).await;
-    let (per_second, offered) = drive(args, &[m.addr], QoS::AtLeastOnce, |_| {
-        count.load(Ordering::Relaxed)
-    })
+    // The server: the replicas, Mosquitto and PostgreSQL, all on this machine.
+    let processes = ServerProcesses {
+        this_process: false,
+        others: replicas
+            .children
+            .iter()
+            .map(|(_, c)| c.id())
+            .chain(crate::proc_stat::listener_pid(m.addr.port()))
+            .collect(),
+        postgres: true,
+    };
+    let window = drive(
+        args,
+        &[m.addr],
+        QoS::AtLeastOnce,
+        Count::Counted(&count),
+        &processes,
+        false,
+    )
     .await;
     poller.abort();
-    let name: &'static str = match n {
+    let window = window?;
+    let title: &'static str = match n {
         1 => "BAL via Mosquitto, 1 replica, QoS 1 (committed)",
         2 => "BAL via Mosquitto, 2 replicas, QoS 1 (committed)",
         3 => "BAL via Mosquitto, 3 replicas, QoS 1 (committed)",
@@ -184,9 +203,15 @@ async fn phase(
     scratch.drop_now().await?;
     Ok((
         Phase {
-            name,
-            per_second,
-            offered,
+            name: "postgres_qos1_replicas",
+            title,
+            broker: "mosquitto",
+            database: "postgres",
+            qos: 1,
+            per_second: window.per_second,
+            done: window.done,
+            offered: window.offered,
+            cpu_us_per_msg: window.cpu_us_per_msg,
         },
         failed_over,
     ))
@@ -275,12 +300,12 @@ pub(crate) async fn run(args: &BenchArgs, m: &Mosquitto, n: usize) -> anyhow::Re
     );
     println!(
         "{:<52} {:>12.0} {:>12.0} {:>8.2} {:>10}",
-        raw.name, raw.offered, raw.per_second, 1.0, "-"
+        raw.title, raw.offered, raw.per_second, 1.0, "-"
     );
     for p in &phases {
         println!(
             "{:<52} {:>12.0} {:>12.0} {:>8.2} {:>10.2}",
-            p.name,
+            p.title,
             p.offered,
             p.per_second,
             p.per_second / raw.per_second.max(1.0),

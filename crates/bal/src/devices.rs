@@ -32,6 +32,8 @@ pub struct Counters {
     /// QoS 1 messages the broker acknowledged (committed, for the BAL).
     pub acked: AtomicU64,
     pub errors: AtomicU64,
+    /// CONNACKs received (reconnections included).
+    pub connected: AtomicU64,
     /// Devices subscribed to their set points.
     pub subscribed: AtomicU64,
     /// Set points answered `applied` / `rejected`.
@@ -70,6 +72,7 @@ pub fn spawn(spec: DeviceSpec, counters: Arc<Counters>) -> JoinHandle<()> {
                         acks.subscribed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        acks.connected.fetch_add(1, Ordering::Relaxed);
                         if let Some(topic) = &commands {
                             let _ = answers.try_subscribe(topic, QoS::AtLeastOnce);
                         }

@@ -35,6 +35,10 @@ enum Command {
     Demo,
     /// Measures MQTT ingest (QoS 1 and 0) against a raw pass-through broker, in one run.
     Bench(bal::bench::BenchArgs),
+    /// The benchmarks' load generator (simulated devices in a process of their own); `bal
+    /// bench` runs it.
+    #[command(hide = true)]
+    BenchLoad(bal::load::LoadArgs),
     /// Measures certification: end-to-end rate and latency, transactions and gas against one
     /// transaction per measurement, proofs verified per second.
     BenchCertify(bal::bench_certify::CertifyBenchArgs),
@@ -198,6 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             bal::bench::run(args).await
         }
+        Command::BenchLoad(args) => {
+            init_logging(LogFormat::Text);
+            bal::load::run(args).await
+        }
         Command::BenchCertify(args) => {
             init_logging(LogFormat::Text);
             bal::bench_certify::run(args).await
@@ -240,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Config(_)
                 | Command::Health
                 | Command::Bench(_)
+                | Command::BenchLoad(_)
                 | Command::BenchCertify(_)
                 | Command::BenchSetpoints(_)
                 | Command::Verify(_) => {

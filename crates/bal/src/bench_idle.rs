@@ -1,0 +1,165 @@
+//! `bal bench --idle-connections N`: what an idle MQTT connection costs the server in memory.
+//! The BAL (embedded broker, SQLite) runs in this process; a `bal bench-load --idle N` process
+//! opens N connections that only answer keep-alives, and the growth of this process's resident
+//! memory, divided by N, is the cost of one. Three kinds: plain MQTT, MQTT over TLS, and plain
+//! connections each holding one subscription (to its set points, as a device that takes them).
+//!
+//! Before the connections, the producers log in once each: the first login of an account
+//! checks its password with Argon2 (19 MiB of working memory per check), and that memory is
+//! reported apart (`rss_after_logins`) so that it does not count as the connections'.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::app::Application;
+use crate::bench::{BenchArgs, LoadProcess, create_producers, progress};
+use crate::proc_stat::rss_bytes;
+use crate::settings::Settings;
+
+/// The server's memory after `n` connections of one kind.
+#[derive(Debug, Serialize)]
+struct Kind {
+    name: &'static str,
+    connections: usize,
+    rss_before: u64,
+    rss_connected: u64,
+    /// After the connections closed: what the server gave back.
+    rss_after: u64,
+    rss_bytes_per_connection: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    /// Before any login.
+    rss_at_start: u64,
+    /// After one login per producer account (Argon2).
+    rss_after_logins: u64,
+    /// Plain MQTT's figure, the one to size a deployment by.
+    rss_bytes_per_connection: u64,
+    kinds: Vec<Kind>,
+}
+
+fn own_rss() -> u64 {
+    rss_bytes(std::process::id()).unwrap_or(0)
+}
+
+/// Starts a load process of `n` idle connections and waits until all are up.
+async fn connect(
+    broker: SocketAddr,
+    n: usize,
+    producers: usize,
+    tls_ca: Option<&Path>,
+    subscribe: bool,
+) -> anyhow::Result<LoadProcess> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("bench-load")
+        .args(["--broker", &broker.to_string()])
+        .args(["--idle", &n.to_string()])
+        .args(["--producers", &producers.to_string()]);
+    if let Some(ca) = tls_ca {
+        command.arg("--tls-ca").arg(ca);
+    }
+    if subscribe {
+        command.arg("--subscribe");
+    }
+    let mut load = LoadProcess::spawn(command)?;
+    load.expect("connected").await?;
+    Ok(load)
+}
+
+/// Lets the server settle (sessions registered, buffers shrunk after the handshakes).
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
+    crate::load::raise_open_files_limit();
+    let dir = tempfile::tempdir()?;
+    let mut settings = Settings {
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    settings.http.listen = "127.0.0.1:0".parse()?;
+    settings.mqtt.listen = Some("127.0.0.1:0".parse()?);
+    settings.mqtt.listen_tls = Some("127.0.0.1:0".parse()?);
+    let app = Application::build(settings).await?;
+    create_producers(&app.store(), app.account_keys(), args.producers).await?;
+    let plain = app.mqtt_addr().expect("listening");
+    let tls = app.mqtts_addr().expect("listening");
+    let ca = app
+        .ca_path()
+        .ok_or_else(|| anyhow::anyhow!("no generated CA to trust"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    settle().await;
+    let rss_at_start = own_rss();
+    // One login per account: its Argon2 check, then the credential cache.
+    connect(plain, args.producers, args.producers, None, false)
+        .await?
+        .finish()
+        .await?;
+    settle().await;
+    let rss_after_logins = own_rss();
+    progress(
+        args,
+        &format!(
+            "idle connections: {n} per kind; resident memory {} MB at start, {} MB after one \
+             login per producer",
+            rss_at_start >> 20,
+            rss_after_logins >> 20
+        ),
+    );
+    let mut kinds = Vec::new();
+    for (name, broker, tls_ca, subscribe) in [
+        ("plain", plain, None, false),
+        ("tls", tls, Some(ca.as_path()), false),
+        ("one_subscription", plain, None, true),
+    ] {
+        let rss_before = own_rss();
+        let load = connect(broker, n, args.producers, tls_ca, subscribe).await?;
+        settle().await;
+        let rss_connected = own_rss();
+        load.finish().await?;
+        settle().await;
+        let kind = Kind {
+            name,
+            connections: n,
+            rss_before,
+            rss_connected,
+            rss_after: own_rss(),
+            rss_bytes_per_connection: rss_connected.saturating_sub(rss_before) / n.max(1) as u64,
+        };
+        progress(
+            args,
+            &format!(
+                "  {name}: {} bytes per connection ({} MB -> {} MB, {} MB after they closed)",
+                kind.rss_bytes_per_connection,
+                kind.rss_before >> 20,
+                kind.rss_connected >> 20,
+                kind.rss_after >> 20
+            ),
+        );
+        kinds.push(kind);
+    }
+    let _ = stop.send(());
+    server.await??;
+    if args.json {
+        let report = serde_json::json!({
+            "load_generator": "process",
+            "idle_connections": IdleReport {
+                rss_at_start,
+                rss_after_logins,
+                rss_bytes_per_connection: kinds[0].rss_bytes_per_connection,
+                kinds,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
