@@ -93,38 +93,106 @@ pub const MAX_FIELDS: usize = 256;
 pub fn parse_fields(payload: &[u8]) -> Option<Fields> {
     let text = std::str::from_utf8(payload).ok()?.trim();
     if text.starts_with('{') {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
-        let mut fields = Fields::new();
-        collect_json(&value, String::new(), &mut fields);
-        return (!fields.is_empty()).then_some(fields);
+        return parse_json_object(text);
     }
     parse_text_line(text)
 }
 
-fn collect_json(value: &serde_json::Value, path: String, out: &mut Fields) {
-    if out.len() >= MAX_FIELDS {
-        return;
+/// A JSON object's numeric leaves, read in one pass: no tree of values is built, only the
+/// fields (the profile counted the tree, its allocations and its freeing, on every reading).
+/// Invalid JSON anywhere, trailing text included, gives `None`.
+fn parse_json_object(text: &str) -> Option<Fields> {
+    use serde::de::DeserializeSeed;
+    let mut fields = Fields::new();
+    let mut path = String::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    Leaves {
+        path: &mut path,
+        out: &mut fields,
     }
-    match value {
-        serde_json::Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
-                out.insert(path, f);
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    (!fields.is_empty()).then_some(fields)
+}
+
+/// Collects the numeric leaves under `path` (dotted from the root) into `out`, up to
+/// [`MAX_FIELDS`]; strings, nulls and arrays are skipped.
+struct Leaves<'a> {
+    path: &'a mut String,
+    out: &'a mut Fields,
+}
+
+impl Leaves<'_> {
+    fn leaf(self, value: f64) {
+        if value.is_finite() && self.out.len() < MAX_FIELDS {
+            self.out.insert(self.path.clone(), value);
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Leaves<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Leaves<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.leaf(f64::from(u8::from(v)));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.leaf(v as f64);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.leaf(v as f64);
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.leaf(v);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Borrowed from the text unless the key holds escapes.
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let len = self.path.len();
+            if len > 0 {
+                self.path.push('.');
             }
+            self.path.push_str(&key);
+            map.next_value_seed(Leaves {
+                path: &mut *self.path,
+                out: &mut *self.out,
+            })?;
+            self.path.truncate(len);
         }
-        serde_json::Value::Bool(b) => {
-            out.insert(path, f64::from(u8::from(*b)));
-        }
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                collect_json(v, p, out);
-            }
-        }
-        _ => {}
+        Ok(())
     }
 }
 
@@ -161,6 +229,75 @@ fn parse_text_line(text: &str) -> Option<Fields> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the fields were before the one-pass reader: through `serde_json::Value`.
+    fn through_a_value_tree(payload: &str) -> Option<Fields> {
+        fn collect(value: &serde_json::Value, path: String, out: &mut Fields) {
+            if out.len() >= MAX_FIELDS {
+                return;
+            }
+            match value {
+                serde_json::Value::Number(n) => {
+                    if let Some(f) = n.as_f64().filter(|f| f.is_finite()) {
+                        out.insert(path, f);
+                    }
+                }
+                serde_json::Value::Bool(b) => {
+                    out.insert(path, f64::from(u8::from(*b)));
+                }
+                serde_json::Value::Object(map) => {
+                    for (k, v) in map {
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        collect(v, p, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let value: serde_json::Value = serde_json::from_str(payload.trim()).ok()?;
+        let mut fields = Fields::new();
+        collect(&value, String::new(), &mut fields);
+        (!fields.is_empty()).then_some(fields)
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+            "[a-z\\\"é]{0,6}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z.\\\"é]{0,5}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_reads_what_the_value_tree_read(
+            fields in proptest::collection::btree_map("[a-z.\\\"é]{0,5}", json_value(), 0..8),
+            spaces in "[ \t\n]{0,2}",
+        ) {
+            let text = format!(
+                "{spaces}{}{spaces}",
+                serde_json::Value::Object(fields.into_iter().collect())
+            );
+            proptest::prop_assert_eq!(parse_fields(text.as_bytes()), through_a_value_tree(&text));
+        }
+    }
 
     #[test]
     fn json_objects_give_their_numeric_leaves() {
@@ -207,6 +344,8 @@ mod tests {
             b"[1,2]",
             b"{\"s\":\"x\"}",
             b"{broken",
+            b"{\"a\":1} trailing",
+            b"{\"a\":1e999}",
             b"NaN",
         ] {
             assert_eq!(parse_fields(p), None, "{p:?}");
