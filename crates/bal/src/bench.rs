@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// per connection.
     #[arg(long)]
     pub idle_connections: Option<usize>,
+    /// With --idle-connections: only this kind (plain, tls, one_subscription), in this process.
+    /// Without it each kind runs in a fresh process, since memory freed by one kind is reused
+    /// by the next and would hide its cost.
+    #[arg(long, hide = true)]
+    pub idle_kind: Option<String>,
 }
 
 /// The external broker of `--mosquitto`.
@@ -153,6 +158,9 @@ pub(crate) struct Phase {
     /// BAL in it or beside it, plus PostgreSQL's processes in a PostgreSQL phase.
     #[serde(rename = "server_cpu_us_per_msg", serialize_with = "tenths")]
     pub(crate) cpu_us_per_msg: Option<f64>,
+    /// PostgreSQL's part of `server_cpu_us_per_msg` (its phase only).
+    #[serde(serialize_with = "tenths", skip_serializing_if = "Option::is_none")]
+    pub(crate) database_cpu_us_per_msg: Option<f64>,
 }
 
 fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -208,7 +216,8 @@ pub(crate) struct ServerProcesses {
 }
 
 impl ServerProcesses {
-    fn cpu_time(&self) -> Duration {
+    /// CPU time so far: (the server's processes, PostgreSQL's).
+    fn cpu_time(&self) -> (Duration, Duration) {
         let own = if self.this_process {
             proc_stat::own_cpu_time()
         } else {
@@ -219,12 +228,8 @@ impl ServerProcesses {
         } else {
             Duration::ZERO
         };
-        own + database
-            + self
-                .others
-                .iter()
-                .map(|p| proc_stat::cpu_time(*p))
-                .sum::<Duration>()
+        let others: Duration = self.others.iter().map(|p| proc_stat::cpu_time(*p)).sum();
+        (own + others, database)
     }
 }
 
@@ -233,8 +238,10 @@ pub(crate) struct Window {
     pub(crate) per_second: f64,
     pub(crate) done: u64,
     pub(crate) offered: f64,
-    /// The server's CPU time per message done, in microseconds.
+    /// The server's CPU time per message done, in microseconds, PostgreSQL's included.
     pub(crate) cpu_us_per_msg: Option<f64>,
+    /// PostgreSQL's part of it.
+    pub(crate) database_cpu_us_per_msg: Option<f64>,
 }
 
 /// Runs the devices in a `bal bench-load` process against `brokers` (device `i` on
@@ -269,7 +276,7 @@ pub(crate) async fn drive(
         Count::Acked => 0,
         Count::Counted(n) => n.load(Ordering::Relaxed),
     };
-    let (n0, cpu0, t0) = (counted(&count), server.cpu_time(), Instant::now());
+    let (n0, (cpu0, db0), t0) = (counted(&count), server.cpu_time(), Instant::now());
     if callgrind_window() {
         callgrind_control("--instr=on");
     }
@@ -277,7 +284,7 @@ pub(crate) async fn drive(
     if callgrind_window() {
         callgrind_control("--instr=off");
     }
-    let (n1, cpu1, secs) = (counted(&count), server.cpu_time(), t0.elapsed());
+    let (n1, (cpu1, db1), secs) = (counted(&count), server.cpu_time(), t0.elapsed());
     load.finish().await?;
     let (done, secs) = match count {
         Count::Acked => (report.acked, report.seconds),
@@ -286,13 +293,15 @@ pub(crate) async fn drive(
     if report.errors > 0 {
         tracing::warn!(errors = report.errors, "the devices saw connection errors");
     }
-    let cpu = cpu1.saturating_sub(cpu0);
+    let database = db1.saturating_sub(db0);
+    let cpu = cpu1.saturating_sub(cpu0) + database;
+    let per_msg = |t: Duration| (done > 0).then(|| t.as_secs_f64() * 1e6 / done as f64);
     Ok(Window {
         per_second: done as f64 / secs,
         done,
         offered: report.published as f64 / report.seconds,
-        cpu_us_per_msg: (done > 0 && cpu > Duration::ZERO)
-            .then(|| cpu.as_secs_f64() * 1e6 / done as f64),
+        cpu_us_per_msg: per_msg(cpu).filter(|_| cpu > Duration::ZERO),
+        database_cpu_us_per_msg: per_msg(database).filter(|_| server.postgres),
     })
 }
 
@@ -404,6 +413,7 @@ pub(crate) async fn passthrough(
         done: window.done,
         offered: window.offered,
         cpu_us_per_msg: window.cpu_us_per_msg,
+        database_cpu_us_per_msg: window.database_cpu_us_per_msg,
     })
 }
 
@@ -522,6 +532,7 @@ async fn bal_phase(
         done: window.done,
         offered: window.offered,
         cpu_us_per_msg: window.cpu_us_per_msg,
+        database_cpu_us_per_msg: window.database_cpu_us_per_msg,
     })
 }
 

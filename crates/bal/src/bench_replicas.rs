@@ -212,6 +212,7 @@ async fn phase(
             done: window.done,
             offered: window.offered,
             cpu_us_per_msg: window.cpu_us_per_msg,
+            database_cpu_us_per_msg: window.database_cpu_us_per_msg,
         },
         failed_over,
     ))

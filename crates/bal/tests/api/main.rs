@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod authorization;
+mod bench;
 mod browser;
 mod certification;
 mod chain_outage;
