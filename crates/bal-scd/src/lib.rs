@@ -58,7 +58,7 @@ pub use grants::{
 };
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
-    OpenBatch, StoredBatch, WrittenBatch,
+    StoredBatch,
 };
 pub use schema::{Migrate, SchemaStatus};
 pub use setpoints::{NewSetpoint, Setpoint, SetpointCounts, SetpointQuery, SetpointStore};
