@@ -58,7 +58,7 @@ pub use grants::{
 };
 pub use measurements::{
     MalformedCursor, MeasurementCursor, MeasurementPage, MeasurementQuery, MeasurementStore,
-    StoredBatch,
+    OpenBatch, StoredBatch, WrittenBatch,
 };
 pub use schema::{Migrate, SchemaStatus};
 pub use setpoints::{NewSetpoint, Setpoint, SetpointCounts, SetpointQuery, SetpointStore};

@@ -115,8 +115,33 @@ pub trait MeasurementStore: Send + Sync {
     async fn insert_measurements(&self, batch: &[NewMeasurement]) -> StoreResult<Vec<i64>> {
         Ok(self.store_measurements(batch).await?.ids)
     }
+    /// [`MeasurementStore::store_measurements`], but where the backend can overlap commits
+    /// (PostgreSQL) the transaction is left open: the group commit writes the next batch
+    /// while this one commits. Ids, reception times and transaction ids follow the order of
+    /// the calls; the caller commits in that same order, and commits a batch only once the
+    /// one before it committed. Backends that cannot overlap (SQLite: one writer at a time)
+    /// commit at once.
+    async fn open_batch(&self, batch: &[NewMeasurement]) -> StoreResult<WrittenBatch> {
+        Ok(WrittenBatch::Committed(
+            self.store_measurements(batch).await?,
+        ))
+    }
     async fn measurement(&self, id: i64) -> StoreResult<Option<Measurement>>;
     async fn measurements(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage>;
+}
+
+/// What [`MeasurementStore::open_batch`] did with a batch.
+pub enum WrittenBatch {
+    Committed(StoredBatch),
+    /// Written in a transaction still open: [`OpenBatch::commit`] commits it; dropping it
+    /// rolls it back.
+    Open(Box<dyn OpenBatch>),
+}
+
+/// A batch written in a transaction not yet committed.
+#[async_trait]
+pub trait OpenBatch: Send {
+    async fn commit(self: Box<Self>) -> StoreResult<StoredBatch>;
 }
 
 /// What [`MeasurementStore::store_measurements`] did with a batch.

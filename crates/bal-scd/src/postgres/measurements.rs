@@ -11,11 +11,22 @@ use crate::measurements::{StoredBatch, committed};
 use crate::store::rows::{self, time};
 use crate::store::{MeasurementOrder, redelivered_copy};
 use crate::{
-    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
+    Change, MeasurementCursor, MeasurementPage, MeasurementQuery, OpenBatch, StoreError,
+    StoreResult, WrittenBatch,
 };
 
 impl MeasurementOrder for PgStore {
     async fn write_batch(&self, batch: &[NewMeasurement]) -> StoreResult<StoredBatch> {
+        match self.open_batch(batch).await? {
+            WrittenBatch::Committed(stored) => Ok(stored),
+            WrittenBatch::Open(open) => open.commit().await,
+        }
+    }
+
+    /// Everything but the commit: the ids (allocated here, so in the order of the calls), the
+    /// stamp (read here) and the transaction id (taken by the first insert) follow the order
+    /// in which batches are opened.
+    async fn open_batch(&self, batch: &[NewMeasurement]) -> StoreResult<WrittenBatch> {
         let mut tx = self.begin_write().await?;
         // One round trip for the database's clock and an id for every item (ids of items that
         // turn out to be redeliveries are left unused: sequences have gaps anyway).
@@ -62,12 +73,13 @@ impl MeasurementOrder for PgStore {
             let rows = committed(batch, &ids, &new, time(stamp)?);
             tx.announce(Change::Measurements(rows.into()));
         }
-        tx.commit(self).await?;
-        if !stored.is_empty() {
-            // After the commit, not in it: see `listener::spawn_notifier`.
-            let _ = self.side.measurement_notices.send(stored);
-        }
-        Ok(StoredBatch::of(ids, &new))
+        Ok(WrittenBatch::Open(Box::new(PgOpenBatch {
+            tx,
+            feed: self.feed.clone(),
+            notices: self.side.measurement_notices.clone(),
+            stored,
+            batch: StoredBatch::of(ids, &new),
+        })))
     }
 
     async fn history_page(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {
@@ -96,6 +108,29 @@ impl MeasurementOrder for PgStore {
             None => None,
         };
         Ok(MeasurementPage::new(items, query.limit, last))
+    }
+}
+
+/// A batch of measurements written, not yet committed.
+struct PgOpenBatch {
+    tx: crate::store::Write<Postgres>,
+    feed: crate::ChangeFeed,
+    notices: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
+    /// The ids of the rows stored now (not of redeliveries).
+    stored: Vec<i64>,
+    batch: StoredBatch,
+}
+
+#[async_trait::async_trait]
+impl OpenBatch for PgOpenBatch {
+    async fn commit(self: Box<Self>) -> StoreResult<StoredBatch> {
+        let this = *self;
+        this.tx.commit_measurements(&this.feed).await?;
+        if !this.stored.is_empty() {
+            // After the commit, not in it: see `listener::spawn_notifier`.
+            let _ = this.notices.send(this.stored);
+        }
+        Ok(this.batch)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::store::rows::{self, ms, time};
 use crate::store::{MeasurementOrder, redelivered_copy};
 use crate::{
     Change, MeasurementCursor, MeasurementPage, MeasurementQuery, StoreError, StoreResult,
+    WrittenBatch,
 };
 
 impl MeasurementOrder for SqliteStore {
@@ -45,6 +46,12 @@ impl MeasurementOrder for SqliteStore {
         }
         tx.commit(self).await?;
         Ok(StoredBatch::of(ids, &new))
+    }
+
+    /// One writer at a time: a second transaction would wait for this one's lock, so there is
+    /// nothing to overlap.
+    async fn open_batch(&self, batch: &[NewMeasurement]) -> StoreResult<WrittenBatch> {
+        Ok(WrittenBatch::Committed(self.write_batch(batch).await?))
     }
 
     async fn history_page(&self, query: &MeasurementQuery) -> StoreResult<MeasurementPage> {

@@ -57,6 +57,20 @@ impl<DB: Dialect> Write<DB> {
         self.changes.push(change);
     }
 
+    /// Commits a write whose changes are measurements only, which other processes learn of
+    /// after the commit instead of by NOTIFY (see `postgres::listener::spawn_notifier`): so
+    /// it needs only the feed, not the store, and can commit in a task of its own.
+    pub(crate) async fn commit_measurements(self, feed: &crate::ChangeFeed) -> StoreResult<()> {
+        debug_assert!(
+            self.changes
+                .iter()
+                .all(|c| matches!(c, Change::Measurements(_)))
+        );
+        self.tx.commit().await?;
+        feed.publish(self.changes);
+        Ok(())
+    }
+
     /// Commits, then publishes what was announced: nothing reaches the feed unless committed.
     pub(crate) async fn commit(mut self, store: &SqlStore<DB>) -> StoreResult<()> {
         DB::before_commit(&mut self.tx, &store.side, &self.changes).await?;
@@ -250,6 +264,11 @@ pub(crate) trait MeasurementOrder {
         &self,
         batch: &[bal_core::NewMeasurement],
     ) -> impl std::future::Future<Output = StoreResult<crate::StoredBatch>> + Send;
+    /// See [`MeasurementStore::open_batch`].
+    fn open_batch(
+        &self,
+        batch: &[bal_core::NewMeasurement],
+    ) -> impl std::future::Future<Output = StoreResult<crate::WrittenBatch>> + Send;
     /// A page of a query that names at least one producer (or all).
     fn history_page(
         &self,
@@ -267,6 +286,13 @@ where
         batch: &[bal_core::NewMeasurement],
     ) -> StoreResult<crate::StoredBatch> {
         self.write_batch(batch).await
+    }
+
+    async fn open_batch(
+        &self,
+        batch: &[bal_core::NewMeasurement],
+    ) -> StoreResult<crate::WrittenBatch> {
+        MeasurementOrder::open_batch(self, batch).await
     }
 
     async fn measurement(&self, id: i64) -> StoreResult<Option<bal_core::Measurement>> {

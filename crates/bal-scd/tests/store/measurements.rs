@@ -197,3 +197,92 @@ async fn measurements_are_announced_only_while_someone_watches_them() {
     assert_ne!(unwatched, watched);
     drop((watch_here, watch_there));
 }
+
+/// The group commit's second batch in flight: written while the first is still open, it takes
+/// later ids, a later or equal stamp and (PostgreSQL) a later transaction id; history pages
+/// show the first before the second; a batch dropped before its commit leaves nothing.
+#[tokio::test]
+async fn open_batches_keep_the_order_they_were_written_in() {
+    let db = db().await;
+    seed(&db.store).await;
+    let first = db
+        .store
+        .open_batch(&[reading("first-a", None), reading("first-b", None)])
+        .await
+        .unwrap();
+    // SQLite commits at once (one writer at a time); PostgreSQL leaves the batch open.
+    let open = matches!(first, bal_scd::WrittenBatch::Open(_));
+    assert_eq!(open, db.database.backend == Backend::Postgres);
+    let second = db
+        .store
+        .open_batch(&[reading("second", None)])
+        .await
+        .unwrap();
+    let dropped = db
+        .store
+        .open_batch(&[reading("rolled-back", None)])
+        .await
+        .unwrap();
+    let commit = |w: bal_scd::WrittenBatch| async move {
+        match w {
+            bal_scd::WrittenBatch::Committed(s) => s,
+            bal_scd::WrittenBatch::Open(o) => o.commit().await.unwrap(),
+        }
+    };
+    if open {
+        // Rolled back (the test pool is small: it also frees the connection for the read).
+        match dropped {
+            bal_scd::WrittenBatch::Open(o) => drop(o),
+            bal_scd::WrittenBatch::Committed(_) => unreachable!("PostgreSQL leaves it open"),
+        }
+        // Nothing is visible before its commit.
+        let page = db
+            .store
+            .measurements(&MeasurementQuery {
+                producers: None,
+                from: None,
+                to: None,
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert!(page.items.is_empty(), "uncommitted rows are invisible");
+    }
+    let first = commit(first).await.ids;
+    let second = commit(second).await.ids;
+    assert!(first[0] < first[1] && first[1] < second[0]);
+    let page = db
+        .store
+        .measurements(&MeasurementQuery {
+            producers: None,
+            from: None,
+            to: None,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let payloads: Vec<&[u8]> = page.items.iter().map(|m| &m.payload[..]).collect();
+    if open {
+        assert_eq!(payloads, [&b"first-a"[..], b"first-b", b"second"]);
+        assert!(page.items[1].received_at <= page.items[2].received_at);
+        let xids = scalar_text(
+            &db,
+            "SELECT string_agg(xid::text, ',' ORDER BY id) FROM measurements",
+        )
+        .await
+        .unwrap();
+        let xids: Vec<i64> = xids.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(
+            xids[0] == xids[1] && xids[1] < xids[2],
+            "transaction ids in batch order: {xids:?}"
+        );
+    } else {
+        // SQLite committed the third batch at once.
+        assert_eq!(
+            payloads,
+            [&b"first-a"[..], b"first-b", b"second", b"rolled-back"]
+        );
+    }
+}
