@@ -32,6 +32,7 @@ prefix = sys.argv[9] if len(sys.argv) > 9 else "reading"
 lock = threading.Lock()
 acked_mids = set()
 connects = 0
+first_connect = threading.Event()
 
 
 def on_connect(client, userdata, flags, reason_code, properties):
@@ -39,6 +40,7 @@ def on_connect(client, userdata, flags, reason_code, properties):
     if not reason_code.is_failure:
         with lock:
             connects += 1
+        first_connect.set()
 
 
 def on_disconnect(client, userdata, flags, reason_code, properties):
@@ -85,6 +87,11 @@ if v5:
 else:
     client.connect_async(host, ports[0], keepalive=5)
 client.loop_start()
+# The first reading waits for the first connection (10 s at most): paho sends a message
+# published before the CONNACK after the ones published just after it, so a slow login (an
+# Argon2 check on a loaded machine) put reading 0 behind reading 1 on the wire, and the
+# cluster test that checks delivery order failed on what the device itself had done.
+first_connect.wait(10)
 
 topic = f"platone/{username}"
 mid_of = []  # reading number -> packet id
