@@ -58,8 +58,34 @@ pub struct BrokerConfig {
     /// Largest accepted payload; larger publishes are refused and nothing is stored.
     pub max_payload_bytes: usize,
     pub login_limits: LimiterConfig,
+    /// What one node holds for its sessions (`mqtt.max_*`).
+    pub limits: SessionLimits,
     /// This node's place in an MQTT cluster (`mqtt.cluster.*`); `None`: a single node.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// The bounds on what sessions hold, and so on the broker's memory: each connection costs
+/// ~17 KB idle (most of it the codec's two 8 KiB buffers, fixed in rmqtt-net), and each queued
+/// message its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Sessions on this node, connected or kept for a client that comes back; the next
+    /// CONNECT is refused with "server unavailable". 0: no limit.
+    pub max_sessions: usize,
+    /// Messages sent to a client and not yet acknowledged.
+    pub max_inflight: std::num::NonZeroU16,
+    /// Messages held for a slow or offline client beyond the in-flight window.
+    pub max_queued_messages: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100_000,
+            max_inflight: std::num::NonZeroU16::new(16).expect("not zero"),
+            max_queued_messages: 1000,
+        }
+    }
 }
 
 /// A running embedded broker.
@@ -95,6 +121,7 @@ impl EmbeddedBroker {
             // The busy check refuses CONNECTs when the CPU is loaded: wrong for a small box
             // that is busy precisely because devices are publishing.
             .busy_check_enable(false)
+            .mqtt_max_sessions(isize::try_from(config.limits.max_sessions).unwrap_or(isize::MAX))
             .build()
             .await;
         let max_packet = u32::try_from(config.max_payload_bytes + PACKET_OVERHEAD)
@@ -109,6 +136,8 @@ impl EmbeddedBroker {
                 .reuseport(Some(false))
                 .allow_anonymous(false)
                 .max_packet_size(max_packet)
+                .max_inflight(config.limits.max_inflight)
+                .max_mqueue_len(config.limits.max_queued_messages)
                 .handshake_timeout(Duration::from_secs(15))
         };
         let mut server = MqttServer::new(scx.clone());

@@ -81,6 +81,11 @@ impl Broker {
                     tls_key: files.map(|f| f.key.clone()).unwrap_or_default(),
                     max_payload_bytes: settings.ingest.max_payload_bytes,
                     login_limits: settings.api_config().login_limits,
+                    limits: bal_mqtt::embedded::SessionLimits {
+                        max_sessions: settings.mqtt.max_sessions,
+                        max_inflight: settings.mqtt.max_inflight,
+                        max_queued_messages: settings.mqtt.max_queued_messages,
+                    },
                     cluster: settings.mqtt.cluster.config(true)?,
                 };
                 Ok(Self::Embedded(

@@ -163,6 +163,31 @@ pub(crate) struct Phase {
     pub(crate) database_cpu_us_per_msg: Option<f64>,
 }
 
+impl Phase {
+    /// The phase `name` (`title` for people) with the figures of its measured window.
+    pub(crate) fn measured(
+        name: &'static str,
+        title: &'static str,
+        broker: &'static str,
+        database: &'static str,
+        qos: u8,
+        window: Window,
+    ) -> Self {
+        Phase {
+            name,
+            title,
+            broker,
+            database,
+            qos,
+            per_second: window.per_second,
+            done: window.done,
+            offered: window.offered,
+            cpu_us_per_msg: window.cpu_us_per_msg,
+            database_cpu_us_per_msg: window.database_cpu_us_per_msg,
+        }
+    }
+}
+
 fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(v.round())
 }
@@ -399,22 +424,19 @@ pub(crate) async fn passthrough(
     if let Some(broker) = embedded {
         broker.stop().await;
     }
-    Ok(Phase {
-        name: "passthrough",
-        title: if mosquitto.is_some() {
-            "Mosquitto pass-through, QoS 1 (no BAL, 1 subscriber)"
-        } else {
-            "raw pass-through, QoS 1 (no storage, 1 subscriber)"
-        },
-        broker: broker_name(mosquitto),
-        database: "none",
-        qos: 1,
-        per_second: window.per_second,
-        done: window.done,
-        offered: window.offered,
-        cpu_us_per_msg: window.cpu_us_per_msg,
-        database_cpu_us_per_msg: window.database_cpu_us_per_msg,
-    })
+    let title = if mosquitto.is_some() {
+        "Mosquitto pass-through, QoS 1 (no BAL, 1 subscriber)"
+    } else {
+        "raw pass-through, QoS 1 (no storage, 1 subscriber)"
+    };
+    Ok(Phase::measured(
+        "passthrough",
+        title,
+        broker_name(mosquitto),
+        "none",
+        1,
+        window,
+    ))
 }
 
 fn broker_name(mosquitto: Option<&Mosquitto>) -> &'static str {
@@ -518,22 +540,20 @@ async fn bal_phase(
             "BAL via Mosquitto on PostgreSQL, QoS 1 (committed)",
         ),
     };
-    Ok(Phase {
+    let database = if database.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let qos = if qos == QoS::AtMostOnce { 0 } else { 1 };
+    Ok(Phase::measured(
         name,
         title,
-        broker: broker_name(mosquitto),
-        database: if database.is_some() {
-            "postgres"
-        } else {
-            "sqlite"
-        },
-        qos: if qos == QoS::AtMostOnce { 0 } else { 1 },
-        per_second: window.per_second,
-        done: window.done,
-        offered: window.offered,
-        cpu_us_per_msg: window.cpu_us_per_msg,
-        database_cpu_us_per_msg: window.database_cpu_us_per_msg,
-    })
+        broker_name(mosquitto),
+        database,
+        qos,
+        window,
+    ))
 }
 
 /// Drives devices and counts the measurements the SCD announces as committed.
@@ -581,6 +601,20 @@ struct Report {
     phases: Vec<serde_json::Value>,
 }
 
+impl Report {
+    fn new(args: &BenchArgs, phases: Vec<serde_json::Value>) -> Self {
+        Report {
+            load_generator: "process",
+            devices: args.devices,
+            rate_per_device: args.rate,
+            seconds: args.seconds,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            phases,
+        }
+    }
+}
+
 /// Says `what` on stderr with `--json` (stdout is the document), else on stdout.
 pub(crate) fn progress(args: &BenchArgs, what: &str) {
     if args.json {
@@ -613,11 +647,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .transpose()?;
     let m = mosquitto.as_ref();
     if let Some(n) = args.replicas {
-        anyhow::ensure!(!args.json, "--json is not available with --replicas (yet)");
         // The embedded MQTT cluster, then the same load through Mosquitto when one is given.
-        crate::bench_cluster::run(&args, n).await?;
+        let mut phases = crate::bench_cluster::run(&args, n).await?;
         if let Some(m) = m {
-            crate::bench_replicas::run(&args, m, n).await?;
+            phases.extend(crate::bench_replicas::run(&args, m, n).await?);
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Report::new(&args, phases))?
+            );
         }
         return Ok(());
     }
@@ -653,23 +692,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if args.json {
         let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
-        let report = Report {
-            load_generator: "process",
-            devices: args.devices,
-            rate_per_device: args.rate,
-            seconds: args.seconds,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            phases: phases
-                .iter()
-                .map(|p| {
-                    let mut v = serde_json::to_value(p)?;
-                    v["vs_raw"] = serde_json::json!(round(vs_raw(p)));
-                    v["cpu_vs_raw"] = serde_json::json!(round(cpu_vs_raw(p)));
-                    Ok(v)
-                })
-                .collect::<Result<_, serde_json::Error>>()?,
-        };
+        let phases = phases
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p)?;
+                v["vs_raw"] = serde_json::json!(round(vs_raw(p)));
+                v["cpu_vs_raw"] = serde_json::json!(round(cpu_vs_raw(p)));
+                Ok(v)
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        let report = Report::new(&args, phases);
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

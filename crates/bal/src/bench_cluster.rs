@@ -297,8 +297,30 @@ async fn phase(
     })
 }
 
-/// The embedded cluster's phases, 1 … `n` nodes, and their table.
-pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
+impl ClusterPhase {
+    /// The phase for `bal bench --json`; `one` is the single node's rate.
+    fn to_json(&self, one: f64) -> serde_json::Value {
+        let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0);
+        let tenths = |v: f64| (v * 10.0).round() / 10.0;
+        serde_json::json!({
+            "name": "embedded_cluster_qos1",
+            "broker": "embedded",
+            "database": "postgres",
+            "qos": 1,
+            "nodes": self.nodes,
+            "offered_per_s": self.offered.round(),
+            "done_per_s": self.per_second.round(),
+            "vs_one_node": (self.per_second / one * 100.0).round() / 100.0,
+            "same_node_latency_ms": { "p50": ms(self.same_node.0), "p99": ms(self.same_node.1) },
+            "other_node_latency_ms": { "p50": ms(self.other_node.0), "p99": ms(self.other_node.1) },
+            "node_cpu_us_per_msg": self.cpu_us.iter().copied().map(tenths).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The embedded cluster's phases, 1 … `n` nodes: their table on stdout, or (with `--json`)
+/// returned for the document.
+pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     let server = args
         .database
         .as_deref()
@@ -315,6 +337,9 @@ pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
         phases.push(phase(args, server, rpc, &key, k).await?);
     }
     let one = phases[0].per_second.max(1.0);
+    if args.json {
+        return Ok(phases.iter().map(|p| p.to_json(one)).collect());
+    }
     let ms =
         |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
     println!();
@@ -345,5 +370,5 @@ pub(crate) async fn run(args: &BenchArgs, n: usize) -> anyhow::Result<()> {
         "(latency, ms: publish on node 1 -> delivery to a granted consumer on node 1 (same) and on \
          node 2 (other), both after the commit; with 1 node, both on it)"
     );
-    Ok(())
+    Ok(Vec::new())
 }

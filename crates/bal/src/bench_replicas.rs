@@ -202,18 +202,14 @@ async fn phase(
     drop(store);
     scratch.drop_now().await?;
     Ok((
-        Phase {
-            name: "postgres_qos1_replicas",
+        Phase::measured(
+            "postgres_qos1_replicas",
             title,
-            broker: "mosquitto",
-            database: "postgres",
-            qos: 1,
-            per_second: window.per_second,
-            done: window.done,
-            offered: window.offered,
-            cpu_us_per_msg: window.cpu_us_per_msg,
-            database_cpu_us_per_msg: window.database_cpu_us_per_msg,
-        },
+            "mosquitto",
+            "postgres",
+            1,
+            window,
+        ),
         failed_over,
     ))
 }
@@ -269,8 +265,13 @@ async fn measure_failover(
     Ok(took)
 }
 
-/// The whole `--replicas` run.
-pub(crate) async fn run(args: &BenchArgs, m: &Mosquitto, n: usize) -> anyhow::Result<()> {
+/// The whole `--replicas` run through Mosquitto: its table on stdout, or (with `--json`) its
+/// phases returned for the document, the pass-through first.
+pub(crate) async fn run(
+    args: &BenchArgs,
+    m: &Mosquitto,
+    n: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let shared = Shared {
         server: args
             .database
@@ -294,6 +295,24 @@ pub(crate) async fn run(args: &BenchArgs, m: &Mosquitto, n: usize) -> anyhow::Re
     // Last: the producers' accounts are on the broker by now.
     let raw = passthrough(args, Some(m)).await?;
     let one = phases[0].per_second.max(1.0);
+    if args.json {
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        let mut out = vec![serde_json::to_value(&raw)?];
+        for (k, p) in phases.iter().enumerate() {
+            let mut v = serde_json::to_value(p)?;
+            v["replicas"] = serde_json::json!(k + 1);
+            v["vs_raw"] = serde_json::json!(round(p.per_second / raw.per_second.max(1.0)));
+            v["vs_one_replica"] = serde_json::json!(round(p.per_second / one));
+            if let (Some(c), Some(r)) = (p.cpu_us_per_msg, raw.cpu_us_per_msg) {
+                v["cpu_vs_raw"] = serde_json::json!(round(c / r));
+            }
+            out.push(v);
+        }
+        if let (Some(f), Some(last)) = (failover, out.last_mut()) {
+            last["failover_s"] = serde_json::json!((f.as_secs_f64() * 10.0).round() / 10.0);
+        }
+        return Ok(out);
+    }
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>8} {:>10}",
@@ -320,5 +339,5 @@ pub(crate) async fn run(args: &BenchArgs, m: &Mosquitto, n: usize) -> anyhow::Re
             f.as_secs_f64()
         );
     }
-    Ok(())
+    Ok(Vec::new())
 }

@@ -30,6 +30,11 @@ pub fn validate(settings: &Settings) -> anyhow::Result<()> {
              a loopback mqtt.listen, or set mqtt.allow_plain_remote = true"
         );
     }
+    anyhow::ensure!(
+        settings.mqtt.max_queued_messages >= 1,
+        "mqtt.max_queued_messages = 0 would drop every message a client is sent while another \
+         is in flight: set at least 1 (default 1000)"
+    );
     if let Some(addr) = settings.metrics.listen {
         anyhow::ensure!(
             addr != listen || addr.port() == 0,

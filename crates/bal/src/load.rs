@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
@@ -179,7 +180,7 @@ fn pass_through_subscriber(
 /// time, and holds them until stdin closes.
 async fn idle(args: &LoadArgs, n: usize) -> anyhow::Result<()> {
     let tls = match &args.tls_ca {
-        Some(path) => Some(client_tls(path)?),
+        Some(path) => Some(bal_mqtt::mosquitto::connection::client_tls(path).context("--tls-ca")?),
         None => None,
     };
     let ready = Arc::new(AtomicU64::new(0));
@@ -248,22 +249,6 @@ async fn idle(args: &LoadArgs, n: usize) -> anyhow::Result<()> {
         c.abort();
     }
     Ok(())
-}
-
-fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 /// Thousands of connections need thousands of descriptors: the soft limit (often 1 024) is

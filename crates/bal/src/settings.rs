@@ -85,6 +85,14 @@ pub struct MqttSettings {
     pub listen_tls: Option<SocketAddr>,
     /// Plain MQTT is refused on a non-loopback address unless this is true.
     pub allow_plain_remote: bool,
+    /// Most MQTT sessions on this node (connected, or kept for a client that comes back);
+    /// the next CONNECT is refused with "server unavailable". 0: no limit.
+    pub max_sessions: usize,
+    /// Messages a session may have sent to its client and not yet had acknowledged.
+    pub max_inflight: std::num::NonZeroU16,
+    /// Messages held for a slow or offline client beyond the in-flight window; when full,
+    /// new ones for it are dropped.
+    pub max_queued_messages: usize,
     /// This replica as one node of an MQTT cluster; unset: a single node.
     pub cluster: MqttClusterSettings,
 }
@@ -359,6 +367,9 @@ impl Default for MqttSettings {
             listen: Some("127.0.0.1:1883".parse().expect("valid address")),
             listen_tls: Some("0.0.0.0:8883".parse().expect("valid address")),
             allow_plain_remote: false,
+            max_sessions: 100_000,
+            max_inflight: std::num::NonZeroU16::new(16).expect("not zero"),
+            max_queued_messages: 1000,
             cluster: MqttClusterSettings::default(),
         }
     }

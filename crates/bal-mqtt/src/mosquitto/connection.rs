@@ -71,7 +71,9 @@ impl BrokerConnection {
             "broker.admin_password (BAL_BROKER__ADMIN_PASSWORD) is required with broker.kind = \"mosquitto\""
         );
         let tls = match (scheme, ca_file) {
-            ("mqtts", Some(ca)) => Some(client_tls(&ca)?),
+            ("mqtts", Some(ca)) => {
+                Some(client_tls(&ca).context("broker.ca_file (BAL_BROKER__CA_FILE)")?)
+            }
             ("mqtts", None) => anyhow::bail!(
                 "broker.url is mqtts://: set broker.ca_file (BAL_BROKER__CA_FILE) to the CA that \
                  signed the broker's certificate"
@@ -127,18 +129,23 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// A TLS client configuration that trusts only the certificates in the PEM file `ca` (the
+/// private CA a BAL deployment generates), with rustls' safe protocol versions. Errors name the
+/// file; callers say which setting it came from.
+pub fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("cannot read broker.ca_file {}", ca.display()))?
+        .with_context(|| format!("cannot read the CA file {}", ca.display()))?
     {
         roots
-            .add(cert.with_context(|| format!("broker.ca_file {}", ca.display()))?)
-            .context("broker.ca_file holds an unusable certificate")?;
+            .add(cert.with_context(|| format!("the CA file {}", ca.display()))?)
+            .with_context(|| {
+                format!("the CA file {} holds an unusable certificate", ca.display())
+            })?;
     }
     anyhow::ensure!(
         !roots.is_empty(),
-        "broker.ca_file {} holds no certificate",
+        "the CA file {} holds no certificate",
         ca.display()
     );
     let provider = Arc::new(rustls::crypto::ring::default_provider());

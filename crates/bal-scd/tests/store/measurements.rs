@@ -205,6 +205,13 @@ async fn measurements_are_announced_only_while_someone_watches_them() {
 async fn open_batches_keep_the_order_they_were_written_in() {
     let db = db().await;
     seed(&db.store).await;
+    let everything = MeasurementQuery {
+        producers: None,
+        from: None,
+        to: None,
+        after: None,
+        limit: 10,
+    };
     let first = db
         .store
         .open_batch(&[reading("first-a", None), reading("first-b", None)])
@@ -236,33 +243,13 @@ async fn open_batches_keep_the_order_they_were_written_in() {
             bal_scd::WrittenBatch::Committed(_) => unreachable!("PostgreSQL leaves it open"),
         }
         // Nothing is visible before its commit.
-        let page = db
-            .store
-            .measurements(&MeasurementQuery {
-                producers: None,
-                from: None,
-                to: None,
-                after: None,
-                limit: 10,
-            })
-            .await
-            .unwrap();
+        let page = db.store.measurements(&everything).await.unwrap();
         assert!(page.items.is_empty(), "uncommitted rows are invisible");
     }
     let first = commit(first).await.ids;
     let second = commit(second).await.ids;
     assert!(first[0] < first[1] && first[1] < second[0]);
-    let page = db
-        .store
-        .measurements(&MeasurementQuery {
-            producers: None,
-            from: None,
-            to: None,
-            after: None,
-            limit: 10,
-        })
-        .await
-        .unwrap();
+    let page = db.store.measurements(&everything).await.unwrap();
     let payloads: Vec<&[u8]> = page.items.iter().map(|m| &m.payload[..]).collect();
     if open {
         assert_eq!(payloads, [&b"first-a"[..], b"first-b", b"second"]);

@@ -104,3 +104,90 @@ async fn idle_connections_are_measured_per_kind_in_fresh_processes() {
     }
     assert!(idle["rss_after_logins"].as_u64().unwrap() >= 1 << 20);
 }
+
+/// `--replicas N --json`: the embedded cluster's phases (1 … N nodes), then the pass-through
+/// and the replica phases through Mosquitto, the last with the failover time, in one document.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_json_reports_the_cluster_and_the_replicas() {
+    if bal_scd::testing::backend() != bal_scd::Backend::Postgres {
+        return; // the PostgreSQL pass runs it (the nodes and replicas share PostgreSQL)
+    }
+    crate::helpers::install_crypto_provider();
+    let mosquitto = crate::mosquitto_server::MosquittoServer::start(256 * 1024);
+    let anvil = bal_ledger::testing::Anvil::start().await;
+    let args: Vec<String> = vec![
+        "--json".into(),
+        "--devices".into(),
+        "20".into(),
+        "--rate".into(),
+        "10".into(),
+        "--seconds".into(),
+        "2".into(),
+        "--producers".into(),
+        "2".into(),
+        "--replicas".into(),
+        "2".into(),
+        "--database".into(),
+        bal_scd::testing::postgres_admin_url(),
+        "--rpc".into(),
+        anvil.url.clone(),
+        "--mosquitto".into(),
+        format!("mqtt://127.0.0.1:{}", mosquitto.port),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_bal"))
+            .arg("bench")
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .env("BAL_BENCH_OPERATOR_KEY", bal_ledger::testing::ANVIL_KEY_0)
+            .env("BAL_BROKER__ADMIN_USERNAME", crate::mosquitto_server::ADMIN)
+            .env(
+                "BAL_BROKER__ADMIN_PASSWORD",
+                crate::mosquitto_server::ADMIN_PASSWORD,
+            )
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "bal bench --replicas failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["load_generator"], "process");
+    let phases = report["phases"].as_array().unwrap();
+    let described: Vec<(&str, u64)> = phases
+        .iter()
+        .map(|p| {
+            let n = p["nodes"].as_u64().or(p["replicas"].as_u64()).unwrap_or(0);
+            (p["name"].as_str().unwrap(), n)
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            ("embedded_cluster_qos1", 1),
+            ("embedded_cluster_qos1", 2),
+            ("passthrough", 0),
+            ("postgres_qos1_replicas", 1),
+            ("postgres_qos1_replicas", 2),
+        ]
+    );
+    for p in phases {
+        assert!(p["done_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        assert_eq!(p["qos"], 1);
+    }
+    assert_eq!(
+        phases[1]["node_cpu_us_per_msg"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(phases[2]["broker"], "mosquitto");
+    assert!(phases[4]["vs_raw"].as_f64().unwrap() > 0.0);
+    assert!(
+        phases[4]["failover_s"].as_f64().unwrap() > 0.0,
+        "{}",
+        phases[4]
+    );
+}

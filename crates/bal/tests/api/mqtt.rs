@@ -557,6 +557,78 @@ async fn a_device_session_cannot_be_taken_over_by_another_user() {
     );
 }
 
+/// `mqtt.max_sessions`: a full node refuses the next CONNECT with "server unavailable" on
+/// both protocol versions, keeps serving the sessions it has, lets a client that holds one
+/// reconnect, and takes new ones again once a session ends.
+#[tokio::test]
+async fn a_full_node_refuses_new_sessions_and_serves_the_ones_it_has() {
+    let app = spawn_app_on(Broker::Embedded, |s| s.mqtt.max_sessions = 2).await;
+    app.user("producer1", "producer").await;
+    let port = app.mqtt_port;
+    let mut first = Mqtt::online(V5, login(&app, "pmu-1", "producer1", PASSWORD)).await;
+    let (second, accepted) = tokio::task::spawn_blocking(move || raw_connect(port, b"pmu-2"))
+        .await
+        .unwrap();
+    assert_eq!(accepted, [0x20, 2, 0, 0]);
+    for v in [V311, V5] {
+        let refused = Mqtt::connect(v, login(&app, "pmu-3", "producer1", PASSWORD))
+            .next()
+            .await;
+        match refused {
+            Some(Ev::Closed(why)) => assert!(why.contains("Unavailable"), "{v:?}: {why}"),
+            other => panic!("{v:?}: the third session was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(
+        first
+            .publish_acked("platone/producer1", b"still served")
+            .await,
+        Ev::PubAck("Success".into())
+    );
+    // A client whose session exists may come back: it takes its session over.
+    let mut again = Mqtt::online(V311, login(&app, "pmu-1", "producer1", PASSWORD)).await;
+    assert_eq!(
+        again.publish_acked("platone/producer1", b"came back").await,
+        Ev::PubAck("Success".into())
+    );
+    // The raw client leaves (DISCONNECT, then the socket closes): its clean session ends.
+    drop(tokio::task::spawn_blocking(move || {
+        let mut second = second;
+        second.write_all(&[0xE0, 0]).unwrap();
+    }));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Mqtt::connect(V311, login(&app, "pmu-3", "producer1", PASSWORD));
+        let got = c.next().await;
+        if got == Some(Ev::Connected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a session ended but no new one is accepted: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored_at_least(&app, "producer1", 2).await.len(), 2);
+}
+
+/// A hand-made MQTT 3.1.1 CONNECT (clean session) as producer1: the open socket and the
+/// CONNACK's four bytes.
+fn raw_connect(port: u16, client_id: &[u8]) -> (std::net::TcpStream, [u8; 4]) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut connect = Vec::new();
+    mqtt_str(&mut connect, b"MQTT");
+    connect.extend_from_slice(&[4, 0b1100_0010, 0, 30]);
+    mqtt_str(&mut connect, client_id);
+    mqtt_str(&mut connect, b"producer1");
+    mqtt_str(&mut connect, PASSWORD.as_bytes());
+    s.write_all(&packet(0x10, &connect)).unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    (s, connack)
+}
+
 /// Writes an MQTT 3.1.1 string (length-prefixed).
 fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -580,17 +652,7 @@ async fn a_redelivered_qos1_message_is_stored_once() {
     let port = app.mqtt_port;
     // Hand-made packets: a client library never lets a test choose the DUP flag.
     let acks = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut connect = Vec::new();
-        mqtt_str(&mut connect, b"MQTT");
-        connect.extend_from_slice(&[4, 0b1100_0010, 0, 30]);
-        mqtt_str(&mut connect, b"dup-dev");
-        mqtt_str(&mut connect, b"producer1");
-        mqtt_str(&mut connect, PASSWORD.as_bytes());
-        s.write_all(&packet(0x10, &connect)).unwrap();
-        let mut connack = [0u8; 4];
-        s.read_exact(&mut connack).unwrap();
+        let (mut s, connack) = raw_connect(port, b"dup-dev");
         assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
         let mut publish = Vec::new();
         mqtt_str(&mut publish, b"platone/producer1");
