@@ -273,3 +273,37 @@ async fn open_batches_keep_the_order_they_were_written_in() {
         );
     }
 }
+
+/// A reading names an existing producer (PostgreSQL checks it once per insert statement since
+/// its migration 0005, SQLite row by row): a batch naming anyone else stores nothing. And a
+/// producer with readings cannot be deleted or renamed from under them.
+#[tokio::test]
+async fn readings_name_an_existing_producer_who_stays() {
+    let db = db().await;
+    seed(&db.store).await;
+    let ghost =
+        bal_core::NewMeasurement::new(Topic::parse("platone/ghost").unwrap(), b"boo".to_vec());
+    let refused = db
+        .store
+        .insert_measurements(&[reading("real", None), ghost])
+        .await;
+    assert!(refused.is_err(), "a reading of nobody was stored");
+    let count = "SELECT CAST(count(*) AS TEXT) FROM measurements";
+    assert_eq!(scalar_text(&db, count).await.as_deref(), Some("0"));
+    db.store
+        .insert_measurements(&[reading("real", None)])
+        .await
+        .unwrap();
+    assert_eq!(scalar_text(&db, count).await.as_deref(), Some("1"));
+    for sql in [
+        "DELETE FROM users WHERE username = 'prod'",
+        "UPDATE users SET username = 'renamed' WHERE username = 'prod'",
+    ] {
+        assert!(exec(&db, sql).await.is_err(), "{sql}");
+    }
+    // Marking an account deleted is how it goes; its readings stay.
+    let delete = "UPDATE users SET deleted_at = 1, password_hash = NULL, account = NULL \
+                  WHERE username = 'prod'";
+    exec(&db, delete).await.unwrap();
+    assert_eq!(scalar_text(&db, count).await.as_deref(), Some("1"));
+}
