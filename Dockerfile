@@ -9,8 +9,9 @@
 # --- build: the release binary, exactly the locked dependencies.
 FROM rust:1.95-slim-bookworm AS build
 # protoc: rmqtt's node-to-node gRPC (the embedded MQTT cluster) is compiled at build time.
+# make: jemalloc, the binary's allocator, is built from source (tikv-jemalloc-sys).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* \
+    && apt-get install -y --no-install-recommends protobuf-compiler=3.21.* make=4.3-* \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

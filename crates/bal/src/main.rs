@@ -10,6 +10,12 @@ use bal_api::accounts::FirstAdmin;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of glibc's malloc: ingest allocates and frees per reading (packets,
+/// payloads, batches), and glibc's allocator took ~18 000 of ~141 000 instructions per reading
+/// (callgrind, `scripts/profile-ingest`; README, "Benchmark").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "bal", version, about = "The Platone Blockchain Access Layer")]
 struct Cli {
