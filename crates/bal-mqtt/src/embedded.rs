@@ -78,16 +78,6 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
 }
 
-impl Default for SessionLimits {
-    fn default() -> Self {
-        Self {
-            max_sessions: 100_000,
-            max_inflight: std::num::NonZeroU16::new(16).expect("not zero"),
-            max_queued_messages: 1000,
-        }
-    }
-}
-
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     scx: ServerContext,

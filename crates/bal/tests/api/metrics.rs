@@ -331,6 +331,11 @@ fn bal_config_check_accepts_valid_settings_and_names_what_is_wrong() {
         ),
         (vec![("BAL_DATABASE__URL", "mysql://x")], "database.url"),
         (
+            vec![("BAL_MQTT__MAX_QUEUED_MESSAGES", "0")],
+            "mqtt.max_queued_messages",
+        ),
+        (vec![("BAL_MQTT__MAX_INFLIGHT", "0")], "MAX_INFLIGHT"),
+        (
             vec![("BAL_MQTT__CLUSTER__NODE_ID", "1")],
             "mqtt.cluster.listen",
         ),
