@@ -186,6 +186,25 @@ impl Phase {
             database_cpu_us_per_msg: window.database_cpu_us_per_msg,
         }
     }
+
+    /// Its rate against the pass-through's (`raw`), when that was measured.
+    pub(crate) fn vs_raw(&self, raw: Option<&Phase>) -> Option<f64> {
+        raw.map(|r| self.per_second / r.per_second.max(1.0))
+    }
+
+    /// Its CPU per message against the pass-through broker's.
+    pub(crate) fn cpu_vs_raw(&self, raw: Option<&Phase>) -> Option<f64> {
+        Some(self.cpu_us_per_msg? / raw?.cpu_us_per_msg?)
+    }
+
+    /// The phase in `bal bench --json`'s document, with both ratios to hundredths.
+    pub(crate) fn to_json(&self, raw: Option<&Phase>) -> serde_json::Result<serde_json::Value> {
+        let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
+        let mut v = serde_json::to_value(self)?;
+        v["vs_raw"] = serde_json::json!(round(self.vs_raw(raw)));
+        v["cpu_vs_raw"] = serde_json::json!(round(self.cpu_vs_raw(raw)));
+        Ok(v)
+    }
 }
 
 fn whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
@@ -685,21 +704,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         phases.push(phase?);
     }
     let raw = phases.iter().find(|p| p.name == "passthrough").cloned();
-    let vs_raw = |p: &Phase| raw.as_ref().map(|r| p.per_second / r.per_second.max(1.0));
-    let cpu_vs_raw = |p: &Phase| {
-        let raw = raw.as_ref()?.cpu_us_per_msg?;
-        Some(p.cpu_us_per_msg? / raw)
-    };
+    let raw = raw.as_ref();
     if args.json {
-        let round = |v: Option<f64>| v.map(|v| (v * 100.0).round() / 100.0);
         let phases = phases
             .iter()
-            .map(|p| {
-                let mut v = serde_json::to_value(p)?;
-                v["vs_raw"] = serde_json::json!(round(vs_raw(p)));
-                v["cpu_vs_raw"] = serde_json::json!(round(cpu_vs_raw(p)));
-                Ok(v)
-            })
+            .map(|p| p.to_json(raw))
             .collect::<Result<_, serde_json::Error>>()?;
         let report = Report::new(&args, phases);
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -717,10 +726,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             p.title,
             p.offered,
             p.per_second,
-            ratio(vs_raw(p)),
+            ratio(p.vs_raw(raw)),
             p.cpu_us_per_msg
                 .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
-            ratio(cpu_vs_raw(p)),
+            ratio(p.cpu_vs_raw(raw)),
         );
     }
     println!(

@@ -296,16 +296,11 @@ pub(crate) async fn run(
     let raw = passthrough(args, Some(m)).await?;
     let one = phases[0].per_second.max(1.0);
     if args.json {
-        let round = |v: f64| (v * 100.0).round() / 100.0;
-        let mut out = vec![serde_json::to_value(&raw)?];
+        let mut out = vec![raw.to_json(Some(&raw))?];
         for (k, p) in phases.iter().enumerate() {
-            let mut v = serde_json::to_value(p)?;
+            let mut v = p.to_json(Some(&raw))?;
             v["replicas"] = serde_json::json!(k + 1);
-            v["vs_raw"] = serde_json::json!(round(p.per_second / raw.per_second.max(1.0)));
-            v["vs_one_replica"] = serde_json::json!(round(p.per_second / one));
-            if let (Some(c), Some(r)) = (p.cpu_us_per_msg, raw.cpu_us_per_msg) {
-                v["cpu_vs_raw"] = serde_json::json!(round(c / r));
-            }
+            v["vs_one_replica"] = serde_json::json!((p.per_second / one * 100.0).round() / 100.0);
             out.push(v);
         }
         if let (Some(f), Some(last)) = (failover, out.last_mut()) {

@@ -5,11 +5,17 @@
 use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
+    bench_with(args, &[])
+}
+
+/// `bal bench ARGS` with these environment variables; its stdout as one JSON document.
+fn bench_with(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_bal"))
         .arg("bench")
         .args(&args)
         .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -134,28 +140,22 @@ async fn bench_json_reports_the_cluster_and_the_replicas() {
         "--mosquitto".into(),
         format!("mqtt://127.0.0.1:{}", mosquitto.port),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_bal"))
-            .arg("bench")
-            .args(&args)
-            .env("RUST_LOG", "error")
-            .env("BAL_BENCH_OPERATOR_KEY", bal_ledger::testing::ANVIL_KEY_0)
-            .env("BAL_BROKER__ADMIN_USERNAME", crate::mosquitto_server::ADMIN)
-            .env(
-                "BAL_BROKER__ADMIN_PASSWORD",
-                crate::mosquitto_server::ADMIN_PASSWORD,
-            )
-            .output()
-            .unwrap()
+    let report = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench_with(
+            &args,
+            &[
+                ("BAL_BENCH_OPERATOR_KEY", bal_ledger::testing::ANVIL_KEY_0),
+                ("BAL_BROKER__ADMIN_USERNAME", crate::mosquitto_server::ADMIN),
+                (
+                    "BAL_BROKER__ADMIN_PASSWORD",
+                    crate::mosquitto_server::ADMIN_PASSWORD,
+                ),
+            ],
+        )
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "bal bench --replicas failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["load_generator"], "process");
     let phases = report["phases"].as_array().unwrap();
     let described: Vec<(&str, u64)> = phases

@@ -592,10 +592,12 @@ async fn a_full_node_refuses_new_sessions_and_serves_the_ones_it_has() {
         Ev::PubAck("Success".into())
     );
     // The raw client leaves (DISCONNECT, then the socket closes): its clean session ends.
-    drop(tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut second = second;
         second.write_all(&[0xE0, 0]).unwrap();
-    }));
+    })
+    .await
+    .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let mut c = Mqtt::connect(V311, login(&app, "pmu-3", "producer1", PASSWORD));

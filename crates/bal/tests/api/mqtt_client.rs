@@ -45,10 +45,6 @@ pub struct Login<'a> {
     pub will_topic: Option<&'a str>,
 }
 
-fn tls(ca: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
-    bal_mqtt::mosquitto::connection::client_tls(ca).unwrap()
-}
-
 impl Mqtt {
     /// Starts connecting; the first event is [`Ev::Connected`] or [`Ev::Closed`].
     pub fn connect(version: Version, login: Login<'_>) -> Self {
@@ -61,7 +57,7 @@ impl Mqtt {
                 o.set_keep_alive(Duration::from_secs(30));
                 if let Some(ca) = login.tls_ca {
                     o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-                        tls(ca),
+                        bal_mqtt::mosquitto::connection::client_tls(ca).unwrap(),
                     )));
                 }
                 if let Some(t) = login.will_topic {
@@ -111,7 +107,7 @@ impl Mqtt {
                 o.set_keep_alive(Duration::from_secs(30));
                 if let Some(ca) = login.tls_ca {
                     o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-                        tls(ca),
+                        bal_mqtt::mosquitto::connection::client_tls(ca).unwrap(),
                     )));
                 }
                 if let Some(t) = login.will_topic {
