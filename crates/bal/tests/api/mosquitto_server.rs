@@ -55,8 +55,21 @@ fn spawn(conf: &Path, log: &Path) -> Child {
 
 impl MosquittoServer {
     /// Bootstraps a broker folder and starts Mosquitto on two free ports; waits until both
-    /// listen. `max_payload` becomes its `message_size_limit`.
+    /// listen. `max_payload` becomes its `message_size_limit`. A free port can be taken by
+    /// another test between its choice and Mosquitto's bind: then it starts again on others.
     pub fn start(max_payload: usize) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(max_payload) {
+                Ok(server) => return server,
+                Err(log) => last = log,
+            }
+        }
+        panic!("mosquitto found its ports taken 5 times:\n{last}")
+    }
+
+    /// `start` once; `Err(log)` when Mosquitto exited because a port was taken.
+    fn try_start(max_payload: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         // Mosquitto started as root runs as the user mosquitto: it must reach the folder.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -90,8 +103,11 @@ impl MosquittoServer {
             log,
             _dir: dir,
         };
-        server.wait_listening();
-        server
+        match server.listening() {
+            Ok(()) => Ok(server),
+            Err(log) if log.contains("Address already in use") => Err(log),
+            Err(log) => panic!("mosquitto exited:\n{log}"),
+        }
     }
 
     /// Stops the broker with `signal` (`TERM`: it saves its persistence file first; `KILL`:
@@ -113,11 +129,18 @@ impl MosquittoServer {
     }
 
     fn wait_listening(&mut self) {
+        if let Err(log) = self.listening() {
+            panic!("mosquitto exited:\n{log}");
+        }
+    }
+
+    /// Waits until both ports listen; `Err(log)` if Mosquitto exited first.
+    fn listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         for port in [self.port, self.tls_port] {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if let Ok(Some(status)) = self.child.try_wait() {
-                    panic!("mosquitto exited ({status}):\n{}", self.log());
+                    return Err(format!("({status}) {}", self.log()));
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -127,6 +150,7 @@ impl MosquittoServer {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        Ok(())
     }
 
     pub fn log(&self) -> String {
